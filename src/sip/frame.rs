@@ -1,0 +1,277 @@
+//! Stream framing (RFC 3261 §18.3, RFC 5626 §4.4.1): finds where one SIP message ends in a buffer
+//! that may hold part of a message, one message, or many. Leading CRLFs are skipped, a CRLFCRLF is
+//! a keep-alive ping, the header block ends at the first CRLFCRLF (found with memchr's memmem), and
+//! Content-Length — mandatory on streams — gives the body. Returns offsets, never copies.
+
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+use super::header::Name;
+use super::scan::{self, Lines};
+
+static HEAD_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+
+/// Where a complete message lies in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framed {
+    /// Leading CRLF bytes before the message (to be discarded).
+    pub skip: usize,
+    /// Length of the message itself, header block and body.
+    pub len: usize,
+    /// Length of the header block including its final empty line; the body starts here.
+    pub head: usize,
+}
+
+impl Framed {
+    /// Bytes to consume from the buffer once the message is handled.
+    pub fn consumed(&self) -> usize {
+        self.skip + self.len
+    }
+
+    /// The message's range in the buffer.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.skip..self.skip + self.len
+    }
+}
+
+/// The outcome of one framing attempt, in the manner of httparse's `Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// A whole message is in the buffer.
+    Complete(Framed),
+    /// A CRLFCRLF keep-alive ping of this many bytes; answer it with a single CRLF.
+    Ping(usize),
+    /// More bytes are needed.
+    Partial,
+    /// The stream cannot be framed; answer (if possible) and close the connection.
+    Invalid(FrameError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("message is larger than the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("Content-Length is required on stream transports and is missing")]
+    MissingContentLength,
+    #[error("Content-Length is not a number")]
+    BadContentLength,
+    #[error("Content-Length appears more than once")]
+    DuplicateContentLength,
+    #[error("the first line is not a SIP/2.0 request or status line")]
+    NotSip,
+    #[error("a header line is malformed")]
+    BadHeaderLine,
+}
+
+/// Longest first line we wait for before deciding the peer is not speaking SIP.
+const MAX_START_LINE: usize = 8 * 1024;
+
+/// Frames the next message in `buf`, which must not grow past `max` bytes per message.
+pub fn frame(buf: &[u8], max: usize) -> Status {
+    let skip = leading_crlfs(buf);
+    if skip >= 4 {
+        return Status::Ping(4);
+    }
+    let msg = &buf[skip..];
+    if msg.is_empty() || msg == b"\r" {
+        // Nothing yet, or a CRLF (maybe the start of a ping, maybe a pong) with nothing after it.
+        return Status::Partial;
+    }
+    if !start_line_plausible(msg) {
+        return Status::Invalid(FrameError::NotSip);
+    }
+    let Some(end) = HEAD_END.find(msg) else {
+        if msg.len() > max {
+            return Status::Invalid(FrameError::TooLarge { limit: max });
+        }
+        return Status::Partial;
+    };
+    let head = end + 4;
+    if head > max {
+        return Status::Invalid(FrameError::TooLarge { limit: max });
+    }
+    let body = match content_length(&msg[..head]) {
+        Ok(n) => n,
+        Err(e) => return Status::Invalid(e),
+    };
+    let len = match head.checked_add(body) {
+        Some(len) if len <= max => len,
+        _ => return Status::Invalid(FrameError::TooLarge { limit: max }),
+    };
+    if msg.len() < len {
+        return Status::Partial;
+    }
+    Status::Complete(Framed { skip, len, head })
+}
+
+/// Counts CRLF pairs at the start of `buf`, in bytes (stopping at 4: that is already a ping).
+fn leading_crlfs(buf: &[u8]) -> usize {
+    let mut n = 0;
+    while n < 4 && buf.len() >= n + 2 && buf[n] == b'\r' && buf[n + 1] == b'\n' {
+        n += 2;
+    }
+    n
+}
+
+/// Checks what there is of the first line: printable, and (once the line is complete) either
+/// starting `SIP/2.0 ` or ending ` SIP/2.0`. Rejects TLS records, HTTP and binary garbage early,
+/// instead of buffering them up to the size limit.
+fn start_line_plausible(msg: &[u8]) -> bool {
+    let line_end = memchr::memchr(b'\n', msg);
+    let line = match line_end {
+        Some(i) => &msg[..i],
+        None if msg.len() > MAX_START_LINE => return false,
+        None => msg,
+    };
+    if line.iter().any(|&b| b < 0x20 && b != b'\r' && b != b'\t') || line.contains(&0x7f) {
+        return false;
+    }
+    if line_end.is_none() {
+        // Still arriving: the first bytes must already look like a method token or "SIP/".
+        return line
+            .iter()
+            .take_while(|&&b| b != b' ')
+            .all(|&b| scan::is_token(b) || b == b'/');
+    }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Versions other than 2.0 still frame, so the parser can answer 505 instead of a hang-up.
+    let tail = &line[line.len().saturating_sub(12)..];
+    line.starts_with(b"SIP/") || memchr::memmem::find(tail, b" SIP/").is_some()
+}
+
+/// The Content-Length of a complete header block (start line through the empty line).
+fn content_length(head: &[u8]) -> Result<usize, FrameError> {
+    let first_nl = memchr::memchr(b'\n', head).ok_or(FrameError::NotSip)?;
+    // The header block proper: after the start line, without the final empty line's CRLF.
+    let block = &head[first_nl + 1..head.len() - 2];
+    let mut found: Option<usize> = None;
+    for h in Lines::new(block) {
+        let h = h.map_err(|_| FrameError::BadHeaderLine)?;
+        if Name::classify(h.name) == Name::ContentLength {
+            let n = scan::parse_u32(h.value).ok_or(FrameError::BadContentLength)? as usize;
+            if found.is_some_and(|prev| prev != n) {
+                return Err(FrameError::DuplicateContentLength);
+            }
+            found = Some(n);
+        }
+    }
+    found.ok_or(FrameError::MissingContentLength)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64 * 1024;
+    const OPTIONS: &[u8] =
+        b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nl: 4\r\n\r\nbody";
+
+    #[test]
+    fn one_message() {
+        let st = frame(OPTIONS, MAX);
+        let Status::Complete(f) = st else { panic!("{st:?}") };
+        assert_eq!((f.skip, f.len, f.head), (0, OPTIONS.len(), OPTIONS.len() - 4));
+    }
+
+    #[test]
+    fn every_split_point_is_partial_until_whole() {
+        for cut in 0..OPTIONS.len() {
+            assert_eq!(frame(&OPTIONS[..cut], MAX), Status::Partial, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn many_messages_with_crlf_between() {
+        let mut buf = Vec::new();
+        for _ in 0..5 {
+            buf.extend_from_slice(OPTIONS);
+            buf.extend_from_slice(b"\r\n");
+        }
+        let mut pos = 0;
+        let mut seen = 0;
+        while pos < buf.len() {
+            match frame(&buf[pos..], MAX) {
+                Status::Complete(f) => {
+                    assert_eq!(&buf[pos..][f.range()], OPTIONS);
+                    pos += f.consumed();
+                    seen += 1;
+                }
+                Status::Partial => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, 5);
+        assert_eq!(&buf[pos..], b"\r\n");
+    }
+
+    #[test]
+    fn keepalive_ping_and_lone_crlf() {
+        assert_eq!(frame(b"\r\n\r\n", MAX), Status::Ping(4));
+        assert_eq!(frame(b"\r\n\r\nOPTIONS", MAX), Status::Ping(4));
+        assert_eq!(frame(b"\r\n", MAX), Status::Partial);
+        assert_eq!(frame(b"\r\n\r", MAX), Status::Partial);
+        assert_eq!(frame(b"\r", MAX), Status::Partial);
+    }
+
+    #[test]
+    fn content_length_rules() {
+        let missing = b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n";
+        assert_eq!(
+            frame(missing, MAX),
+            Status::Invalid(FrameError::MissingContentLength)
+        );
+        let bad = b"SIP/2.0 200 OK\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(frame(bad, MAX), Status::Invalid(FrameError::BadContentLength));
+        let dup = b"SIP/2.0 200 OK\r\nContent-Length: 1\r\nl: 2\r\n\r\nab";
+        assert_eq!(
+            frame(dup, MAX),
+            Status::Invalid(FrameError::DuplicateContentLength)
+        );
+        let folded = b"SIP/2.0 200 OK\r\nContent-Length:\r\n 2\r\n\r\nab";
+        assert!(matches!(frame(folded, MAX), Status::Complete(f) if f.len == folded.len()));
+    }
+
+    #[test]
+    fn size_limits() {
+        assert_eq!(
+            frame(OPTIONS, 20),
+            Status::Invalid(FrameError::TooLarge { limit: 20 })
+        );
+        // Body pushes it over the limit even though the head fits.
+        assert_eq!(
+            frame(OPTIONS, OPTIONS.len() - 1),
+            Status::Invalid(FrameError::TooLarge {
+                limit: OPTIONS.len() - 1
+            })
+        );
+        let huge = b"SIP/2.0 200 OK\r\nContent-Length: 99999999999\r\n\r\n";
+        assert_eq!(frame(huge, MAX), Status::Invalid(FrameError::BadContentLength));
+        let big = b"SIP/2.0 200 OK\r\nContent-Length: 4000000000\r\n\r\n";
+        assert_eq!(
+            frame(big, MAX),
+            Status::Invalid(FrameError::TooLarge { limit: MAX })
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_early() {
+        assert_eq!(
+            frame(&[0x16, 0x03, 0x01, 0x00], MAX),
+            Status::Invalid(FrameError::NotSip)
+        );
+        assert_eq!(
+            frame(b"GET / HTTP/1.1\r\n", MAX),
+            Status::Invalid(FrameError::NotSip)
+        );
+        assert_eq!(
+            frame(b"\x00\x01garbage", MAX),
+            Status::Invalid(FrameError::NotSip)
+        );
+        assert_eq!(frame(b"INVITE sip:x SIP/2.0", MAX), Status::Partial);
+        assert_eq!(
+            frame(&[b'A'; MAX_START_LINE + 1], MAX),
+            Status::Invalid(FrameError::NotSip)
+        );
+    }
+}

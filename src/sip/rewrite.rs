@@ -1,0 +1,288 @@
+//! Rewriting a message for forwarding without building a new one: a short, sorted list of edits
+//! (delete a range, insert bytes at a position) over the original bytes. The inserted text lives
+//! in one scratch buffer that is reused from message to message, so after warm-up nothing is
+//! allocated; [`Rewrite::slices`] yields the result as `IoSlice`s for a vectored write.
+
+use std::io::IoSlice;
+
+use super::message::{Field, Message};
+use super::scan;
+use super::token::TOKEN_LEN;
+use super::via::{Via, ViaError};
+
+/// Edits one message can carry: Via push, Route pop, Max-Forwards, received + rport,
+/// Record-Route or Path, with room to spare.
+pub const MAX_EDITS: usize = 8;
+/// Slices a rewritten message can need: the original bytes around each edit, plus the inserts.
+pub const MAX_SLICES: usize = 2 * MAX_EDITS + 1;
+
+/// The branch magic cookie of RFC 3261 §8.1.1.7.
+pub const MAGIC: &[u8] = b"z9hG4bK";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Edit {
+    at: u32,
+    del: u32,
+    ins_start: u32,
+    ins_end: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    #[error("more than {MAX_EDITS} edits to one message")]
+    TooManyEdits,
+    #[error("two edits touch the same bytes")]
+    Overlap,
+    #[error("the message has no {0} header to change")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Via(#[from] ViaError),
+}
+
+/// The edits for one message. Keep one per connection (or per worker) and `clear` it between
+/// messages so its scratch buffer is reused.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    edits: [Edit; MAX_EDITS],
+    n: usize,
+    scratch: Vec<u8>,
+}
+
+impl Default for Rewrite {
+    fn default() -> Self {
+        Rewrite::new()
+    }
+}
+
+/// The rewritten message as slices, ready for `write_vectored`.
+pub struct Slices<'b> {
+    arr: [IoSlice<'b>; MAX_SLICES],
+    n: usize,
+}
+
+impl<'b> Slices<'b> {
+    pub fn as_slice(&self) -> &[IoSlice<'b>] {
+        &self.arr[..self.n]
+    }
+}
+
+impl Rewrite {
+    pub fn new() -> Rewrite {
+        Rewrite {
+            edits: [Edit::default(); MAX_EDITS],
+            n: 0,
+            scratch: Vec::with_capacity(512),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.scratch.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Replaces `del` bytes at `at` with what `write` appends to the scratch buffer.
+    pub fn edit(
+        &mut self,
+        at: usize,
+        del: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), RewriteError> {
+        if self.n == MAX_EDITS {
+            return Err(RewriteError::TooManyEdits);
+        }
+        let (at, del) = (at as u32, del as u32);
+        let overlaps = self.edits[..self.n].iter().any(|e| {
+            let (a0, a1, b0, b1) = (e.at, e.at + e.del, at, at + del);
+            (e.del > 0 && del > 0 && a0 < b1 && b0 < a1)
+                || (e.del > 0 && a0 < b0 && b0 < a1)
+                || (del > 0 && b0 < a0 && a0 < b1)
+        });
+        if overlaps {
+            return Err(RewriteError::Overlap);
+        }
+        let ins_start = self.scratch.len() as u32;
+        write(&mut self.scratch);
+        let e = Edit {
+            at,
+            del,
+            ins_start,
+            ins_end: self.scratch.len() as u32,
+        };
+        // Keep the list sorted by position; edits at the same position stay in the order made.
+        let pos = self.edits[..self.n]
+            .iter()
+            .position(|x| x.at > at)
+            .unwrap_or(self.n);
+        self.edits.copy_within(pos..self.n, pos + 1);
+        self.edits[pos] = e;
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Length of the rewritten message.
+    pub fn len(&self, msg: &[u8]) -> usize {
+        let ins: usize = self.edits[..self.n]
+            .iter()
+            .map(|e| (e.ins_end - e.ins_start) as usize)
+            .sum();
+        let del: usize = self.edits[..self.n].iter().map(|e| e.del as usize).sum();
+        msg.len() + ins - del
+    }
+
+    /// The rewritten message as slices of `msg` and of the scratch buffer.
+    pub fn slices<'b>(&'b self, msg: &'b [u8]) -> Slices<'b> {
+        let mut arr = [IoSlice::new(&[]); MAX_SLICES];
+        let mut n = 0;
+        let mut pos = 0usize;
+        let mut push = |s: &'b [u8]| {
+            if !s.is_empty() {
+                arr[n] = IoSlice::new(s);
+                n += 1;
+            }
+        };
+        for e in &self.edits[..self.n] {
+            let at = (e.at as usize).min(msg.len());
+            push(&msg[pos.min(at)..at]);
+            push(&self.scratch[e.ins_start as usize..e.ins_end as usize]);
+            pos = pos.max(at + e.del as usize);
+        }
+        push(&msg[pos.min(msg.len())..]);
+        Slices { arr, n }
+    }
+
+    /// The rewritten message as one buffer (tests, and peers that cannot take vectored writes).
+    pub fn write_to(&self, msg: &[u8], out: &mut Vec<u8>) {
+        for s in self.slices(msg).as_slice() {
+            out.extend_from_slice(s);
+        }
+    }
+
+    /// Adds a header line above all others (so our Via, Record-Route or Path comes first).
+    pub fn insert_header(
+        &mut self,
+        msg: &Message,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), RewriteError> {
+        self.edit(msg.headers_start, 0, |s| {
+            write(s);
+            s.extend_from_slice(b"\r\n");
+        })
+    }
+
+    /// Pushes our Via: `Via: SIP/2.0/TLS <sent_by>;branch=z9hG4bK<hash>-<token>`.
+    pub fn push_via(
+        &mut self,
+        msg: &Message,
+        sent_by: &[u8],
+        hash: &[u8; 16],
+        token: &[u8; TOKEN_LEN],
+    ) -> Result<(), RewriteError> {
+        self.insert_header(msg, |s| {
+            s.extend_from_slice(b"Via: SIP/2.0/TLS ");
+            s.extend_from_slice(sent_by);
+            s.extend_from_slice(b";branch=");
+            s.extend_from_slice(MAGIC);
+            s.extend_from_slice(hash);
+            s.push(b'-');
+            s.extend_from_slice(token);
+        })
+    }
+
+    /// Adds `Record-Route: <sip:HOST;transport=tls;lr;siplb=TOKEN>` (or Path, with `name`).
+    pub fn insert_route_header(
+        &mut self,
+        msg: &Message,
+        name: &str,
+        host: &[u8],
+        token: &[u8; TOKEN_LEN],
+    ) -> Result<(), RewriteError> {
+        self.insert_header(msg, |s| {
+            s.extend_from_slice(name.as_bytes());
+            s.extend_from_slice(b": <sip:");
+            s.extend_from_slice(host);
+            s.extend_from_slice(b";transport=tls;lr;siplb=");
+            s.extend_from_slice(token);
+            s.push(b'>');
+        })
+    }
+
+    /// Removes the top value of a list header (Via, Route): the whole line when it holds one
+    /// value, otherwise the value and its comma.
+    pub fn pop_top(&mut self, f: Field) -> Result<(), RewriteError> {
+        match f.next {
+            Some(next) => self.edit(f.top.start as usize, (next - f.top.start) as usize, |_| {}),
+            None => self.edit(
+                f.line.start as usize,
+                (f.line.end - f.line.start) as usize,
+                |_| {},
+            ),
+        }
+    }
+
+    /// Sets Max-Forwards to `n`, adding the header if the message has none.
+    pub fn set_max_forwards(&mut self, msg: &Message, n: u32) -> Result<(), RewriteError> {
+        match msg.max_forwards {
+            Some((f, _)) => self.edit(f.value.start as usize, f.value.range().len(), |s| push_u32(s, n)),
+            None => self.insert_header(msg, |s| {
+                s.extend_from_slice(b"Max-Forwards: ");
+                push_u32(s, n);
+            }),
+        }
+    }
+
+    /// Adds `received` / fills `rport` on the sender's (top) Via, as RFC 3261 §18.2.1 and
+    /// RFC 3581 §4 say: `received` when sent-by differs from the source address or `rport` was
+    /// asked for, `rport=PORT` when `rport` is present without a value.
+    pub fn via_received(&mut self, msg: &Message, ip: &[u8], port: u16) -> Result<(), RewriteError> {
+        let f = msg.via.ok_or(RewriteError::Missing("Via"))?;
+        let via = Via::parse(msg.at(f.top))?;
+        let host = via
+            .host
+            .strip_prefix(b"[")
+            .and_then(|h| h.strip_suffix(b"]"))
+            .unwrap_or(via.host);
+        let mut rport_empty = None;
+        let mut has_received = false;
+        for (name, value) in via.params.iter() {
+            if name.eq_ignore_ascii_case(b"rport") && value.is_none() {
+                rport_empty = Some(scan::offset_in(msg.buf, name) + name.len());
+            }
+            has_received |= name.eq_ignore_ascii_case(b"received");
+        }
+        if let Some(at) = rport_empty {
+            self.edit(at, 0, |s| {
+                s.push(b'=');
+                push_u32(s, u32::from(port));
+            })?;
+        }
+        if !has_received && (host != ip || rport_empty.is_some()) {
+            self.edit(f.top.end as usize, 0, |s| {
+                s.extend_from_slice(b";received=");
+                s.extend_from_slice(ip);
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `n` in decimal.
+pub fn push_u32(out: &mut Vec<u8>, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Routing tokens: the only state siplb needs to route a message travels inside it. A token names
+//! a connection (worker, slot, generation) and, in Record-Route and Path URIs, the back end a
+//! dialog is pinned to. It is hex text (valid in a Via branch and a URI parameter) with a
+//! truncated HMAC-SHA256 (ring) over a version byte and the fields, so a forged or altered token
+//! is refused instead of steering a message to somebody else's connection.
+//!
+//! The branch hash (RFC 3261 §16.11) is a fast keyed hash, not a MAC: it only has to be the same
+//! for retransmissions (and for CANCEL / non-2xx ACK, which share the INVITE's branch) and unlikely
+//! to collide otherwise.
+
+use std::hash::{DefaultHasher, Hasher};
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Encoded token length: 15 payload bytes and 8 MAC bytes, as hex.
+pub const TOKEN_LEN: usize = 46;
+const PAYLOAD: usize = 15;
+const MAC: usize = 8;
+const VERSION: u8 = 1;
+
+/// A connection of a worker, and optionally the back end a dialog is pinned to (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Token {
+    pub worker: u16,
+    pub slot: u32,
+    pub generation: u32,
+    pub pin: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token has the wrong length")]
+    Length,
+    #[error("token is not hex")]
+    NotHex,
+    #[error("token was not made by this balancer (MAC mismatch)")]
+    BadMac,
+    #[error("token version {0} is not understood")]
+    Version(u8),
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// The secret behind tokens and branches. One per balancer process, shared by its workers.
+pub struct TokenKey {
+    mac: hmac::Key,
+    branch_seed: [u8; 16],
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+impl TokenKey {
+    /// A fresh random key (tokens from before a restart are refused; pins then fall back to the
+    /// hash, which picks the same back end while the pool is unchanged).
+    pub fn generate() -> Result<TokenKey, TokenError> {
+        let mut secret = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| TokenError::Random)?;
+        Ok(TokenKey::from_secret(&secret))
+    }
+
+    /// A key from a given secret (tests, and instances that must accept each other's tokens).
+    pub fn from_secret(secret: &[u8]) -> TokenKey {
+        let mac = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let derived = hmac::sign(&mac, b"siplb branch seed");
+        let mut branch_seed = [0u8; 16];
+        branch_seed.copy_from_slice(&derived.as_ref()[..16]);
+        TokenKey { mac, branch_seed }
+    }
+
+    pub fn encode(&self, t: Token) -> [u8; TOKEN_LEN] {
+        let payload = payload(t);
+        let tag = hmac::sign(&self.mac, &payload);
+        let mut out = [0u8; TOKEN_LEN];
+        hex_into(&payload, &mut out[..PAYLOAD * 2]);
+        hex_into(&tag.as_ref()[..MAC], &mut out[PAYLOAD * 2..]);
+        out
+    }
+
+    pub fn decode(&self, s: &[u8]) -> Result<Token, TokenError> {
+        if s.len() != TOKEN_LEN {
+            return Err(TokenError::Length);
+        }
+        let mut raw = [0u8; PAYLOAD + MAC];
+        unhex_into(s, &mut raw)?;
+        let (payload, mac) = raw.split_at(PAYLOAD);
+        let tag = hmac::sign(&self.mac, payload);
+        if !constant_time_eq(&tag.as_ref()[..MAC], mac) {
+            return Err(TokenError::BadMac);
+        }
+        if payload[0] != VERSION {
+            return Err(TokenError::Version(payload[0]));
+        }
+        let u32_at =
+            |i: usize| u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]]);
+        Ok(Token {
+            worker: u16::from_be_bytes([payload[1], payload[2]]),
+            slot: u32_at(3),
+            generation: u32_at(7),
+            pin: u32_at(11),
+        })
+    }
+
+    /// 16 hex characters derived from `parts`: the same inputs always give the same branch.
+    pub fn branch(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut h = DefaultHasher::new();
+        h.write(&self.branch_seed);
+        for p in parts {
+            h.write(p);
+            h.write_u8(0xff);
+        }
+        let mut out = [0u8; 16];
+        hex_into(&h.finish().to_be_bytes(), &mut out);
+        out
+    }
+}
+
+fn payload(t: Token) -> [u8; PAYLOAD] {
+    let mut p = [0u8; PAYLOAD];
+    p[0] = VERSION;
+    p[1..3].copy_from_slice(&t.worker.to_be_bytes());
+    p[3..7].copy_from_slice(&t.slot.to_be_bytes());
+    p[7..11].copy_from_slice(&t.generation.to_be_bytes());
+    p[11..15].copy_from_slice(&t.pin.to_be_bytes());
+    p
+}
+
+/// The pin for a back end: a stable hash of its configured name (FNV-1a), never 0. Pinning by
+/// name rather than by position lets a pin survive back ends being added or removed.
+pub fn pin_of(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in name.as_bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex into `out` (which must be twice as long).
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (i, &b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+fn unhex_into(s: &[u8], out: &mut [u8]) -> Result<(), TokenError> {
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(TokenError::NotHex),
+    };
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nib(s[2 * i])? << 4) | nib(s[2 * i + 1])?;
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TokenKey {
+        TokenKey::from_secret(b"test secret")
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = Token {
+            worker: 3,
+            slot: 70_000,
+            generation: u32::MAX,
+            pin: pin_of("b1"),
+        };
+        let k = key();
+        let enc = k.encode(t);
+        assert!(enc.iter().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(k.decode(&enc), Ok(t));
+    }
+
+    #[test]
+    fn forged_or_foreign_tokens_are_refused() {
+        let k = key();
+        let enc = k.encode(Token {
+            worker: 1,
+            slot: 2,
+            generation: 3,
+            pin: 0,
+        });
+        // Flip each character in turn: every alteration must be caught.
+        for i in 0..TOKEN_LEN {
+            let mut bad = enc;
+            bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+            assert!(k.decode(&bad).is_err(), "altered char {i} accepted");
+        }
+        assert_eq!(
+            TokenKey::from_secret(b"other").decode(&enc),
+            Err(TokenError::BadMac)
+        );
+        assert_eq!(k.decode(&enc[1..]), Err(TokenError::Length));
+        let mut upper = enc;
+        upper.make_ascii_uppercase();
+        if upper != enc {
+            assert_eq!(k.decode(&upper), Err(TokenError::NotHex));
+        }
+    }
+
+    #[test]
+    fn branches_are_deterministic_and_distinct() {
+        let k = key();
+        assert_eq!(k.branch(&[b"z9hG4bK1", b"h"]), k.branch(&[b"z9hG4bK1", b"h"]));
+        assert_ne!(k.branch(&[b"z9hG4bK1", b"h"]), k.branch(&[b"z9hG4bK2", b"h"]));
+        // Part boundaries matter: ("ab","c") is not ("a","bc").
+        assert_ne!(k.branch(&[b"ab", b"c"]), k.branch(&[b"a", b"bc"]));
+        assert_ne!(
+            key().branch(&[b"x"]),
+            TokenKey::from_secret(b"other").branch(&[b"x"])
+        );
+    }
+
+    #[test]
+    fn pins_are_stable_and_nonzero() {
+        assert_eq!(pin_of("server-a"), pin_of("server-a"));
+        assert_ne!(pin_of("server-a"), pin_of("server-b"));
+        assert_ne!(pin_of(""), 0);
+    }
+}
