@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 use memchr::memmem::Finder;
 
 use super::header::Name;
+use super::message::{Message, ParseError};
 use super::scan::{self, Lines};
 
 static HEAD_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
@@ -67,42 +68,96 @@ pub enum FrameError {
 /// Longest first line we wait for before deciding the peer is not speaking SIP.
 const MAX_START_LINE: usize = 8 * 1024;
 
-/// Frames the next message in `buf`, which must not grow past `max` bytes per message.
+/// Frames the next message in `buf`, which must not grow past `max` bytes per message. This is
+/// the stand-alone framer; the forwarding path uses [`read`], which frames and parses in one pass.
 pub fn frame(buf: &[u8], max: usize) -> Status {
+    let (skip, head) = match locate_head(buf, max) {
+        Ok(found) => found,
+        Err(status) => return status,
+    };
+    let msg = &buf[skip..];
+    match content_length(&msg[..head]) {
+        Ok(body) => complete(msg, skip, head, body, max),
+        Err(e) => Status::Invalid(e),
+    }
+}
+
+/// The outcome of [`read`]: a framed message, parsed or not.
+#[derive(Debug)]
+pub enum Read<'a> {
+    /// A whole message, parsed; `Message::buf` is exactly the message.
+    Message(Framed, Message<'a>),
+    /// A whole message that does not parse: answer 400 (requests) or drop it (responses), then go
+    /// on with the next one.
+    Unparsable(Framed, ParseError),
+    /// Anything else: as for [`frame`].
+    Other(Status),
+}
+
+/// Frames and parses the next message in one pass over its head: the parser records
+/// Content-Length as it goes. Only a message that fails to parse is lexed a second time, to
+/// find its end.
+pub fn read(buf: &[u8], max: usize) -> Read<'_> {
+    let (skip, head) = match locate_head(buf, max) {
+        Ok(found) => found,
+        Err(status) => return Read::Other(status),
+    };
+    let msg = &buf[skip..];
+    match Message::parse_head(msg, head) {
+        Ok(mut m) => {
+            let Some(body) = m.content_length_value else {
+                return Read::Other(Status::Invalid(FrameError::MissingContentLength));
+            };
+            match complete(msg, skip, head, body as usize, max) {
+                Status::Complete(f) => {
+                    m.buf = &msg[..f.len];
+                    Read::Message(f, m)
+                }
+                other => Read::Other(other),
+            }
+        }
+        Err(e) => match frame(buf, max) {
+            Status::Complete(f) => Read::Unparsable(f, e),
+            other => Read::Other(other),
+        },
+    }
+}
+
+/// Skips leading CRLFs and finds the end of the header block: `(skip, head length)`, or the
+/// status to return when there is no complete head yet.
+fn locate_head(buf: &[u8], max: usize) -> Result<(usize, usize), Status> {
     let skip = leading_crlfs(buf);
     if skip >= 4 {
-        return Status::Ping(4);
+        return Err(Status::Ping(4));
     }
     let msg = &buf[skip..];
     if msg.is_empty() || msg == b"\r" {
         // Nothing yet, or a CRLF (maybe the start of a ping, maybe a pong) with nothing after it.
-        return Status::Partial;
+        return Err(Status::Partial);
     }
     if !start_line_plausible(msg) {
-        return Status::Invalid(FrameError::NotSip);
+        return Err(Status::Invalid(FrameError::NotSip));
     }
     let Some(end) = HEAD_END.find(msg) else {
         if msg.len() > max {
-            return Status::Invalid(FrameError::TooLarge { limit: max });
+            return Err(Status::Invalid(FrameError::TooLarge { limit: max }));
         }
-        return Status::Partial;
+        return Err(Status::Partial);
     };
     let head = end + 4;
     if head > max {
-        return Status::Invalid(FrameError::TooLarge { limit: max });
+        return Err(Status::Invalid(FrameError::TooLarge { limit: max }));
     }
-    let body = match content_length(&msg[..head]) {
-        Ok(n) => n,
-        Err(e) => return Status::Invalid(e),
-    };
-    let len = match head.checked_add(body) {
-        Some(len) if len <= max => len,
-        _ => return Status::Invalid(FrameError::TooLarge { limit: max }),
-    };
-    if msg.len() < len {
-        return Status::Partial;
+    Ok((skip, head))
+}
+
+/// The message is `head + body` bytes: complete, still arriving, or too large.
+fn complete(msg: &[u8], skip: usize, head: usize, body: usize, max: usize) -> Status {
+    match head.checked_add(body) {
+        Some(len) if len <= max && msg.len() >= len => Status::Complete(Framed { skip, len, head }),
+        Some(len) if len <= max => Status::Partial,
+        _ => Status::Invalid(FrameError::TooLarge { limit: max }),
     }
-    Status::Complete(Framed { skip, len, head })
 }
 
 /// Counts CRLF pairs at the start of `buf`, in bytes (stopping at 4: that is already a ping).
@@ -124,15 +179,13 @@ fn start_line_plausible(msg: &[u8]) -> bool {
         None if msg.len() > MAX_START_LINE => return false,
         None => msg,
     };
-    if line.iter().any(|&b| b < 0x20 && b != b'\r' && b != b'\t') || line.contains(&0x7f) {
+    // The first word must be a method token or "SIP/x.y"; the parser checks the rest of the line.
+    let word = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    if !line[..word].iter().all(|&b| scan::is_token(b) || b == b'/') {
         return false;
     }
     if line_end.is_none() {
-        // Still arriving: the first bytes must already look like a method token or "SIP/".
-        return line
-            .iter()
-            .take_while(|&&b| b != b' ')
-            .all(|&b| scan::is_token(b) || b == b'/');
+        return true;
     }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     // Versions other than 2.0 still frame, so the parser can answer 505 instead of a hang-up.
@@ -140,13 +193,28 @@ fn start_line_plausible(msg: &[u8]) -> bool {
     line.starts_with(b"SIP/") || memchr::memmem::find(tail, b" SIP/").is_some()
 }
 
-/// The Content-Length of a complete header block (start line through the empty line).
+/// The Content-Length of a complete header block (start line through the empty line). Only lines
+/// that can be Content-Length (starting with `c` or `l`) are lexed; the parser checks the rest.
 fn content_length(head: &[u8]) -> Result<usize, FrameError> {
     let first_nl = memchr::memchr(b'\n', head).ok_or(FrameError::NotSip)?;
     // The header block proper: after the start line, without the final empty line's CRLF.
     let block = &head[first_nl + 1..head.len() - 2];
     let mut found: Option<usize> = None;
-    for h in Lines::new(block) {
+    let mut pos = 0;
+    while pos < block.len() {
+        let line_start = pos;
+        pos = memchr::memchr(b'\n', &block[pos..]).map_or(block.len(), |i| pos + i + 1);
+        let line = &block[line_start..pos];
+        let maybe = match line[0] {
+            b'l' | b'L' => line.get(1).is_some_and(|&b| matches!(b, b':' | b' ' | b'\t')),
+            b'c' | b'C' => line.len() > 14 && line[..14].eq_ignore_ascii_case(b"content-length"),
+            _ => false,
+        };
+        if !maybe {
+            continue;
+        }
+        // Lex from here: the iterator takes folded continuation lines into the value.
+        let Some(h) = Lines::new(&block[line_start..]).next() else { break };
         let h = h.map_err(|_| FrameError::BadHeaderLine)?;
         if Name::classify(h.name) == Name::ContentLength {
             let n = scan::parse_u32(h.value).ok_or(FrameError::BadContentLength)? as usize;

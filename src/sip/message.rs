@@ -23,12 +23,9 @@ pub struct Span {
 
 impl Span {
     fn new(start: usize, end: usize) -> Span {
-        // Messages are capped far below 4 GiB by framing; saturate rather than wrap regardless.
-        let c = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-        Span {
-            start: c(start),
-            end: c(end),
-        }
+        // Framing caps messages far below 4 GiB (`--max-message-bytes` is a u32-sized limit).
+        debug_assert!(end <= u32::MAX as usize);
+        Span { start: start as u32, end: end as u32 }
     }
 
     pub fn range(self) -> Range<usize> {
@@ -79,6 +76,8 @@ pub enum ParseError {
     BadMaxForwards,
     #[error("Bad CSeq")]
     BadCSeq,
+    #[error("Bad Content-Length")]
+    BadContentLength,
     #[error("CSeq Method Does Not Match")]
     CSeqMismatch,
     #[error("Bad Via")]
@@ -130,23 +129,32 @@ pub struct Message<'a> {
     pub to: Option<Field>,
     pub cseq: Option<(Field, u32, Method<'a>)>,
     pub content_length: Option<Field>,
+    /// Content-Length as a number (framing reads it from here).
+    pub content_length_value: Option<u32>,
     pub header_count: usize,
 }
 
 impl<'a> Message<'a> {
     /// Parses one framed message (`buf` from the first byte of the start line through the body).
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        let head = match memchr::memmem::find(buf, b"\r\n\r\n") {
+            Some(i) => i + 4,
+            // A head cut short: take everything as header lines.
+            None => buf.len(),
+        };
+        Message::parse_head(buf, head)
+    }
+
+    /// Parses a message whose header block (start line through the empty line) is the first
+    /// `head` bytes of `buf`.
+    pub fn parse_head(buf: &'a [u8], head: usize) -> Result<Message<'a>, ParseError> {
         let nl = memchr::memchr(b'\n', buf).ok_or(ParseError::BadStartLine)?;
         if nl == 0 || buf[nl - 1] != b'\r' {
             return Err(ParseError::BareLf);
         }
         let start = parse_start_line(&buf[..nl - 1])?;
         let headers_start = nl + 1;
-        let body_start = match memchr::memmem::find(&buf[nl - 1..], b"\r\n\r\n") {
-            Some(i) => nl - 1 + i + 4,
-            // A head cut short (only when scanning a prefix): take everything as header lines.
-            None => buf.len(),
-        };
+        let body_start = head.max(headers_start).min(buf.len());
         let block_end = body_start.saturating_sub(2).max(headers_start);
         let mut m = Message {
             buf,
@@ -165,6 +173,7 @@ impl<'a> Message<'a> {
             to: None,
             cseq: None,
             content_length: None,
+            content_length_value: None,
             header_count: 0,
         };
         m.scan_headers(headers_start, block_end)?;
@@ -199,15 +208,6 @@ impl<'a> Message<'a> {
             };
             match name {
                 Name::Via | Name::Route | Name::RecordRoute | Name::Path | Name::Contact => {
-                    let mut vals = scan::Values::new(h.value);
-                    let top = vals.next().ok_or(ParseError::Empty(name.as_str()))?;
-                    let toff = from + scan::offset_in(block, top);
-                    field.top = Span::new(toff, toff + top.len());
-                    let second = vals.next();
-                    field.next = second.map(|s| (from + scan::offset_in(block, s)) as u32);
-                    if name == Name::Via {
-                        self.via_count += 1 + u32::from(second.is_some()) + vals.count() as u32;
-                    }
                     let slot = match name {
                         Name::Via => &mut self.via,
                         Name::Route => &mut self.route,
@@ -215,7 +215,27 @@ impl<'a> Message<'a> {
                         Name::Path => &mut self.path,
                         _ => &mut self.contact,
                     };
-                    slot.get_or_insert(field);
+                    if slot.is_some() {
+                        // A later line: its positions are never needed; Via values are counted.
+                        if name == Name::Via {
+                            let n = scan::Values::new(h.value).count() as u32;
+                            if n == 0 {
+                                return Err(ParseError::Empty(name.as_str()));
+                            }
+                            self.via_count += n;
+                        }
+                        continue;
+                    }
+                    let mut vals = scan::Values::new(h.value);
+                    let top = vals.next().ok_or(ParseError::Empty(name.as_str()))?;
+                    let toff = from + scan::offset_in(block, top);
+                    field.top = Span::new(toff, toff + top.len());
+                    let second = vals.next();
+                    field.next = second.map(|s| (from + scan::offset_in(block, s)) as u32);
+                    *slot = Some(field);
+                    if name == Name::Via {
+                        self.via_count += 1 + u32::from(second.is_some()) + vals.count() as u32;
+                    }
                 }
                 Name::MaxForwards => {
                     once(self.max_forwards.is_some(), name)?;
@@ -233,7 +253,11 @@ impl<'a> Message<'a> {
                 Name::CallId => set_once(&mut self.call_id, field, name, h.value)?,
                 Name::From => set_once(&mut self.from, field, name, h.value)?,
                 Name::To => set_once(&mut self.to, field, name, h.value)?,
-                Name::ContentLength => set_once(&mut self.content_length, field, name, h.value)?,
+                Name::ContentLength => {
+                    set_once(&mut self.content_length, field, name, h.value)?;
+                    let n = scan::parse_u32(h.value).ok_or(ParseError::BadContentLength)?;
+                    self.content_length_value = Some(n);
+                }
                 Name::Other => {}
             }
         }

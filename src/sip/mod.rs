@@ -17,11 +17,11 @@ pub mod scan;
 pub mod token;
 pub mod via;
 
-pub use frame::{FrameError, Framed, Status, frame};
+pub use frame::{FrameError, Framed, Read, Status, frame, read};
 pub use message::{Field, Message, ParseError, Rejection, Span, StartLine};
 pub use method::Method;
 pub use rewrite::Rewrite;
-pub use token::{Token, TokenKey};
+pub use token::{Token, TokenCache, TokenKey};
 
 #[cfg(test)]
 mod torture;

@@ -10,10 +10,24 @@ pub fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+/// RFC 3261 `token` characters, as a lookup table (httparse-style) since every header name and
+/// parameter name is checked byte by byte.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        i += 1;
+    }
+    t
+};
+
 /// RFC 3261 `token` characters (header names, methods, parameter names).
 #[inline]
 pub fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN[usize::from(b)]
 }
 
 /// `s` without leading and trailing LWS.
@@ -133,15 +147,17 @@ impl<'a> Iterator for Lines<'a> {
         }
         self.pos = end;
         let line = &self.block[start..end];
-        let Some(colon) = memchr(b':', line) else {
-            return Some(Err(LineError::Malformed));
-        };
-        let name = trim(&line[..colon]);
-        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+        // name = token, then optional SP/HT, then ':' (RFC 3261 §25.1 HCOLON).
+        let name_len = line.iter().position(|&b| !is_token(b)).unwrap_or(line.len());
+        let mut colon = name_len;
+        while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
+            colon += 1;
+        }
+        if name_len == 0 || line.get(colon) != Some(&b':') {
             return Some(Err(LineError::Malformed));
         }
         Some(Ok(RawHeader {
-            name,
+            name: &line[..name_len],
             value: trim(&line[colon + 1..]),
             line_start: start,
             line_len: end - start,
@@ -161,34 +177,35 @@ impl<'a> Values<'a> {
     }
 }
 
-/// Index of the first top-level occurrence of `sep` in `s`, honouring quotes, `<...>` and `[...]`.
+/// Index of the first top-level occurrence of `sep` in `s`: not inside a quoted string (with
+/// backslash escapes) nor inside `<...>`. IPv6 references hold neither `,` nor `;`, so brackets
+/// need no tracking. memchr3 jumps between the only bytes that matter.
 pub fn find_top_level(s: &[u8], sep: u8) -> Option<usize> {
     let mut i = 0;
-    let mut angle = false;
-    let mut bracket = false;
     while i < s.len() {
-        let b = s[i];
-        match b {
-            b'"' if !angle => {
-                // Skip the quoted string, honouring backslash escapes.
-                i += 1;
-                while i < s.len() && s[i] != b'"' {
-                    if s[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'<' => angle = true,
-            b'>' => angle = false,
-            b'[' if !angle => bracket = true,
-            b']' => bracket = false,
-            _ if b == sep && !angle && !bracket => return Some(i),
-            _ => {}
+        i += memchr::memchr3(sep, b'"', b'<', &s[i..])?;
+        match s[i] {
+            b'"' => i = skip_quoted(s, i + 1)?,
+            b'<' => i += memchr(b'>', &s[i..])?,
+            _ => return Some(i),
         }
         i += 1;
     }
     None
+}
+
+/// Index of the closing quote of a quoted string whose body starts at `from`.
+fn skip_quoted(s: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        from += memchr::memchr2(b'"', b'\\', &s[from..])?;
+        if s[from] == b'"' {
+            return Some(from);
+        }
+        from += 2;
+        if from > s.len() {
+            return None;
+        }
+    }
 }
 
 /// Index of the first `needle` outside double-quoted strings.

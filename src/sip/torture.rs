@@ -2,7 +2,7 @@
 //! mutation sweeps: valid-but-unusual messages must parse, invalid ones must come back as an error
 //! with a reason, and nothing may panic. Messages are written with `\n` and turned into CRLF.
 
-use super::frame::{FrameError, Status, frame};
+use super::frame::{FrameError, Read, Status, frame, read};
 use super::message::{Message, ParseError, Rejection};
 use super::method::Method;
 use super::rewrite::Rewrite;
@@ -337,11 +337,11 @@ fn invalid_messages_are_refused_with_a_reason() {
         // Header-level garbage.
         (
             base("INVITE sip:user@example.com SIP/2.0", "this is not a header\n"),
-            Frame(FrameError::BadHeaderLine),
+            Parse(ParseError::BadHeaderLine),
         ),
         (
             msg("INVITE sip:u@e SIP/2.0\n folded onto nothing\nContent-Length: 0\n\n"),
-            Frame(FrameError::BadHeaderLine),
+            Parse(ParseError::OrphanContinuation),
         ),
         (
             base("INVITE sip:user@example.com SIP/2.0", "Via:\n"),
@@ -354,6 +354,7 @@ fn invalid_messages_are_refused_with_a_reason() {
     ];
     for (i, (buf, want)) in cases.iter().enumerate() {
         assert_eq!(&refuse(buf), want, "case {i}:\n{}", String::from_utf8_lossy(buf));
+        agree(buf);
     }
 }
 
@@ -366,6 +367,27 @@ fn content_length_larger_than_data_waits() {
     assert_eq!(frame(&buf, MAX), Status::Partial);
 }
 
+/// The one-pass [`read`] must say what [`frame`] followed by [`Message::parse`] says.
+fn agree(buf: &[u8]) {
+    let by_read = match read(buf, MAX) {
+        Read::Message(f, m) => {
+            assert_eq!(m.buf, &buf[f.range()]);
+            Ok((f, m.header_count))
+        }
+        Read::Unparsable(f, e) => Err(Ok((f, e))),
+        Read::Other(st) => Err(Err(st)),
+    };
+    let by_frame = match frame(buf, MAX) {
+        Status::Complete(f) => match Message::parse(&buf[f.range()]) {
+            Ok(m) => Ok((f, m.header_count)),
+            Err(e) => Err(Ok((f, e))),
+        },
+        st => Err(Err(st)),
+    };
+    // A message without Content-Length parses but does not frame: both must refuse it.
+    assert_eq!(by_read, by_frame, "{}", String::from_utf8_lossy(buf));
+}
+
 /// Every sample, cut at every byte: framing says Partial until the whole message is there.
 #[test]
 fn every_sample_split_at_every_byte() {
@@ -376,6 +398,7 @@ fn every_sample_split_at_every_byte() {
     for s in &samples {
         for cut in 0..s.len() {
             assert_eq!(frame(&s[..cut], MAX), Status::Partial, "cut {cut}");
+            assert!(matches!(read(&s[..cut], MAX), Read::Other(Status::Partial)), "cut {cut}");
         }
         assert!(matches!(frame(s, MAX), Status::Complete(f) if f.len == s.len()));
     }
@@ -416,12 +439,14 @@ fn mutations_never_panic() {
                 _ => {}
             }
         }
+        agree(&buf);
         if let Status::Complete(f) = frame(&buf, MAX)
             && let Ok(m) = Message::parse(&buf[f.range()])
         {
-            let _ = m.validate_request();
             rw.clear();
-            let _ = rw.via_received(&m, b"192.0.2.1", 5061);
+            if let Ok(via) = m.validate_request() {
+                let _ = rw.via_received(&m, &via, b"192.0.2.1", 5061);
+            }
             let _ = rw.push_via(&m, b"lb.example:5061", &key.branch(&[m.buf]), &token);
             if let Some(r) = m.route {
                 let _ = rw.pop_top(r);
