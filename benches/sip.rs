@@ -20,7 +20,12 @@ fn invite() -> Vec<u8> {
 
 /// A 200 OK as the back end sends it: our Via (with a real token) on top of the client's.
 fn ok_200(key: &TokenKey) -> Vec<u8> {
-    let tok = key.encode(Token { worker: 1, slot: 42, generation: 7, pin: 0 });
+    let tok = key.encode(Token {
+        worker: 1,
+        slot: 42,
+        generation: 7,
+        pin: 0,
+    });
     format!(
         "SIP/2.0 200 OK\r\n\
 Via: SIP/2.0/TLS lb.biloxi.example.com:5061;branch=z9hG4bK0123456789abcdef-{}\r\n\
@@ -48,7 +53,9 @@ fn forward_request(
     rr: &[u8; TOKEN_LEN],
     rw: &mut Rewrite,
 ) -> usize {
-    let Read::Message(_, m) = read(buf, MAX) else { panic!("bench INVITE must frame and parse") };
+    let Read::Message(_, m) = read(buf, MAX) else {
+        panic!("bench INVITE must frame and parse")
+    };
     let via = m.validate_request().expect("valid");
     rw.clear();
     rw.via_received(&m, &via, b"192.0.2.10", 5061).expect("received");
@@ -59,13 +66,16 @@ fn forward_request(
     }
     let mf = m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1));
     rw.set_max_forwards(&m, mf).expect("mf");
-    rw.insert_route_header(&m, "Record-Route", ADVERTISED, rr).expect("rr");
+    rw.insert_route_header(&m, "Record-Route", ADVERTISED, rr)
+        .expect("rr");
     rw.slices(m.buf).as_slice().iter().map(|s| s.len()).sum()
 }
 
 /// What the balancer does to a server's response: check our Via, decode where it goes, pop it.
 fn forward_response(buf: &[u8], key: &TokenKey, cache: &mut TokenCache, rw: &mut Rewrite) -> (Token, usize) {
-    let Read::Message(_, m) = read(buf, MAX) else { panic!("bench 200 must frame and parse") };
+    let Read::Message(_, m) = read(buf, MAX) else {
+        panic!("bench 200 must frame and parse")
+    };
     let via = m.top_via().expect("via");
     let branch = via.branch().expect("branch");
     let tok = &branch[branch.len() - TOKEN_LEN..];
@@ -78,8 +88,18 @@ fn forward_response(buf: &[u8], key: &TokenKey, cache: &mut TokenCache, rw: &mut
 
 fn bench(c: &mut Criterion) {
     let key = TokenKey::from_secret(b"bench");
-    let conn = key.encode(Token { worker: 1, slot: 42, generation: 7, pin: 0 });
-    let rr = key.encode(Token { worker: 1, slot: 42, generation: 7, pin: 0x1234 });
+    let conn = key.encode(Token {
+        worker: 1,
+        slot: 42,
+        generation: 7,
+        pin: 0,
+    });
+    let rr = key.encode(Token {
+        worker: 1,
+        slot: 42,
+        generation: 7,
+        pin: 0x1234,
+    });
     let mut cache = TokenCache::new();
     let inv = invite();
     let ok = ok_200(&key);
@@ -89,14 +109,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("invite_frame_parse_rewrite", |b| {
         b.iter(|| forward_request(black_box(&inv), &key, &conn, &rr, &mut rw))
     });
-    g.bench_function("ok200_frame_parse_rewrite", |b| b.iter(|| forward_response(black_box(&ok), &key, &mut cache, &mut rw)));
+    g.bench_function("ok200_frame_parse_rewrite", |b| {
+        b.iter(|| forward_response(black_box(&ok), &key, &mut cache, &mut rw))
+    });
     g.bench_function("frame_only_invite", |b| b.iter(|| frame(black_box(&inv), MAX)));
     g.bench_function("parse_only_invite", |b| {
-        let Status::Complete(f) = frame(&inv, MAX) else { panic!() };
+        let Status::Complete(f) = frame(&inv, MAX) else {
+            panic!()
+        };
         b.iter(|| Message::parse(black_box(&inv[f.range()])).map(|m| m.header_count))
     });
     g.bench_function("token_encode", |b| {
-        b.iter(|| key.encode(black_box(Token { worker: 1, slot: 2, generation: 3, pin: 4 })))
+        b.iter(|| {
+            key.encode(black_box(Token {
+                worker: 1,
+                slot: 2,
+                generation: 3,
+                pin: 4,
+            }))
+        })
     });
     g.bench_function("token_decode_uncached", |b| b.iter(|| key.decode(black_box(&rr))));
     g.finish();

@@ -6,7 +6,9 @@ fn main() {
     let n: usize = std::env::args().nth(1).unwrap().parse().unwrap();
     let mut acc = 0;
     for _ in 0..n {
-        let Read::Message(_, m) = read(std::hint::black_box(&inv), 65536) else { panic!() };
+        let Read::Message(_, m) = read(std::hint::black_box(&inv), 65536) else {
+            panic!()
+        };
         acc += m.header_count;
     }
     println!("{acc}");

@@ -3,4 +3,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
+pub mod certs;
+pub mod config;
+pub mod demo;
+pub mod load;
+pub mod logging;
 pub mod sip;
+pub mod tls;
+pub mod worker;

@@ -1,3 +1,64 @@
-fn main() {
-    println!("Hello, world!");
+//! The `siplb` binary: flags to configuration, start the workers, stop on SIGTERM/SIGINT.
+//! Refusals are one line on stderr: exit 2 for flags, 1 for files and certificates.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use siplb::config::{Args, Command};
+use siplb::worker::Balancer;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version are not errors; clap prints them and says so.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Some(Command::Demo(demo)) = args.command {
+        siplb::logging::init(demo.log.as_str());
+        return match siplb::demo::run(demo) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("siplb demo: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    siplb::logging::init(args.run.log.as_str());
+    let cfg = match args.run.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("siplb: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let lb = match Balancer::start(cfg) {
+        Ok(lb) => lb,
+        Err(e) => {
+            eprintln!("siplb: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let stop = lb.stopper();
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("siplb: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "stopping");
+            stop();
+        }
+    });
+    lb.join();
+    ExitCode::SUCCESS
 }

@@ -83,6 +83,9 @@ pub fn frame(buf: &[u8], max: usize) -> Status {
 }
 
 /// The outcome of [`read`]: a framed message, parsed or not.
+// The parsed message is large (offsets of every routing header) but lives on the stack for one
+// message; boxing it would put an allocation on the per-message path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Read<'a> {
     /// A whole message, parsed; `Message::buf` is exactly the message.
@@ -214,7 +217,9 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
             continue;
         }
         // Lex from here: the iterator takes folded continuation lines into the value.
-        let Some(h) = Lines::new(&block[line_start..]).next() else { break };
+        let Some(h) = Lines::new(&block[line_start..]).next() else {
+            break;
+        };
         let h = h.map_err(|_| FrameError::BadHeaderLine)?;
         if Name::classify(h.name) == Name::ContentLength {
             let n = scan::parse_u32(h.value).ok_or(FrameError::BadContentLength)? as usize;

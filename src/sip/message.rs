@@ -25,7 +25,10 @@ impl Span {
     fn new(start: usize, end: usize) -> Span {
         // Framing caps messages far below 4 GiB (`--max-message-bytes` is a u32-sized limit).
         debug_assert!(end <= u32::MAX as usize);
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
 
     pub fn range(self) -> Range<usize> {
@@ -414,7 +417,7 @@ fn parse_start_line(line: &[u8]) -> Result<StartLine<'_>, ParseError> {
 }
 
 /// `1*DIGIT LWS Method`.
-fn parse_cseq(v: &[u8]) -> Option<(u32, Method<'_>)> {
+pub(crate) fn parse_cseq(v: &[u8]) -> Option<(u32, Method<'_>)> {
     let split = v.iter().position(|&b| scan::is_lws(b))?;
     let n = scan::parse_u32(&v[..split])?;
     let m = scan::trim(&v[split..]);

@@ -7,6 +7,7 @@
 //! panics on input: every malformed byte sequence comes back as an error value.
 
 pub mod addr;
+pub mod exercise;
 pub mod frame;
 pub mod header;
 pub mod message;

@@ -8,9 +8,11 @@ use std::hash::{DefaultHasher, Hasher};
 
 use super::addr::NameAddr;
 use super::header::Name;
+use super::message::parse_cseq;
 use super::rewrite::push_u32;
-use super::scan::Lines;
+use super::scan::{Lines, Values};
 use super::token::hex_into;
+use super::via::Via;
 
 /// Extra headers an answer may carry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,22 +33,35 @@ pub fn write_response(head: &[u8], code: u16, reason: &str, extra: Extra, out: &
     let block = memchr::memchr(b'\n', head).map_or(&b""[..], |nl| &head[nl + 1..]);
     let mut tag_hash = DefaultHasher::new();
     let mut to: Option<&[u8]> = None;
+    let (mut from, mut call_id, mut cseq) = (false, false, false);
     for h in Lines::new(block) {
         let Ok(h) = h else { break };
         let name = Name::classify(h.name);
-        match name {
-            Name::Via | Name::From | Name::CallId | Name::CSeq => {
-                line(out, name.as_str(), h.value);
-                tag_hash.write(h.value);
+        // Copy only what is well-formed, and single-valued headers once: an answer to a broken
+        // request must not be broken itself.
+        let copy = match name {
+            Name::Via => {
+                let mut vals = Values::new(h.value).peekable();
+                vals.peek().is_some() && vals.all(|v| Via::parse(v).is_ok())
             }
-            Name::To if to.is_none() => to = Some(h.value),
-            _ => {}
+            Name::From => !std::mem::replace(&mut from, true) && NameAddr::parse(h.value).is_ok(),
+            Name::CallId => !std::mem::replace(&mut call_id, true) && valid_call_id(h.value),
+            Name::CSeq => !std::mem::replace(&mut cseq, true) && parse_cseq(h.value).is_some(),
+            Name::To if to.is_none() => {
+                to = NameAddr::parse(h.value).is_ok().then_some(h.value);
+                false
+            }
+            _ => false,
+        };
+        if copy {
+            line(out, name.as_str(), h.value);
+            tag_hash.write(h.value);
         }
     }
     if let Some(to) = to {
         out.extend_from_slice(b"To: ");
         out.extend_from_slice(to);
-        let has_tag = NameAddr::parse(to).map(|a| a.tag().is_some()).unwrap_or(true);
+        let has_tag = NameAddr::parse(to).is_ok_and(|a| a.tag().is_some());
         if !has_tag {
             // Deterministic, so a retransmitted request gets the same answer (RFC 3261 §8.2.6.2).
             let mut tag = [0u8; 16];
@@ -62,6 +77,11 @@ pub fn write_response(head: &[u8], code: u16, reason: &str, extra: Extra, out: &
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Server: siplb\r\nContent-Length: 0\r\n\r\n");
+}
+
+/// A Call-ID we can echo: non-empty, one line, no white space (RFC 3261 §25.1 callid).
+fn valid_call_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -120,6 +140,18 @@ Call-ID: c1@a\r\nCSeq: 1 INVITE\r\nSubject: x\r\nContent-Length: 0\r\n\r\n";
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("To: <sip:b>;tag=t9\r\n"), "{text}");
         assert!(text.contains("Retry-After: 5\r\n"), "{text}");
+    }
+
+    #[test]
+    fn broken_headers_are_not_echoed() {
+        // Found by the fuzzer: an empty Via, a CSeq without a space, a To with a stray quote.
+        let req = b"INVITE sip:b SIP/2.0\r\nVia:\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nCSeq: 1INVITE\r\n\
+To: <sip:b\">\r\nCall-ID: a\r\nCall-ID: b\r\n\r\n";
+        let mut out = Vec::new();
+        write_response(req, 400, "Bad Request", Extra::default(), &mut out);
+        let m = Message::parse(&out).expect("our answer parses");
+        assert_eq!((m.via_count, m.cseq.is_none(), m.to.is_none()), (1, true, true));
+        assert_eq!(m.call_id(), Some(&b"a"[..]));
     }
 
     #[test]

@@ -237,7 +237,13 @@ impl Rewrite {
     /// Adds `received` / fills `rport` on the sender's (top) Via, as RFC 3261 §18.2.1 and
     /// RFC 3581 §4 say: `received` when sent-by differs from the source address or `rport` was
     /// asked for, `rport=PORT` when `rport` is present without a value.
-    pub fn via_received(&mut self, msg: &Message, via: &Via, ip: &[u8], port: u16) -> Result<(), RewriteError> {
+    pub fn via_received(
+        &mut self,
+        msg: &Message,
+        via: &Via,
+        ip: &[u8],
+        port: u16,
+    ) -> Result<(), RewriteError> {
         let f = msg.via.ok_or(RewriteError::Missing("Via"))?;
         let host = via
             .host

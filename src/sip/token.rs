@@ -129,8 +129,11 @@ const CACHE_SLOTS: usize = 256;
 /// verification (compared in constant time), so the cache can never accept a forgery. One per
 /// worker; a direct-mapped table indexed by MAC bytes, which are uniformly distributed.
 pub struct TokenCache {
-    slots: Box<[Option<([u8; TOKEN_LEN], Token)>]>,
+    slots: Box<[Option<Verified>]>,
 }
+
+/// A token's text and what it decoded to.
+type Verified = ([u8; TOKEN_LEN], Token);
 
 impl Default for TokenCache {
     fn default() -> Self {
@@ -140,7 +143,9 @@ impl Default for TokenCache {
 
 impl TokenCache {
     pub fn new() -> TokenCache {
-        TokenCache { slots: vec![None; CACHE_SLOTS].into_boxed_slice() }
+        TokenCache {
+            slots: vec![None; CACHE_SLOTS].into_boxed_slice(),
+        }
     }
 
     pub fn decode(&mut self, key: &TokenKey, s: &[u8]) -> Result<Token, TokenError> {
@@ -271,7 +276,12 @@ mod tests {
         let k = key();
         let mut cache = TokenCache::new();
         for slot in 0..1000 {
-            let t = Token { worker: 0, slot, generation: 1, pin: 0 };
+            let t = Token {
+                worker: 0,
+                slot,
+                generation: 1,
+                pin: 0,
+            };
             let enc = k.encode(t);
             assert_eq!(cache.decode(&k, &enc), Ok(t));
             assert_eq!(cache.decode(&k, &enc), Ok(t), "cached");

@@ -41,7 +41,8 @@ fn forward_a_request() {
         pin: 4,
     });
     let mut rw = Rewrite::new();
-    rw.via_received(&m, &m.top_via().unwrap(), b"192.0.2.7", 40000).unwrap();
+    rw.via_received(&m, &m.top_via().unwrap(), b"192.0.2.7", 40000)
+        .unwrap();
     rw.push_via(&m, b"lb.example:5061", &[b'a'; 16], &tok).unwrap();
     rw.pop_top(m.route.unwrap()).unwrap();
     rw.set_max_forwards(&m, 69).unwrap();
@@ -106,7 +107,8 @@ fn missing_max_forwards_is_added_and_received_only_when_needed() {
     let mut rw = Rewrite::new();
     rw.set_max_forwards(&m, 70).unwrap();
     // Same address and no rport: RFC 3261 §18.2.1 adds nothing.
-    rw.via_received(&m, &m.top_via().unwrap(), b"192.0.2.7", 5061).unwrap();
+    rw.via_received(&m, &m.top_via().unwrap(), b"192.0.2.7", 5061)
+        .unwrap();
     let out = apply(&rw, &buf);
     assert!(out.contains("Max-Forwards: 70\r\n"), "{out}");
     assert!(!out.contains("received"), "{out}");
@@ -115,7 +117,8 @@ fn missing_max_forwards_is_added_and_received_only_when_needed() {
         crlf("OPTIONS sip:x SIP/2.0\nVia: SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1\nContent-Length: 0\n\n");
     let m = Message::parse(&buf).unwrap();
     rw.clear();
-    rw.via_received(&m, &m.top_via().unwrap(), b"2001:db8::1", 5061).unwrap();
+    rw.via_received(&m, &m.top_via().unwrap(), b"2001:db8::1", 5061)
+        .unwrap();
     assert!(rw.is_empty());
 }
 

@@ -1,0 +1,100 @@
+//! Throwaway certificates for the demo and the tests, made with rcgen: a CA, and leaf
+//! certificates carrying DNS names, good for both TLS server and client authentication (a pooled
+//! SIP server is both: it answers siplb's MTLS and may connect to the peer listener). Nothing here
+//! is meant for production keys.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{path}: {why}")]
+    Write { path: String, why: std::io::Error },
+}
+
+pub struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+/// A leaf certificate and its key, as PEM.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Paths of a leaf written to disk.
+pub struct LeafFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Ca {
+    pub fn new(common_name: &str) -> Result<Ca, CertError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Ca { params, key, pem })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), for server and client use.
+    pub fn issue(&self, names: &[&str]) -> Result<Leaf, CertError> {
+        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names.first().copied().unwrap_or("siplb"));
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    pub fn write_pem(&self, path: &Path) -> Result<(), CertError> {
+        write(path, &self.pem)
+    }
+}
+
+impl Leaf {
+    /// Writes `<dir>/<stem>.crt.pem` and `<dir>/<stem>.key.pem`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<LeafFiles, CertError> {
+        let cert = dir.join(format!("{stem}.crt.pem"));
+        let key = dir.join(format!("{stem}.key.pem"));
+        write(&cert, &self.cert_pem)?;
+        write(&key, &self.key_pem)?;
+        Ok(LeafFiles { cert, key })
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CertError> {
+    std::fs::write(path, text).map_err(|why| CertError::Write {
+        path: path.display().to_string(),
+        why,
+    })
+}

@@ -1,0 +1,387 @@
+//! Command line to validated configuration. Owns the flag names of DESIGN.md's contract, their
+//! defaults, and the two kinds of refusal: a bad flag (exit 2) and an unreadable or invalid file
+//! (exit 1), each as one line naming the flag or file and what is wrong.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::balance::{Backend, BalanceKey};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "siplb",
+    version,
+    about = "Load balancer for SIP over TLS: terminates client TLS, forwards over MTLS to a pool of SIP \
+             servers, and keeps each dialog on the server that took its first request.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole balancer on this machine: throwaway CA, three sipload back ends, siplb and a
+    /// caller; print calls per back end, failures and latency.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address for SIP/TLS clients (repeatable).
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chain (PEM) shown to clients.
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Back end: NAME=HOST:PORT[,weight=W]; NAME must be in the server's certificate (repeatable).
+    #[arg(long = "backend", value_name = "NAME=HOST:PORT[,weight=W]")]
+    pub backend: Vec<String>,
+    /// File with one back end per line, same syntax as --backend; '#' starts a comment.
+    #[arg(long, value_name = "FILE")]
+    pub backends_file: Option<PathBuf>,
+    /// CA (PEM) that back-end certificates must chain to.
+    #[arg(long, value_name = "PEM")]
+    pub backend_ca: Option<PathBuf>,
+    /// Client certificate siplb shows to back ends (default: --cert).
+    #[arg(long, value_name = "PEM", requires = "backend_key")]
+    pub backend_cert: Option<PathBuf>,
+    /// Key for --backend-cert (default: --key).
+    #[arg(long, value_name = "PEM", requires = "backend_cert")]
+    pub backend_key: Option<PathBuf>,
+    /// Address where back-end servers may open MTLS connections of their own to siplb.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// HOST[:PORT] siplb writes into Via, Record-Route and Path (default: the first --listen).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise: Option<String>,
+    /// Worker threads, each with its own event loop, listener and back-end pool.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// MTLS connections per back end per worker.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub pool_size: usize,
+    /// What keeps a dialog on one back end: the hash key for new dialogs.
+    #[arg(long, value_enum, default_value_t = BalanceKey::CallId)]
+    pub balance: BalanceKey,
+    /// Seconds between health probes of each back end.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub health_interval: u64,
+    /// Largest SIP message accepted; larger ones get 513 and the connection is closed.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+    /// Seconds a client may take to finish its TLS handshake.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Seconds of silence after which a client connection is closed (keep-alives count).
+    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    pub idle_timeout: u64,
+    /// Client connections open at once, over all workers.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Why siplb refuses to start. `exit_code` is 2 for flags, 1 for files and certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag}: {why}")]
+    Flag { flag: &'static str, why: String },
+    #[error("{0}")]
+    File(String),
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Flag { .. } => 2,
+            ConfigError::File(_) => 1,
+        }
+    }
+}
+
+fn flag(flag: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Flag {
+        flag,
+        why: why.into(),
+    }
+}
+
+/// Everything the balancer needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub backends: Vec<Backend>,
+    pub backend_ca: PathBuf,
+    pub backend_cert: PathBuf,
+    pub backend_key: PathBuf,
+    pub peer_listen: Option<SocketAddr>,
+    /// `host:port` as written into Via / Record-Route / Path.
+    pub advertise: String,
+    pub workers: usize,
+    pub pool_size: usize,
+    pub balance: BalanceKey,
+    pub health_interval: Duration,
+    pub max_message_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let cert = self.cert.ok_or_else(|| flag("--cert", "is required"))?;
+        let key = self.key.ok_or_else(|| flag("--key", "is required"))?;
+        let backend_ca = self
+            .backend_ca
+            .ok_or_else(|| flag("--backend-ca", "is required"))?;
+        let listen = if self.listen.is_empty() {
+            vec![SocketAddr::from(([0, 0, 0, 0], 5061))]
+        } else {
+            self.listen
+        };
+        let mut backends = Vec::new();
+        for spec in &self.backend {
+            backends.push(parse_backend(spec).map_err(|why| flag("--backend", why))?);
+        }
+        if let Some(file) = &self.backends_file {
+            backends.extend(read_backends_file(file)?);
+        }
+        if backends.is_empty() {
+            return Err(flag(
+                "--backend",
+                "at least one back end is required (or --backends-file)",
+            ));
+        }
+        for (i, b) in backends.iter().enumerate() {
+            if backends[..i].iter().any(|o| o.name == b.name) {
+                return Err(flag(
+                    "--backend",
+                    format!("back end name '{}' is given twice", b.name),
+                ));
+            }
+        }
+        let workers = match self.workers {
+            Some(0) => return Err(flag("--workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if workers > usize::from(u16::MAX) {
+            return Err(flag("--workers", "is too large"));
+        }
+        if self.pool_size == 0 {
+            return Err(flag("--pool-size", "must be at least 1"));
+        }
+        if !(512..=u32::MAX as usize / 2).contains(&self.max_message_bytes) {
+            return Err(flag("--max-message-bytes", "must be between 512 and 2147483647"));
+        }
+        if self.health_interval == 0 {
+            return Err(flag("--health-interval", "must be at least 1 second"));
+        }
+        let advertise = match self.advertise {
+            Some(a) => normalise_advertise(&a).map_err(|why| flag("--advertise", why))?,
+            None => {
+                let l = listen[0];
+                if l.ip().is_unspecified() {
+                    return Err(flag(
+                        "--advertise",
+                        "is required when --listen is a wildcard address: name the host clients reach",
+                    ));
+                }
+                l.to_string()
+            }
+        };
+        Ok(Config {
+            listen,
+            backend_cert: self.backend_cert.unwrap_or_else(|| cert.clone()),
+            backend_key: self.backend_key.unwrap_or_else(|| key.clone()),
+            cert,
+            key,
+            backends,
+            backend_ca,
+            peer_listen: self.peer_listen,
+            advertise,
+            workers,
+            pool_size: self.pool_size,
+            balance: self.balance,
+            health_interval: Duration::from_secs(self.health_interval),
+            max_message_bytes: self.max_message_bytes,
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+/// `HOST` or `HOST:PORT` (IPv6 in brackets); the port defaults to 5061.
+fn normalise_advertise(a: &str) -> Result<String, String> {
+    let (host, port) = match crate::sip::via::split_host_port(a.as_bytes()) {
+        Some((h, p)) => (h, p),
+        None => return Err(format!("'{a}' is not HOST or HOST:PORT")),
+    };
+    let host = std::str::from_utf8(host).map_err(|_| "host is not text".to_string())?;
+    let port = match port {
+        None => 5061,
+        Some(p) => std::str::from_utf8(p)
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("'{a}' has a bad port"))?,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// `NAME=HOST:PORT[,weight=W]`.
+pub fn parse_backend(spec: &str) -> Result<Backend, String> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("'{spec}' is not NAME=HOST:PORT[,weight=W]"))?;
+    let name = name.trim();
+    if name.is_empty() || crate::tls::server_name(name).is_err() {
+        return Err(format!(
+            "'{name}' is not a valid back-end name (it must be a DNS name in its certificate)"
+        ));
+    }
+    let mut parts = rest.split(',');
+    let hostport = parts.next().unwrap_or("").trim();
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("'{hostport}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{hostport}' resolves to no address"))?;
+    let mut weight = 100;
+    for p in parts {
+        match p.trim().split_once('=') {
+            Some(("weight", w)) => {
+                weight = w
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("weight '{w}' is not a whole number"))?;
+            }
+            _ => return Err(format!("unknown option '{p}' (only weight=W)")),
+        }
+    }
+    Ok(Backend::new(name.to_string(), addr, weight))
+}
+
+pub fn read_backends_file(path: &std::path::Path) -> Result<Vec<Backend>, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(
+            parse_backend(line)
+                .map_err(|why| ConfigError::File(format!("{}:{}: {why}", path.display(), n + 1)))?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec![
+            "siplb",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--backend-ca",
+            "ca.pem",
+        ];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("flags parse").run.into_config()
+    }
+
+    #[test]
+    fn backends_and_defaults() {
+        let c = args(&[
+            "--listen",
+            "127.0.0.1:5071",
+            "--backend",
+            "b1.example=127.0.0.1:6001,weight=5",
+        ])
+        .unwrap();
+        assert_eq!(c.backends[0].name, "b1.example");
+        assert_eq!(c.backends[0].weight, 5);
+        assert_eq!(c.advertise, "127.0.0.1:5071");
+        assert_eq!(c.backend_cert, PathBuf::from("c.pem"));
+        assert_eq!(c.pool_size, 1);
+    }
+
+    #[test]
+    fn refusals_name_the_flag() {
+        for (extra, flag_name) in [
+            (&["--backend", "noequals"][..], "--backend"),
+            (&["--backend", "b=127.0.0.1:1,color=red"], "--backend"),
+            (
+                &["--backend", "b=127.0.0.1:1", "--backend", "b=127.0.0.1:2"],
+                "--backend",
+            ),
+            (&[], "--backend"),
+            (&["--backend", "b=127.0.0.1:1"], "--advertise"),
+            (
+                &["--backend", "b=127.0.0.1:1", "--advertise", "h", "--workers", "0"],
+                "--workers",
+            ),
+            (
+                &["--backend", "b=127.0.0.1:1", "--advertise", "h:0"],
+                "--advertise",
+            ),
+        ] {
+            let e = args(extra).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().starts_with(flag_name), "{e}");
+        }
+        let e = args(&["--backends-file", "/nonexistent/siplb-backends"]).unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("/nonexistent/siplb-backends"), "{e}");
+    }
+
+    #[test]
+    fn advertise_forms() {
+        assert_eq!(normalise_advertise("lb.example").unwrap(), "lb.example:5061");
+        assert_eq!(normalise_advertise("[::1]:5071").unwrap(), "[::1]:5071");
+        assert!(normalise_advertise("a b").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! `sipload call`: a UAC that places N calls at R calls/s with at most L in flight, over one
+//! persistent TLS connection or a new one per call. Each call is INVITE → 200 → ACK → (hold) →
+//! BYE → 200; a BYE from the far end ends it too. Reports calls/s, failures by reason and setup
+//! latency (INVITE to 200) percentiles, with a progress bar while it runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+
+use super::endpoint::{Endpoint, Handler, Out};
+use super::msg::{self, Dialog, text, unique};
+use crate::sip::header::Name;
+use crate::sip::{Message, Method};
+
+#[derive(Clone)]
+pub struct CallOpts {
+    pub target: SocketAddr,
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<ClientConfig>,
+    pub calls: usize,
+    pub rate: f64,
+    pub concurrency: usize,
+    pub per_call_connection: bool,
+    /// Time between ACK and our BYE.
+    pub hold: Duration,
+    /// Wait for the far end's BYE instead of sending one.
+    pub remote_bye: bool,
+    pub timeout: Duration,
+    pub ruri: String,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CallReport {
+    pub ok: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+    /// Setup latencies of the calls that were answered, sorted.
+    pub setup: Vec<Duration>,
+    pub call_ids: Vec<String>,
+    pub failures: BTreeMap<String, usize>,
+}
+
+impl CallReport {
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.setup.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.setup.len() as f64 - 1.0) * p / 100.0).round() as usize;
+        self.setup[i.min(self.setup.len() - 1)]
+    }
+
+    pub fn calls_per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn summary(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut s = format!(
+            "calls: {} ok, {} failed in {:.2}s ({:.1} calls/s); setup latency ms p50 {:.2} p90 {:.2} p99 {:.2}",
+            self.ok,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            self.calls_per_sec(),
+            ms(self.percentile(50.0)),
+            ms(self.percentile(90.0)),
+            ms(self.percentile(99.0)),
+        );
+        for (why, n) in &self.failures {
+            s.push_str(&format!("\n  failed: {n} × {why}"));
+        }
+        s
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Inviting,
+    Talking,
+    Ending,
+}
+
+struct Call {
+    conn: usize,
+    started: Instant,
+    state: State,
+    dialog: Dialog,
+    bye_at: Option<Instant>,
+}
+
+struct Uac {
+    opts: CallOpts,
+    calls: HashMap<String, Call>,
+    report: CallReport,
+    /// Connections that carried a call that ended (per-call mode closes them).
+    finished_conns: Vec<usize>,
+}
+
+impl Uac {
+    fn end(&mut self, call_id: &str, failure: Option<String>) {
+        let Some(c) = self.calls.remove(call_id) else {
+            return;
+        };
+        match failure {
+            None => self.report.ok += 1,
+            Some(why) => {
+                self.report.failed += 1;
+                *self.report.failures.entry(why).or_default() += 1;
+            }
+        }
+        self.finished_conns.push(c.conn);
+    }
+}
+
+impl Handler for Uac {
+    fn on_message(&mut self, out: &mut Out, conn: usize, m: &Message) {
+        let call_id = m.call_id().map(text).unwrap_or_default();
+        if let Some(meth) = m.method() {
+            out.send(conn, msg::response(m, 200, "OK", Some(&unique("u")), false, ""));
+            if meth == Method::Bye && self.calls.contains_key(&call_id) {
+                self.end(&call_id, None);
+            }
+            return;
+        }
+        let (Some(code), Some((_, cseq, meth))) = (m.status(), m.cseq) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        match (meth, code) {
+            (_, 100..=199) => {}
+            (Method::Invite, 200..=299) if call.state == State::Inviting => {
+                self.report.setup.push(call.started.elapsed());
+                let d = &mut call.dialog;
+                d.remote = m.value(m.to).map(text).unwrap_or_default();
+                d.route = msg::values(m, Name::RecordRoute).into_iter().rev().collect();
+                if let Some(c) = msg::values(m, Name::Contact).first() {
+                    d.remote_target = msg::uri_of(c);
+                }
+                out.send(conn, d.request("ACK", Some(cseq), None, ""));
+                call.state = State::Talking;
+                if !self.opts.remote_bye {
+                    call.bye_at = Some(Instant::now() + self.opts.hold);
+                }
+            }
+            (Method::Invite, 200..=299) => {} // a retransmitted 200
+            (Method::Invite, _) => self.end(&call_id, Some(format!("INVITE answered {code}"))),
+            (Method::Bye, 200..=299) => self.end(&call_id, None),
+            (Method::Bye, _) => self.end(&call_id, Some(format!("BYE answered {code}"))),
+            _ => {}
+        }
+    }
+
+    fn on_close(&mut self, conn: usize) {
+        let lost: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.conn == conn)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            self.end(&id, Some("connection closed".into()));
+        }
+    }
+}
+
+/// Places the calls and returns what happened.
+pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
+    let mut ep = Endpoint::new()?;
+    let mut uac = Uac {
+        opts: opts.clone(),
+        calls: HashMap::new(),
+        report: CallReport::default(),
+        finished_conns: Vec::new(),
+    };
+    let start = Instant::now();
+    let mut started = 0usize;
+    let mut persistent: Option<usize> = None;
+    let mut last_progress = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
+    while started < opts.calls || !uac.calls.is_empty() {
+        let now = Instant::now();
+        // Start the calls that are due, within the concurrency limit.
+        while started < opts.calls
+            && uac.calls.len() < opts.concurrency
+            && start + interval * started as u32 <= now
+        {
+            let conn = if opts.per_call_connection {
+                ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone())?
+            } else {
+                match persistent.filter(|&c| ep.is_open(c)) {
+                    Some(c) => c,
+                    None => {
+                        let c = ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone())?;
+                        persistent = Some(c);
+                        c
+                    }
+                }
+            };
+            let call_id = unique("call-");
+            let mut dialog = Dialog {
+                call_id: call_id.clone(),
+                local: format!("<sip:caller@sipload.invalid>;tag={}", unique("f")),
+                remote: format!("<{}>", opts.ruri),
+                remote_target: opts.ruri.clone(),
+                route: Vec::new(),
+                cseq: 0,
+                host: "sipload.invalid".into(),
+            };
+            let body = msg::sdp("192.0.2.10", 40000);
+            let extra = format!(
+                "Contact: <sip:caller@sipload.invalid;transport=tls>\r\n{}",
+                msg::with_body("application/sdp", &body)
+            );
+            let invite = dialog.request("INVITE", None, None, &extra);
+            ep.send(conn, &invite);
+            uac.report.call_ids.push(call_id.clone());
+            uac.calls.insert(
+                call_id,
+                Call {
+                    conn,
+                    started: Instant::now(),
+                    state: State::Inviting,
+                    dialog,
+                    bye_at: None,
+                },
+            );
+            started += 1;
+        }
+        ep.turn(&mut uac, Duration::from_millis(1))?;
+        let now = Instant::now();
+        // BYEs that are due, and calls that took too long.
+        let mut timed_out = Vec::new();
+        for (id, c) in uac.calls.iter_mut() {
+            if c.bye_at.is_some_and(|t| t <= now) {
+                c.bye_at = None;
+                c.state = State::Ending;
+                let bye = c.dialog.request("BYE", None, None, "");
+                ep.send(c.conn, &bye);
+            }
+            if now.duration_since(c.started) > opts.timeout {
+                timed_out.push((
+                    id.clone(),
+                    format!("no answer within {:?} ({:?})", opts.timeout, c.state),
+                ));
+            }
+        }
+        for (id, why) in timed_out {
+            uac.end(&id, Some(why));
+        }
+        if opts.per_call_connection {
+            for conn in uac.finished_conns.drain(..) {
+                ep.close(conn);
+            }
+        } else {
+            uac.finished_conns.clear();
+        }
+        if opts.progress && now.duration_since(last_progress) > Duration::from_millis(250) {
+            last_progress = now;
+            progress(&uac.report, opts.calls);
+        }
+    }
+    if opts.progress {
+        progress(&uac.report, opts.calls);
+        eprintln!();
+    }
+    uac.report.elapsed = start.elapsed();
+    uac.report.setup.sort();
+    Ok(uac.report)
+}
+
+fn progress(r: &CallReport, total: usize) {
+    let done = r.ok + r.failed;
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    eprint!(
+        "\r[{}{}] {done}/{total} calls, {} failed",
+        "#".repeat(filled),
+        " ".repeat(width - filled),
+        r.failed
+    );
+    let _ = std::io::stderr().flush();
+}

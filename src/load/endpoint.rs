@@ -1,0 +1,221 @@
+//! A small single-threaded SIP-over-TLS end point for the load tools: one `mio::Poll`, any
+//! number of TLS connections (accepted or opened), each read with the balancer's own
+//! [`TlsStream`] and framed with [`crate::sip::read`]. A [`Handler`] sees every message and
+//! answers by queueing bytes in [`Out`]; the end point writes and flushes them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use crate::sip::{Message, Read, Status};
+use crate::tls::stream::TlsStream;
+
+const LISTENER: Token = Token(usize::MAX);
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// What a handler wants written: `(connection, bytes)`.
+#[derive(Default)]
+pub struct Out {
+    pub queue: Vec<(usize, Vec<u8>)>,
+}
+
+impl Out {
+    pub fn send(&mut self, conn: usize, bytes: impl Into<Vec<u8>>) {
+        self.queue.push((conn, bytes.into()));
+    }
+}
+
+pub trait Handler {
+    fn on_message(&mut self, out: &mut Out, conn: usize, m: &Message);
+    fn on_open(&mut self, _conn: usize, _peer: SocketAddr) {}
+    fn on_close(&mut self, _conn: usize) {}
+}
+
+struct EpConn {
+    stream: TlsStream,
+    interest: Interest,
+}
+
+pub struct Endpoint {
+    poll: Poll,
+    events: Events,
+    listener: Option<(TcpListener, Arc<ServerConfig>)>,
+    conns: HashMap<usize, EpConn>,
+    next_id: usize,
+}
+
+impl Endpoint {
+    pub fn new() -> std::io::Result<Endpoint> {
+        Ok(Endpoint {
+            poll: Poll::new()?,
+            events: Events::with_capacity(256),
+            listener: None,
+            conns: HashMap::new(),
+            next_id: 0,
+        })
+    }
+
+    /// Accepts TLS connections on `addr` (port 0 picks one); returns the bound address.
+    pub fn listen(&mut self, addr: SocketAddr, tls: Arc<ServerConfig>) -> std::io::Result<SocketAddr> {
+        let mut l = TcpListener::bind(addr)?;
+        self.poll
+            .registry()
+            .register(&mut l, LISTENER, Interest::READABLE)?;
+        let local = l.local_addr()?;
+        self.listener = Some((l, tls));
+        Ok(local)
+    }
+
+    /// Opens a TLS connection; messages can be sent on it at once (rustls holds them until
+    /// the handshake is done).
+    pub fn connect(
+        &mut self,
+        addr: SocketAddr,
+        tls: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> std::io::Result<usize> {
+        let sock = TcpStream::connect(addr)?;
+        let conn = ClientConnection::new(tls, name).map_err(std::io::Error::other)?;
+        self.add(sock, Connection::Client(conn))
+    }
+
+    fn add(&mut self, sock: TcpStream, tls: Connection) -> std::io::Result<usize> {
+        let _ = sock.set_nodelay(true);
+        let id = self.next_id;
+        self.next_id += 1;
+        let stream = TlsStream::new(sock, tls);
+        let interest = stream.interest();
+        let mut c = EpConn { stream, interest };
+        self.poll
+            .registry()
+            .register(&mut c.stream.sock, Token(id), interest)?;
+        self.conns.insert(id, c);
+        Ok(id)
+    }
+
+    pub fn send(&mut self, conn: usize, bytes: &[u8]) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let ok = c.stream.write_all(bytes).is_ok() && c.stream.flush().is_ok();
+        Self::rearm(&self.poll, conn, c);
+        ok
+    }
+
+    pub fn close(&mut self, conn: usize) {
+        if let Some(mut c) = self.conns.remove(&conn) {
+            c.stream.close();
+            let _ = self.poll.registry().deregister(&mut c.stream.sock);
+        }
+    }
+
+    pub fn is_open(&self, conn: usize) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn rearm(poll: &Poll, id: usize, c: &mut EpConn) {
+        let want = c.stream.interest();
+        if want != c.interest {
+            c.interest = want;
+            let _ = poll.registry().reregister(&mut c.stream.sock, Token(id), want);
+        }
+    }
+
+    /// Waits up to `timeout` for events and hands every complete message to `h`.
+    pub fn turn(&mut self, h: &mut impl Handler, timeout: Duration) -> std::io::Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+        let mut out = Out::default();
+        for t in ready {
+            if t == LISTENER {
+                self.accept(h);
+                continue;
+            }
+            let id = t.0;
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let mut dead = match c.stream.read() {
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::debug!(conn = id, error = %e, "sipload: read failed");
+                    true
+                }
+            };
+            let buf = std::mem::take(&mut c.stream.rbuf);
+            let mut pos = 0;
+            loop {
+                match crate::sip::read(&buf[pos..], MAX_MESSAGE) {
+                    Read::Message(f, m) => {
+                        h.on_message(&mut out, id, &m);
+                        pos += f.consumed();
+                    }
+                    Read::Unparsable(f, _) => pos += f.consumed(),
+                    Read::Other(Status::Ping(n)) => {
+                        out.send(id, b"\r\n".to_vec());
+                        pos += n;
+                    }
+                    Read::Other(Status::Partial | Status::Complete(_)) => break,
+                    Read::Other(Status::Invalid(e)) => {
+                        tracing::warn!(conn = id, error = %e, data = %String::from_utf8_lossy(&buf[pos..(pos + 200).min(buf.len())]), "sipload: unframable input");
+                        dead = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.stream.rbuf = buf;
+                c.stream.consume(pos);
+                if c.stream.closed {
+                    tracing::debug!(conn = id, "sipload: peer closed");
+                    dead = true;
+                } else if let Err(e) = c.stream.flush() {
+                    tracing::debug!(conn = id, error = %e, "sipload: write failed");
+                    dead = true;
+                }
+                Self::rearm(&self.poll, id, c);
+            }
+            for (conn, bytes) in out.queue.drain(..) {
+                self.send(conn, &bytes);
+            }
+            if dead {
+                self.close(id);
+                h.on_close(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, h: &mut impl Handler) {
+        loop {
+            let Some((l, tls)) = self.listener.as_ref() else {
+                return;
+            };
+            let (sock, peer) = match l.accept() {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let tls = Arc::clone(tls);
+            let Ok(conn) = ServerConnection::new(tls) else {
+                continue;
+            };
+            if let Ok(id) = self.add(sock, Connection::Server(conn)) {
+                h.on_open(id, peer);
+            }
+        }
+    }
+}

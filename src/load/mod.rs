@@ -1,0 +1,10 @@
+//! The bundled load tools behind `sipload`: a UAS playing a pooled back-end server
+//! ([`server`]), a UAC placing calls ([`caller`]), and the small TLS end point both run on
+//! ([`endpoint`]). They speak TLS themselves (rustls, the same [`crate::tls`] code as the
+//! balancer) and share the balancer's [`crate::sip`] layer for framing and parsing.
+
+pub mod caller;
+pub mod cli;
+pub mod endpoint;
+pub mod msg;
+pub mod server;

@@ -1,0 +1,94 @@
+//! One function that drives every entry point of the SIP layer over arbitrary bytes, the way the
+//! balancer would: read (frame + parse) every message in the buffer, validate, rewrite for
+//! forwarding, answer errors, decode tokens. Shared by the cargo-fuzz target and the unit tests'
+//! mutation sweep, so both exercise exactly the same paths. It checks the invariants the
+//! forwarding path relies on and panics only when one is broken.
+
+use super::frame::{Read, Status, read};
+use super::response::{Extra, write_response};
+use super::rewrite::{MAGIC, Rewrite};
+use super::token::{TOKEN_LEN, Token, TokenCache, TokenKey};
+
+/// Feeds `data` through the SIP layer as a stream of messages.
+pub fn exercise(data: &[u8]) {
+    let key = TokenKey::from_secret(b"exercise");
+    let token = key.encode(Token {
+        worker: 1,
+        slot: 2,
+        generation: 3,
+        pin: 4,
+    });
+    let mut cache = TokenCache::new();
+    let mut rw = Rewrite::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    // A small limit too, so the size checks get exercised by short inputs.
+    let max = if data.first().is_some_and(|b| b & 1 == 1) {
+        256
+    } else {
+        64 * 1024
+    };
+    while pos < data.len() {
+        let buf = &data[pos..];
+        match read(buf, max) {
+            Read::Message(f, m) => {
+                assert!(f.consumed() <= buf.len() && f.len >= f.head);
+                assert_eq!(m.buf.len(), f.len);
+                rw.clear();
+                if m.is_request() {
+                    match m.validate_request() {
+                        Ok(via) => {
+                            let _ = rw.via_received(&m, &via, b"192.0.2.1", 5061);
+                            let branch = key.branch(&[via.branch().unwrap_or(b""), via.host]);
+                            let _ = rw.push_via(&m, b"lb.example:5061", &branch, &token);
+                            if let Some(r) = m.route {
+                                let _ = rw.pop_top(r);
+                            }
+                            let mf = m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1));
+                            let _ = rw.set_max_forwards(&m, mf);
+                            let _ = rw.insert_route_header(&m, "Record-Route", b"lb.example", &token);
+                        }
+                        Err(why) => answer(m.head(), &why.to_string(), &mut out),
+                    }
+                } else if let Ok(via) = m.top_via() {
+                    if let Some(b) = via.branch()
+                        && b.starts_with(MAGIC)
+                        && b.len() >= TOKEN_LEN
+                    {
+                        let _ = cache.decode(&key, &b[b.len() - TOKEN_LEN..]);
+                    }
+                    if let Some(v) = m.via {
+                        let _ = rw.pop_top(v);
+                    }
+                }
+                out.clear();
+                rw.write_to(m.buf, &mut out);
+                assert_eq!(out.len(), rw.len(m.buf));
+                pos += f.consumed();
+            }
+            Read::Unparsable(f, e) => {
+                answer(&buf[f.range()], &e.to_string(), &mut out);
+                pos += f.consumed();
+            }
+            Read::Other(Status::Ping(n)) => pos += n,
+            Read::Other(Status::Invalid(e)) => {
+                answer(buf, &e.to_string(), &mut out);
+                break;
+            }
+            Read::Other(_) => break,
+        }
+    }
+}
+
+/// Our own answers must always frame and parse.
+fn answer(head: &[u8], reason: &str, out: &mut Vec<u8>) {
+    out.clear();
+    write_response(head, 400, reason, Extra::default(), out);
+    match read(out, 1 << 20) {
+        Read::Message(f, _) => assert_eq!(f.len, out.len(), "answer framed short"),
+        other => panic!(
+            "our answer does not parse: {other:?}\n{}",
+            String::from_utf8_lossy(out)
+        ),
+    }
+}

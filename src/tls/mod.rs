@@ -1,0 +1,204 @@
+//! TLS for every hop, rustls with the ring provider only: loading PEM files ([`load_certs`],
+//! [`load_key`]), the three configurations siplb needs — front (clients verify us), back (MTLS to
+//! the pool, each server verified against `--backend-ca` and its configured NAME) and peer
+//! (servers that connect to us with a certificate carrying a configured NAME) — and the
+//! non-blocking [`stream::TlsStream`] every connection, balancer or load tool, runs on.
+
+pub mod stream;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::client::ClientConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read certificates: {why}")]
+    Certs { path: String, why: String },
+    #[error("{path}: no certificate found (expected PEM 'BEGIN CERTIFICATE' blocks)")]
+    NoCerts { path: String },
+    #[error("{path}: cannot read a private key: {why}")]
+    Key { path: String, why: String },
+    #[error("{path}: not a usable CA certificate: {why}")]
+    Ca { path: String, why: String },
+    #[error("certificate and key do not work together: {0}")]
+    Config(String),
+    #[error("'{0}' is not a valid server name for certificate checks")]
+    ServerName(String),
+}
+
+/// The only crypto provider siplb uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let p = path.display().to_string();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Certs {
+            path: p.clone(),
+            why: e.to_string(),
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certs {
+            path: p.clone(),
+            why: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCerts { path: p });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// Trust anchors from PEM text.
+pub fn roots_from_pem(pem: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let c = c.map_err(|e| TlsError::Ca {
+            path: "(memory)".into(),
+            why: e.to_string(),
+        })?;
+        roots.add(c).map_err(|e| TlsError::Ca {
+            path: "(memory)".into(),
+            why: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| TlsError::Ca {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// A certificate chain and its key, as read from disk.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    pub fn load(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+        Ok(Identity {
+            chain: load_certs(cert)?,
+            key: load_key(key)?,
+        })
+    }
+
+    /// From PEM text (certificates made in memory for the demo and tests).
+    pub fn from_pem(cert: &str, key: &str) -> Result<Identity, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Certs {
+                path: "(memory)".into(),
+                why: e.to_string(),
+            })?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| TlsError::Key {
+            path: "(memory)".into(),
+            why: e.to_string(),
+        })?;
+        Ok(Identity { chain, key })
+    }
+
+    fn clone_parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain.clone(), self.key.clone_key())
+    }
+}
+
+fn config_err(e: rustls::Error) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+/// Front: our certificate for clients. One `Arc` shared by all workers, so the session cache and
+/// the ticket keys are shared and any core resumes any session.
+pub fn front_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = id.clone_parts();
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(config_err)?;
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+    Ok(Arc::new(cfg))
+}
+
+/// Back: MTLS client config presenting `id`, trusting only `roots` (the back-end CA). The name a
+/// server must carry is given per connection (its configured NAME, as SNI and SAN check).
+/// Sessions are resumed on reconnect through rustls' in-memory client session cache.
+pub fn backend_config(id: &Identity, roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsError> {
+    let (chain, key) = id.clone_parts();
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(config_err)?;
+    Ok(Arc::new(cfg))
+}
+
+/// Peer listener and sipload servers: a server config that requires a client certificate from
+/// `roots`. Which names are accepted is checked after the handshake ([`peer_name_allowed`]).
+pub fn mtls_server_config(id: &Identity, roots: RootCertStore) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = id.clone_parts();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(config_err)?;
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+    Ok(Arc::new(cfg))
+}
+
+/// A plain TLS client config trusting `roots` (sipload callers; tests).
+pub fn client_config(roots: RootCertStore, id: Option<&Identity>) -> Result<Arc<ClientConfig>, TlsError> {
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_root_certificates(roots);
+    let cfg = match id {
+        Some(id) => {
+            let (chain, key) = id.clone_parts();
+            b.with_client_auth_cert(chain, key).map_err(config_err)?
+        }
+        None => b.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_string()).map_err(|_| TlsError::ServerName(name.to_string()))
+}
+
+/// Which of `names` the verified end-entity certificate `cert` is valid for, if any. The chain
+/// was already verified against the CA during the handshake; this is the "only servers named in
+/// the configuration" check of the peer listener.
+pub fn peer_name_allowed<'n>(cert: &CertificateDer<'_>, names: &'n [String]) -> Option<&'n str> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    names
+        .iter()
+        .map(String::as_str)
+        .find(|n| ServerName::try_from(*n).is_ok_and(|sn| ee.verify_is_valid_for_subject_name(&sn).is_ok()))
+}

@@ -1,0 +1,180 @@
+//! A non-blocking TLS connection on a mio socket, in the manner of rustls' `tlsserver-mio`
+//! example: read until WouldBlock, let rustls decrypt, keep the plaintext in one growable read
+//! buffer that framing reads in place, and derive the poll interest from what rustls wants.
+//! Writes go through rustls' `write_vectored`; what rustls will not take yet (its buffer limit)
+//! waits in a local queue, which is capped so a peer that stops reading cannot grow us.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use mio::Interest;
+use mio::net::TcpStream;
+use rustls::Connection;
+
+/// Plaintext bytes queued for a peer that is not reading, beyond which it is cut off.
+pub const MAX_PENDING: usize = 4 << 20;
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("peer is not reading: more than {MAX_PENDING} bytes queued")]
+    Backlog,
+}
+
+pub struct TlsStream {
+    pub sock: TcpStream,
+    pub tls: Connection,
+    /// Decrypted bytes not yet consumed by framing.
+    pub rbuf: Vec<u8>,
+    /// Plaintext rustls did not accept yet.
+    pending: Vec<u8>,
+    /// The peer closed (TCP EOF or close_notify).
+    pub closed: bool,
+}
+
+impl TlsStream {
+    pub fn new(sock: TcpStream, tls: Connection) -> TlsStream {
+        TlsStream {
+            sock,
+            tls,
+            rbuf: Vec::new(),
+            pending: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Reads everything available into `rbuf`: TLS records from the socket, decrypted as they
+    /// come. Plaintext is drained after every batch of records, because rustls stops reading
+    /// once its own plaintext buffer is full. Returns the number of plaintext bytes added.
+    pub fn read(&mut self) -> Result<usize, StreamError> {
+        let before = self.rbuf.len();
+        loop {
+            match self.tls.read_tls(&mut self.sock) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(_) => {
+                    self.tls.process_new_packets()?;
+                    self.drain_plaintext()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.drain_plaintext()?;
+        Ok(self.rbuf.len() - before)
+    }
+
+    /// Moves decrypted bytes from rustls into `rbuf`.
+    fn drain_plaintext(&mut self) -> Result<(), StreamError> {
+        loop {
+            let len = self.rbuf.len();
+            if self.rbuf.capacity() - len < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            self.rbuf.resize(self.rbuf.capacity(), 0);
+            let got = self.tls.reader().read(&mut self.rbuf[len..]);
+            match got {
+                Ok(0) => {
+                    self.rbuf.truncate(len);
+                    self.closed = true;
+                    return Ok(());
+                }
+                Ok(n) => self.rbuf.truncate(len + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rbuf.truncate(len);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.rbuf.truncate(len);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Drops the first `n` bytes of the read buffer (the messages handled).
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.drain(..n.min(self.rbuf.len()));
+        // An idle connection should not keep a large buffer around.
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_CHUNK {
+            self.rbuf = Vec::new();
+        }
+    }
+
+    /// Queues a message given as slices (the rewritten original plus our inserts).
+    pub fn write(&mut self, slices: &[IoSlice<'_>]) -> Result<(), StreamError> {
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let mut done = 0;
+        if self.pending.is_empty() {
+            done = self.tls.writer().write_vectored(slices)?;
+        }
+        if done < total {
+            if self.pending.len() + total - done > MAX_PENDING {
+                return Err(StreamError::Backlog);
+            }
+            // Keep the rest, in order, after whatever is already waiting.
+            let mut skip = done;
+            for s in slices {
+                if skip >= s.len() {
+                    skip -= s.len();
+                    continue;
+                }
+                self.pending.extend_from_slice(&s[skip..]);
+                skip = 0;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        self.write(&[IoSlice::new(bytes)])
+    }
+
+    /// Sends what rustls has ready; moves queued plaintext into rustls as room appears.
+    pub fn flush(&mut self) -> Result<(), StreamError> {
+        loop {
+            while self.tls.wants_write() {
+                match self.tls.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let n = self.tls.writer().write(&self.pending)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.pending.drain(..n);
+        }
+    }
+
+    /// What to poll for: always readable (to see the peer close), writable while rustls has
+    /// bytes for the socket.
+    pub fn interest(&self) -> Interest {
+        if self.tls.wants_write() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        }
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
+    /// Starts a clean TLS close (close_notify); the caller flushes and drops.
+    pub fn close(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush();
+    }
+}

@@ -1,0 +1,490 @@
+//! One worker's event loop: accept on its own listeners, read and frame every connection until
+//! WouldBlock, route each message, then flush every connection written to once per batch (one
+//! write syscall per connection per wake-up, not per message). Timers (reconnects, handshake and
+//! idle timeouts) run from a sweep once a second.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use rustls::{Connection, ServerConnection};
+
+use super::pool::PoolEntry;
+use super::slots::{Conn, IpText, Kind, Slots};
+use super::{Handoff, HandoffRx, Shared};
+use crate::sip::response::{Extra, write_response};
+use crate::sip::{FrameError, Read, Rewrite, Status, Token as SipToken, TokenCache};
+use crate::tls::stream::TlsStream;
+
+pub const WAKER: Token = Token(usize::MAX);
+const PEER: Token = Token(usize::MAX - 1);
+/// Front listeners use tokens counting down from here.
+const LISTEN_BASE: usize = usize::MAX - 2;
+
+pub struct Worker {
+    pub(super) id: u16,
+    pub(super) poll: Poll,
+    pub(super) shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    peer_listener: Option<TcpListener>,
+    rx: HandoffRx,
+    pub(super) slots: Slots,
+    pub(super) pool: Vec<PoolEntry>,
+    pub(super) rw: Rewrite,
+    pub(super) tokens: TokenCache,
+    /// Scratch for answers siplb generates and for hand-off copies.
+    pub(super) out: Vec<u8>,
+    /// Connections written to since the last flush.
+    pub(super) dirty: Vec<usize>,
+    /// Connections to close after the current batch, with why.
+    pub(super) doomed: Vec<(usize, &'static str)>,
+    ready: bool,
+    started: Instant,
+    last_sweep: Instant,
+}
+
+impl Worker {
+    pub fn new(
+        id: u16,
+        poll: Poll,
+        shared: Arc<Shared>,
+        mut listeners: Vec<TcpListener>,
+        mut peer_listener: Option<TcpListener>,
+        rx: HandoffRx,
+    ) -> std::io::Result<Worker> {
+        for (i, l) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(l, Token(LISTEN_BASE - i), Interest::READABLE)?;
+        }
+        if let Some(l) = peer_listener.as_mut() {
+            poll.registry().register(l, PEER, Interest::READABLE)?;
+        }
+        let pool = (0..shared.backends.len())
+            .map(|_| PoolEntry::new(shared.cfg.pool_size))
+            .collect();
+        Ok(Worker {
+            id,
+            poll,
+            shared,
+            listeners,
+            peer_listener,
+            rx,
+            slots: Slots::default(),
+            pool,
+            rw: Rewrite::new(),
+            tokens: TokenCache::new(),
+            out: Vec::with_capacity(1024),
+            dirty: Vec::new(),
+            doomed: Vec::new(),
+            ready: false,
+            started: Instant::now(),
+            last_sweep: Instant::now(),
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        self.connect_pool(Instant::now());
+        while !self.shared.stop.load(Ordering::Acquire) {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(worker = self.id, error = %e, "event loop failed");
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.take_handoffs(),
+                    PEER => self.accept_peer(),
+                    Token(t) if t > LISTEN_BASE - self.listeners.len() && t <= LISTEN_BASE => {
+                        self.accept_clients(LISTEN_BASE - t)
+                    }
+                    Token(slot) => self.conn_event(slot, ev),
+                }
+            }
+            self.finish_batch();
+            let now = Instant::now();
+            if now.duration_since(self.last_sweep) >= Duration::from_secs(1) || !self.ready {
+                self.sweep(now);
+            }
+        }
+        self.close_all();
+    }
+
+    /// Flushes what the batch wrote, closes what it doomed, updates poll interest.
+    pub(super) fn finish_batch(&mut self) {
+        while let Some(slot) = self.dirty.pop() {
+            let Some(c) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            if let Err(e) = c.stream.flush() {
+                tracing::debug!(worker = self.id, slot, error = %e, "write failed");
+                self.doomed.push((slot, "write failed"));
+                continue;
+            }
+            let want = c.stream.interest();
+            if want != c.interest {
+                c.interest = want;
+                let _ = self
+                    .poll
+                    .registry()
+                    .reregister(&mut c.stream.sock, Token(slot), want);
+            }
+        }
+        while let Some((slot, why)) = self.doomed.pop() {
+            self.close(slot, why);
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, slot: usize) {
+        if !self.dirty.contains(&slot) {
+            self.dirty.push(slot);
+        }
+    }
+
+    fn accept_clients(&mut self, i: usize) {
+        loop {
+            let (sock, peer) = match self.listeners[i].accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "accept failed");
+                    return;
+                }
+            };
+            let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
+            if open >= self.shared.cfg.max_connections {
+                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
+                continue;
+            }
+            self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let tls = match ServerConnection::new(Arc::clone(&self.shared.front)) {
+                Ok(t) => Connection::Server(t),
+                Err(e) => {
+                    self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(%peer, error = %e, "cannot start TLS");
+                    continue;
+                }
+            };
+            self.add_conn(sock, peer, tls, Kind::Client);
+        }
+    }
+
+    fn accept_peer(&mut self) {
+        let Some(peer_tls) = self.shared.peer_tls.clone() else {
+            return;
+        };
+        loop {
+            let Some(l) = self.peer_listener.as_mut() else {
+                return;
+            };
+            let (sock, peer) = match l.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "peer accept failed");
+                    return;
+                }
+            };
+            match ServerConnection::new(Arc::clone(&peer_tls)) {
+                Ok(t) => {
+                    self.add_conn(sock, peer, Connection::Server(t), Kind::Peer(None));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot start TLS"),
+            }
+        }
+    }
+
+    /// Registers a new connection and gives it its token.
+    pub(super) fn add_conn(
+        &mut self,
+        sock: TcpStream,
+        peer: std::net::SocketAddr,
+        tls: Connection,
+        kind: Kind,
+    ) -> Option<usize> {
+        let _ = sock.set_nodelay(true);
+        let (slot, generation) = self.slots.vacant();
+        let token = self.shared.key.encode(SipToken {
+            worker: self.id,
+            slot: slot as u32,
+            generation,
+            pin: 0,
+        });
+        let stream = TlsStream::new(sock, tls);
+        let interest = stream.interest();
+        let now = Instant::now();
+        let mut conn = Conn {
+            kind,
+            stream,
+            peer,
+            peer_ip: IpText::new(peer),
+            token,
+            rr_tokens: Vec::new(),
+            interest,
+            opened: now,
+            last_active: now,
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut conn.stream.sock, Token(slot), interest)
+        {
+            tracing::warn!(%peer, error = %e, "cannot register connection");
+            if kind == Kind::Client {
+                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+            }
+            return None;
+        }
+        tracing::debug!(worker = self.id, slot, %peer, ?kind, "connection open");
+        Some(self.slots.insert(conn))
+    }
+
+    fn conn_event(&mut self, slot: usize, ev: &Event) {
+        let Some(c) = self.slots.get_mut(slot) else { return };
+        let was_handshaking = c.stream.is_handshaking();
+        if ev.is_readable() {
+            match c.stream.read() {
+                Ok(_) => c.last_active = Instant::now(),
+                Err(e) => {
+                    let kind = c.kind;
+                    tracing::debug!(worker = self.id, slot, ?kind, error = %e, "read failed");
+                    self.close(slot, tls_reason(&e));
+                    return;
+                }
+            }
+        }
+        let (kind, handshook, closed) = (
+            c.kind,
+            was_handshaking && !c.stream.is_handshaking(),
+            c.stream.closed,
+        );
+        if handshook && !self.on_handshake(slot, kind) {
+            return;
+        }
+        self.process(slot);
+        self.mark_dirty(slot);
+        if closed || ev.is_read_closed() && !ev.is_readable() || ev.is_error() {
+            self.doomed.push((
+                slot,
+                if ev.is_error() {
+                    "socket error"
+                } else {
+                    "closed by peer"
+                },
+            ));
+        }
+    }
+
+    /// Called once when a connection's handshake completes; false if it was closed.
+    fn on_handshake(&mut self, slot: usize, kind: Kind) -> bool {
+        match kind {
+            Kind::Backend(b) => {
+                self.pool_up(b, slot);
+                true
+            }
+            Kind::Peer(_) => {
+                let names = &self.shared.backend_name_strings;
+                let Some(c) = self.slots.get_mut(slot) else {
+                    return false;
+                };
+                let allowed = c
+                    .stream
+                    .tls
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| crate::tls::peer_name_allowed(cert, names))
+                    .map(|name| names.iter().position(|n| n == name));
+                match allowed {
+                    Some(idx) => {
+                        c.kind = Kind::Peer(idx);
+                        tracing::info!(peer = %c.peer, backend = ?idx.map(|i| &names[i]), "peer server connected");
+                        true
+                    }
+                    None => {
+                        let peer = c.peer;
+                        tracing::warn!(%peer, "peer refused: certificate names no configured back end");
+                        self.close(slot, "peer certificate names no configured back end");
+                        false
+                    }
+                }
+            }
+            Kind::Client => true,
+        }
+    }
+
+    /// Frames and routes every complete message in the connection's read buffer.
+    fn process(&mut self, slot: usize) {
+        let Some(c) = self.slots.get_mut(slot) else { return };
+        // Routing needs `&mut self` for other connections while the message borrows this
+        // buffer: move the buffer out (a pointer move, not a copy) and put it back after.
+        let buf = std::mem::take(&mut c.stream.rbuf);
+        let max = self.shared.cfg.max_message_bytes;
+        let mut pos = 0;
+        loop {
+            match crate::sip::read(&buf[pos..], max) {
+                Read::Message(f, m) => {
+                    self.route(slot, &m);
+                    pos += f.consumed();
+                }
+                Read::Unparsable(f, e) => {
+                    let msg = &buf[pos..][f.range()];
+                    if is_request(msg) {
+                        self.answer(slot, msg, 400, &e.to_string(), Extra::default());
+                    } else {
+                        self.shared
+                            .stats
+                            .dropped_responses
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    pos += f.consumed();
+                }
+                Read::Other(Status::Ping(n)) => {
+                    self.send_raw(slot, b"\r\n");
+                    pos += n;
+                }
+                Read::Other(Status::Partial) => break,
+                Read::Other(Status::Complete(_)) => {
+                    unreachable!("read() returns complete messages as Message")
+                }
+                Read::Other(Status::Invalid(e)) => {
+                    let rest = &buf[pos..];
+                    if matches!(e, FrameError::TooLarge { .. }) && is_request(rest) {
+                        self.answer(
+                            slot,
+                            &rest[..rest.len().min(max)],
+                            513,
+                            "Message Too Large",
+                            Extra::default(),
+                        );
+                    } else if is_request(rest) && !matches!(e, FrameError::NotSip) {
+                        self.answer(
+                            slot,
+                            &rest[..rest.len().min(max)],
+                            400,
+                            &e.to_string(),
+                            Extra::default(),
+                        );
+                    }
+                    self.doomed.push((slot, "unframable input"));
+                    pos = buf.len();
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.slots.get_mut(slot) {
+            c.stream.rbuf = buf;
+            c.stream.consume(pos);
+        }
+    }
+
+    /// Writes an answer siplb generates itself to the connection the request came from.
+    pub(super) fn answer(&mut self, slot: usize, request: &[u8], code: u16, reason: &str, extra: Extra) {
+        if request.starts_with(b"ACK ") {
+            return; // ACK is never answered.
+        }
+        self.out.clear();
+        write_response(request, code, reason, extra, &mut self.out);
+        self.shared.stats.generated.fetch_add(1, Ordering::Relaxed);
+        let out = std::mem::take(&mut self.out);
+        self.send_raw(slot, &out);
+        self.out = out;
+    }
+
+    pub(super) fn send_raw(&mut self, slot: usize, bytes: &[u8]) {
+        if let Some(c) = self.slots.get_mut(slot) {
+            if c.stream.write_all(bytes).is_err() {
+                self.doomed.push((slot, "peer not reading"));
+            }
+            self.mark_dirty(slot);
+        }
+    }
+
+    fn take_handoffs(&mut self) {
+        while let Ok(Handoff {
+            slot,
+            generation,
+            bytes,
+        }) = self.rx.try_recv()
+        {
+            let slot = slot as usize;
+            match self.slots.get_checked(slot, generation) {
+                Some(c) => {
+                    if c.stream.write_all(&bytes).is_err() {
+                        self.doomed.push((slot, "peer not reading"));
+                    }
+                    self.mark_dirty(slot);
+                }
+                None => {
+                    self.shared
+                        .stats
+                        .dropped_responses
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    pub(super) fn close(&mut self, slot: usize, why: &'static str) {
+        let Some(mut c) = self.slots.remove(slot) else {
+            return;
+        };
+        c.stream.close();
+        let _ = self.poll.registry().deregister(&mut c.stream.sock);
+        match c.kind {
+            Kind::Client => {
+                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(worker = self.id, peer = %c.peer, why, "client connection closed");
+            }
+            Kind::Backend(b) => self.pool_down(b, slot, why),
+            Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
+        }
+    }
+
+    /// Timers: pool reconnects, readiness, handshake and idle timeouts.
+    fn sweep(&mut self, now: Instant) {
+        self.last_sweep = now;
+        self.connect_pool(now);
+        if !self.ready && (self.pool_all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
+            self.ready = true;
+            self.shared.ready.fetch_add(1, Ordering::AcqRel);
+        }
+        let (hs, idle) = (self.shared.cfg.handshake_timeout, self.shared.cfg.idle_timeout);
+        for slot in self.slots.occupied() {
+            let Some(c) = self.slots.get(slot) else { continue };
+            if c.kind != Kind::Client {
+                continue;
+            }
+            if c.stream.is_handshaking() && now.duration_since(c.opened) > hs {
+                self.doomed.push((slot, "handshake timeout"));
+            } else if now.duration_since(c.last_active) > idle {
+                self.doomed.push((slot, "idle timeout"));
+            }
+        }
+        self.finish_batch();
+    }
+
+    fn close_all(&mut self) {
+        for slot in self.slots.occupied() {
+            self.close(slot, "shutting down");
+        }
+    }
+}
+
+fn is_request(msg: &[u8]) -> bool {
+    !msg.starts_with(b"SIP/")
+}
+
+fn tls_reason(e: &crate::tls::stream::StreamError) -> &'static str {
+    match e {
+        crate::tls::stream::StreamError::Tls(_) => "TLS error",
+        crate::tls::stream::StreamError::Io(_) => "i/o error",
+        crate::tls::stream::StreamError::Backlog => "peer not reading",
+    }
+}

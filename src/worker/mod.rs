@@ -1,0 +1,304 @@
+//! The balancer at run time: one thread per worker, each with its own `mio::Poll`, its own
+//! SO_REUSEPORT listeners, its own connections and its own MTLS pool to every back end. Nothing
+//! on the per-message path is shared or locked; the one cross-thread path is [`Handoff`], a
+//! message for a connection another worker owns, sent over a crossbeam channel with that worker's
+//! `mio::Waker`. [`Balancer`] starts, watches and stops the workers.
+
+mod event;
+mod pool;
+mod route;
+pub mod slots;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+use rustls::client::ClientConfig;
+use rustls::pki_types::ServerName;
+use rustls::server::ServerConfig;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::balance::Backend;
+use crate::config::Config;
+use crate::sip::TokenKey;
+use crate::tls::{self, Identity, TlsError};
+
+/// A message for a connection owned by another worker: already rewritten, ready to write.
+pub struct Handoff {
+    pub slot: u32,
+    pub generation: u32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{addr}: cannot create socket: {why}")]
+    Socket { addr: SocketAddr, why: io::Error },
+    #[error("{addr}: cannot set SO_REUSEPORT/SO_REUSEADDR: {why}")]
+    ReusePort { addr: SocketAddr, why: io::Error },
+    #[error("{addr}: cannot bind: {why}")]
+    Bind { addr: SocketAddr, why: io::Error },
+    #[error("{addr}: cannot listen: {why}")]
+    Listen { addr: SocketAddr, why: io::Error },
+    #[error("cannot create an event loop: {0}")]
+    Poll(io::Error),
+    #[error("cannot make the token key: {0}")]
+    Key(crate::sip::token::TokenError),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(io::Error),
+}
+
+impl StartError {
+    /// Exit code per DESIGN.md: 1 for files and certificates (and the system refusing us).
+    pub fn exit_code(&self) -> i32 {
+        1
+    }
+}
+
+/// Counters every worker adds to (relaxed atomics, off the per-message locking path).
+#[derive(Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub forwarded_requests: AtomicU64,
+    pub forwarded_responses: AtomicU64,
+    pub dropped_responses: AtomicU64,
+    pub generated: AtomicU64,
+    pub handoffs: AtomicU64,
+}
+
+/// What all workers read and nobody writes on the hot path.
+pub struct Shared {
+    pub cfg: Config,
+    pub key: TokenKey,
+    pub front: Arc<ServerConfig>,
+    pub backend_tls: Arc<ClientConfig>,
+    pub peer_tls: Option<Arc<ServerConfig>>,
+    pub backends: Vec<Backend>,
+    pub backend_names: Vec<ServerName<'static>>,
+    pub backend_name_strings: Vec<String>,
+    /// Host part of `cfg.advertise`, for recognising our own Route and Via.
+    pub adv_host: String,
+    pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
+    pub stop: AtomicBool,
+    pub ready: AtomicUsize,
+    pub clients_open: AtomicUsize,
+    pub stats: Stats,
+}
+
+impl Shared {
+    /// Sends `h` to worker `w` and wakes it. A full or closed channel drops the message (the
+    /// worker is stopping); SIP over TLS end points recover by their own timers.
+    pub fn hand_off(&self, w: usize, h: Handoff) -> bool {
+        let Some((tx, waker)) = self.handoff.get(w) else {
+            return false;
+        };
+        if tx.try_send(h).is_err() {
+            return false;
+        }
+        self.stats.handoffs.fetch_add(1, Ordering::Relaxed);
+        let _ = waker.wake();
+        true
+    }
+}
+
+/// A running balancer.
+pub struct Balancer {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    pub listen_addrs: Vec<SocketAddr>,
+    pub peer_addr: Option<SocketAddr>,
+}
+
+/// Capacity of each worker's hand-off channel.
+const HANDOFF_QUEUE: usize = 65_536;
+
+impl Balancer {
+    /// Loads certificates, binds every listener (port 0 becomes one real port shared by all
+    /// workers) and starts the workers.
+    pub fn start(mut cfg: Config) -> Result<Balancer, StartError> {
+        let front_id = Identity::load(&cfg.cert, &cfg.key)?;
+        let back_id = Identity::load(&cfg.backend_cert, &cfg.backend_key)?;
+        let roots = tls::load_roots(&cfg.backend_ca)?;
+        let front = tls::front_config(&front_id)?;
+        let backend_tls = tls::backend_config(&back_id, roots.clone())?;
+        let peer_tls = match cfg.peer_listen {
+            Some(_) => Some(tls::mtls_server_config(&front_id, roots)?),
+            None => None,
+        };
+        let backend_names = cfg
+            .backends
+            .iter()
+            .map(|b| tls::server_name(&b.name))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // Listeners: the first of each address picks the port, the others share it.
+        let mut listeners: Vec<Vec<TcpListener>> = (0..cfg.workers).map(|_| Vec::new()).collect();
+        let mut listen_addrs = Vec::new();
+        for &addr in &cfg.listen {
+            let mut real = addr;
+            for per_worker in listeners.iter_mut() {
+                let l = reuseport_listener(real)?;
+                real = l.local_addr().map_err(|why| StartError::Bind { addr, why })?;
+                per_worker.push(l);
+            }
+            listen_addrs.push(real);
+        }
+        let mut peer_listeners: Vec<Option<TcpListener>> = (0..cfg.workers).map(|_| None).collect();
+        let mut peer_addr = None;
+        if let Some(addr) = cfg.peer_listen {
+            let mut real = addr;
+            for slot in peer_listeners.iter_mut() {
+                let l = reuseport_listener(real)?;
+                real = l.local_addr().map_err(|why| StartError::Bind { addr, why })?;
+                *slot = Some(l);
+            }
+            peer_addr = Some(real);
+        }
+        if cfg.advertise.ends_with(":0") {
+            // The advertised port follows the real one when the first listener asked for port 0.
+            let host = cfg.advertise.trim_end_matches(":0").to_string();
+            cfg.advertise = format!("{host}:{}", listen_addrs[0].port());
+        }
+        let adv_host = match cfg.advertise.rfind(':') {
+            Some(i) => cfg.advertise[..i].to_string(),
+            None => cfg.advertise.clone(),
+        };
+
+        let mut polls = Vec::new();
+        let mut handoff = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..cfg.workers {
+            let poll = Poll::new().map_err(StartError::Poll)?;
+            let waker = Arc::new(Waker::new(poll.registry(), event::WAKER).map_err(StartError::Poll)?);
+            let (tx, rx) = crossbeam_channel::bounded(HANDOFF_QUEUE);
+            polls.push(poll);
+            handoff.push((tx, waker));
+            receivers.push(rx);
+        }
+        let shared = Arc::new(Shared {
+            key: TokenKey::generate().map_err(StartError::Key)?,
+            backends: cfg.backends.clone(),
+            backend_name_strings: cfg.backends.iter().map(|b| b.name.clone()).collect(),
+            backend_names,
+            front,
+            backend_tls,
+            peer_tls,
+            adv_host,
+            handoff,
+            stop: AtomicBool::new(false),
+            ready: AtomicUsize::new(0),
+            clients_open: AtomicUsize::new(0),
+            stats: Stats::default(),
+            cfg,
+        });
+        let mut threads = Vec::new();
+        let parts = polls
+            .into_iter()
+            .zip(receivers)
+            .zip(listeners)
+            .zip(peer_listeners);
+        for (id, (((poll, rx), ls), pl)) in parts.enumerate() {
+            let w = event::Worker::new(id as u16, poll, Arc::clone(&shared), ls, pl, rx)
+                .map_err(StartError::Poll)?;
+            let t = std::thread::Builder::new()
+                .name(format!("siplb-w{id}"))
+                .spawn(move || w.run())
+                .map_err(StartError::Thread)?;
+            threads.push(t);
+        }
+        tracing::info!(
+            listen = ?listen_addrs, peer = ?peer_addr, workers = threads.len(),
+            advertise = %shared.cfg.advertise, backends = shared.backends.len(), "siplb started"
+        );
+        Ok(Balancer {
+            shared,
+            threads,
+            listen_addrs,
+            peer_addr,
+        })
+    }
+
+    /// Waits until every worker has an MTLS connection to every back end (or gave up waiting
+    /// for the ones that are down). Returns whether that happened within `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.shared.ready.load(Ordering::Acquire) >= self.threads.len() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn advertise(&self) -> &str {
+        &self.shared.cfg.advertise
+    }
+
+    /// Asks every worker to stop, without waiting.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for (_, waker) in &self.shared.handoff {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Stops and waits for the workers.
+    pub fn shutdown(self) {
+        self.stop();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// A handle that can stop this balancer from another thread (signal handling).
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            shared.stop.store(true, Ordering::Release);
+            for (_, waker) in &shared.handoff {
+                let _ = waker.wake();
+            }
+        }
+    }
+
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A non-blocking listener with SO_REUSEPORT, so each worker accepts on its own socket and the
+/// kernel spreads connections over them.
+pub fn reuseport_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|why| StartError::Socket { addr, why })?;
+    sock.set_reuse_address(true)
+        .map_err(|why| StartError::ReusePort { addr, why })?;
+    sock.set_reuse_port(true)
+        .map_err(|why| StartError::ReusePort { addr, why })?;
+    sock.set_nonblocking(true)
+        .map_err(|why| StartError::Socket { addr, why })?;
+    sock.bind(&addr.into())
+        .map_err(|why| StartError::Bind { addr, why })?;
+    sock.listen(1024)
+        .map_err(|why| StartError::Listen { addr, why })?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
+/// Receiver side of a worker's hand-off channel.
+pub type HandoffRx = Receiver<Handoff>;

@@ -1,0 +1,160 @@
+//! The connections of one worker, by slot. A slot's generation changes every time it is freed,
+//! and routing tokens carry (slot, generation), so a message for a connection that has gone can
+//! never reach whichever connection took its slot later.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::Interest;
+
+use crate::sip::token::TOKEN_LEN;
+use crate::tls::stream::TlsStream;
+
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A SIP client on the front listener.
+    Client,
+    /// One of this worker's pool connections to back end `0`.
+    Backend(usize),
+    /// A back-end server that connected to the peer listener; its back end once verified.
+    Peer(Option<usize>),
+}
+
+impl Kind {
+    pub fn is_server(self) -> bool {
+        !matches!(self, Kind::Client)
+    }
+
+    /// The back end on the other side, when known.
+    pub fn backend(self) -> Option<usize> {
+        match self {
+            Kind::Client => None,
+            Kind::Backend(b) => Some(b),
+            Kind::Peer(b) => b,
+        }
+    }
+}
+
+/// The text of an address as written into `received=`, kept inline so a message needs no
+/// allocation to quote it.
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; 46],
+    len: u8,
+}
+
+impl IpText {
+    pub fn new(addr: SocketAddr) -> IpText {
+        let s = addr.ip().to_string();
+        let mut buf = [0u8; 46];
+        let len = s.len().min(buf.len());
+        buf[..len].copy_from_slice(&s.as_bytes()[..len]);
+        IpText { buf, len: len as u8 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+pub struct Conn {
+    pub kind: Kind,
+    pub stream: TlsStream,
+    pub peer: SocketAddr,
+    pub peer_ip: IpText,
+    /// Our Via token naming this connection (computed once).
+    pub token: [u8; TOKEN_LEN],
+    /// Record-Route / Path tokens for this (client) connection, per back end, made on first use.
+    pub rr_tokens: Vec<Option<[u8; TOKEN_LEN]>>,
+    pub interest: Interest,
+    pub opened: Instant,
+    pub last_active: Instant,
+}
+
+struct Entry {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+#[derive(Default)]
+pub struct Slots {
+    entries: Vec<Entry>,
+    free: Vec<usize>,
+    open: usize,
+}
+
+impl Slots {
+    /// The slot and generation the next insert will use.
+    pub fn vacant(&mut self) -> (usize, u32) {
+        let slot = match self.free.last() {
+            Some(&s) => s,
+            None => {
+                self.entries.push(Entry {
+                    generation: 0,
+                    conn: None,
+                });
+                self.free.push(self.entries.len() - 1);
+                self.entries.len() - 1
+            }
+        };
+        (slot, self.entries[slot].generation)
+    }
+
+    /// Fills the slot [`Slots::vacant`] returned.
+    pub fn insert(&mut self, conn: Conn) -> usize {
+        let (slot, _) = self.vacant();
+        self.free.pop();
+        self.entries[slot].conn = Some(conn);
+        self.open += 1;
+        slot
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&Conn> {
+        self.entries.get(slot)?.conn.as_ref()
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.entries.get_mut(slot)?.conn.as_mut()
+    }
+
+    /// The connection in `slot`, only if it is still the one `generation` named.
+    pub fn get_checked(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
+        let e = self.entries.get_mut(slot)?;
+        if e.generation != generation {
+            return None;
+        }
+        e.conn.as_mut()
+    }
+
+    pub fn generation(&self, slot: usize) -> u32 {
+        self.entries.get(slot).map_or(0, |e| e.generation)
+    }
+
+    pub fn remove(&mut self, slot: usize) -> Option<Conn> {
+        let e = self.entries.get_mut(slot)?;
+        let conn = e.conn.take()?;
+        e.generation = e.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.open -= 1;
+        Some(conn)
+    }
+
+    pub fn len(&self) -> usize {
+        self.open
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open == 0
+    }
+
+    /// Slots in use (for sweeps).
+    pub fn occupied(&self) -> Vec<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.conn.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    }
+}

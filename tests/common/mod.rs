@@ -1,0 +1,171 @@
+//! Test harness: a throwaway PKI made with rcgen, sipload back ends, and a balancer started
+//! through the real command-line parser, all on loopback with real TLS.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rustls::ClientConfig;
+use siplb::certs::{Ca, LeafFiles};
+use siplb::config::Args;
+use siplb::load::caller::{self, CallOpts, CallReport};
+use siplb::load::server::{self, ByeOn, ServerHandle, ServerOpts, ServerStats};
+use siplb::tls::{self, Identity};
+use siplb::worker::Balancer;
+
+pub const LB_NAME: &str = "siplb.test";
+
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub ca_path: PathBuf,
+    pub lb: LeafFiles,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::new("siplb test CA").expect("CA");
+        let ca_path = dir.path().join("ca.pem");
+        ca.write_pem(&ca_path).expect("write CA");
+        let lb = ca
+            .issue(&[LB_NAME, "127.0.0.1"])
+            .expect("lb cert")
+            .write(dir.path(), "lb")
+            .expect("write lb");
+        Pki { dir, ca, ca_path, lb }
+    }
+
+    /// A client config that trusts the test CA (optionally with a client certificate).
+    pub fn client_tls(&self, names: Option<&[&str]>) -> Arc<ClientConfig> {
+        let roots = tls::roots_from_pem(self.ca.pem()).expect("roots");
+        let id = names.map(|n| {
+            let leaf = self.ca.issue(n).expect("leaf");
+            Identity::from_pem(&leaf.cert_pem, &leaf.key_pem).expect("identity")
+        });
+        tls::client_config(roots, id.as_ref()).expect("client config")
+    }
+
+    pub fn identity(&self, names: &[&str]) -> Identity {
+        let leaf = self.ca.issue(names).expect("leaf");
+        Identity::from_pem(&leaf.cert_pem, &leaf.key_pem).expect("identity")
+    }
+}
+
+/// Options for the back ends a test starts.
+#[derive(Clone, Copy)]
+pub struct Backends {
+    pub count: usize,
+    pub bye_after: Option<Duration>,
+    pub bye_on: ByeOn,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            count: 3,
+            bye_after: None,
+            bye_on: ByeOn::Same,
+        }
+    }
+}
+
+pub fn backend_name(i: usize) -> String {
+    format!("b{i}.pool.test")
+}
+
+/// Starts sipload servers with certificates naming them; `peer` is siplb's peer listener.
+pub fn start_backends(pki: &Pki, opts: Backends, peer: Option<SocketAddr>) -> Vec<ServerHandle> {
+    (0..opts.count)
+        .map(|i| {
+            let name = backend_name(i);
+            let id = pki.identity(&[&name]);
+            let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
+            let server_tls = tls::mtls_server_config(&id, roots.clone()).expect("server tls");
+            let peer = peer.map(|addr| {
+                let client = tls::client_config(roots, Some(&id)).expect("client tls");
+                (addr, client, tls::server_name(LB_NAME).expect("name"))
+            });
+            server::spawn(ServerOpts {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                name,
+                tls: server_tls,
+                peer,
+                bye_after: opts.bye_after,
+                bye_on: opts.bye_on,
+            })
+            .expect("start back end")
+        })
+        .collect()
+}
+
+/// Starts siplb with `workers` workers in front of `backends`, plus `extra` flags.
+pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extra: &[String]) -> Balancer {
+    let mut args: Vec<String> = vec![
+        "siplb".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--cert".into(),
+        pki.lb.cert.display().to_string(),
+        "--key".into(),
+        pki.lb.key.display().to_string(),
+        "--backend-ca".into(),
+        pki.ca_path.display().to_string(),
+        "--workers".into(),
+        workers.to_string(),
+    ];
+    for b in backends {
+        args.push("--backend".into());
+        args.push(format!("{}={}", b.name, b.addr));
+    }
+    args.extend(extra.iter().cloned());
+    siplb::logging::init(&std::env::var("SIPLB_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    let cfg = Args::try_parse_from(args)
+        .expect("flags")
+        .run
+        .into_config()
+        .expect("config");
+    let lb = Balancer::start(cfg).expect("balancer starts");
+    assert!(
+        lb.wait_ready(Duration::from_secs(10)),
+        "balancer did not connect to its back ends"
+    );
+    lb
+}
+
+pub fn call_opts(pki: &Pki, lb: &Balancer, calls: usize) -> CallOpts {
+    CallOpts {
+        target: lb.listen_addrs[0],
+        server_name: tls::server_name(LB_NAME).expect("name"),
+        tls: pki.client_tls(None),
+        calls,
+        rate: 500.0,
+        concurrency: 20,
+        per_call_connection: false,
+        hold: Duration::ZERO,
+        remote_bye: false,
+        timeout: Duration::from_secs(10),
+        ruri: "sip:service@pool.test".into(),
+        progress: false,
+    }
+}
+
+pub fn run_calls(opts: CallOpts) -> CallReport {
+    caller::run(opts).expect("caller runs")
+}
+
+/// For every call: which back ends saw it. Panics if any dialog touched two back ends.
+pub fn assert_one_backend_per_call(report: &CallReport, stats: &[ServerStats]) -> Vec<usize> {
+    let mut per_backend = vec![0usize; stats.len()];
+    for id in &report.call_ids {
+        let seen: Vec<usize> = (0..stats.len())
+            .filter(|&i| stats[i].calls.contains_key(id))
+            .collect();
+        assert_eq!(seen.len(), 1, "call {id} reached back ends {seen:?}");
+        per_backend[seen[0]] += 1;
+    }
+    per_backend
+}
