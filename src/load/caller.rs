@@ -32,6 +32,8 @@ pub struct CallOpts {
     pub remote_bye: bool,
     pub timeout: Duration,
     pub ruri: String,
+    /// Give every call its own Request-URI user (`u<n>`), for `--balance ruri-user`.
+    pub vary_user: bool,
     pub progress: bool,
 }
 
@@ -204,11 +206,17 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
                 }
             };
             let call_id = unique("call-");
+            let ruri = if opts.vary_user {
+                let host = opts.ruri.rsplit(['@', ':']).next().unwrap_or("invalid");
+                format!("sip:u{started}@{host}")
+            } else {
+                opts.ruri.clone()
+            };
             let mut dialog = Dialog {
                 call_id: call_id.clone(),
                 local: format!("<sip:caller@sipload.invalid>;tag={}", unique("f")),
-                remote: format!("<{}>", opts.ruri),
-                remote_target: opts.ruri.clone(),
+                remote: format!("<{ruri}>"),
+                remote_target: ruri,
                 route: Vec::new(),
                 cseq: 0,
                 host: "sipload.invalid".into(),

@@ -50,6 +50,16 @@ pub struct Endpoint {
     next_id: usize,
 }
 
+impl Drop for Endpoint {
+    /// Ends every connection with close_notify, so the last messages are not cut off.
+    fn drop(&mut self) {
+        let ids: Vec<usize> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+}
+
 impl Endpoint {
     pub fn new() -> std::io::Result<Endpoint> {
         Ok(Endpoint {

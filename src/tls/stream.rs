@@ -33,6 +33,8 @@ pub struct TlsStream {
     pending: Vec<u8>,
     /// The peer closed (TCP EOF or close_notify).
     pub closed: bool,
+    /// The peer closed TCP without a TLS close_notify.
+    pub unclean_close: bool,
 }
 
 impl TlsStream {
@@ -43,6 +45,7 @@ impl TlsStream {
             rbuf: Vec::new(),
             pending: Vec::new(),
             closed: false,
+            unclean_close: false,
         }
     }
 
@@ -88,6 +91,14 @@ impl TlsStream {
                 Ok(n) => self.rbuf.truncate(len + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.rbuf.truncate(len);
+                    return Ok(());
+                }
+                // TCP closed without close_notify: what arrived before still counts (a peer
+                // that answers and hangs up at once must have its answer delivered).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.rbuf.truncate(len);
+                    self.closed = true;
+                    self.unclean_close = true;
                     return Ok(());
                 }
                 Err(e) => {

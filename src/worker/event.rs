@@ -265,20 +265,19 @@ impl Worker {
             was_handshaking && !c.stream.is_handshaking(),
             c.stream.closed,
         );
+        let close_why = if c.stream.unclean_close {
+            "closed without close_notify"
+        } else {
+            "closed by peer"
+        };
         if handshook && !self.on_handshake(slot, kind) {
             return;
         }
         self.process(slot);
         self.mark_dirty(slot);
         if closed || ev.is_read_closed() && !ev.is_readable() || ev.is_error() {
-            self.doomed.push((
-                slot,
-                if ev.is_error() {
-                    "socket error"
-                } else {
-                    "closed by peer"
-                },
-            ));
+            self.doomed
+                .push((slot, if ev.is_error() { "socket error" } else { close_why }));
         }
     }
 

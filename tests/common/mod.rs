@@ -149,6 +149,7 @@ pub fn call_opts(pki: &Pki, lb: &Balancer, calls: usize) -> CallOpts {
         remote_bye: false,
         timeout: Duration::from_secs(10),
         ruri: "sip:service@pool.test".into(),
+        vary_user: false,
         progress: false,
     }
 }
@@ -168,4 +169,81 @@ pub fn assert_one_backend_per_call(report: &CallReport, stats: &[ServerStats]) -
         per_backend[seen[0]] += 1;
     }
     per_backend
+}
+
+/// A SIP client for scripted exchanges: one TLS connection to siplb; everything received is kept.
+pub struct TestClient {
+    pub ep: siplb::load::endpoint::Endpoint,
+    pub conn: usize,
+    pub inbox: Inbox,
+}
+
+#[derive(Default)]
+pub struct Inbox {
+    pub messages: Vec<Vec<u8>>,
+    /// Automatic answers: 200 OK to any request (with Contact and our tag for INVITE).
+    pub answer_requests: bool,
+}
+
+impl siplb::load::endpoint::Handler for Inbox {
+    fn on_message(&mut self, out: &mut siplb::load::endpoint::Out, conn: usize, m: &siplb::sip::Message) {
+        self.messages.push(m.buf.to_vec());
+        if self.answer_requests && m.is_request() && m.method() != Some(siplb::sip::Method::Ack) {
+            let extra = "Contact: <sip:client@client.invalid;transport=tls>\r\n";
+            out.send(
+                conn,
+                siplb::load::msg::response(m, 200, "OK", Some("clienttag"), true, extra),
+            );
+        }
+    }
+}
+
+impl TestClient {
+    pub fn connect(pki: &Pki, lb: &Balancer) -> TestClient {
+        let mut ep = siplb::load::endpoint::Endpoint::new().expect("endpoint");
+        let conn = ep
+            .connect(
+                lb.listen_addrs[0],
+                pki.client_tls(None),
+                tls::server_name(LB_NAME).expect("name"),
+            )
+            .expect("connect");
+        TestClient {
+            ep,
+            conn,
+            inbox: Inbox::default(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        assert!(self.ep.send(self.conn, bytes), "send failed");
+    }
+
+    /// Waits until a received message satisfies `pred`; returns it.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&siplb::sip::Message) -> bool) -> Vec<u8> {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = 0;
+        loop {
+            while seen < self.inbox.messages.len() {
+                let m = self.inbox.messages[seen].clone();
+                seen += 1;
+                if siplb::sip::Message::parse(&m).is_ok_and(|p| pred(&p)) {
+                    return m;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting for {what}; got {} messages",
+                seen
+            );
+            self.ep
+                .turn(&mut self.inbox, Duration::from_millis(5))
+                .expect("turn");
+        }
+    }
+}
+
+/// The status code and CSeq method of a response.
+pub fn is_response(m: &siplb::sip::Message, code: u16, method: siplb::sip::Method) -> bool {
+    m.status() == Some(code) && m.cseq.is_some_and(|c| c.2 == method)
 }
