@@ -1,1 +1,215 @@
-//! placeholder
+//! `sipload` flags: `sipload server` (a pooled back end) and `sipload call` (a caller), with
+//! the same refusal rules as siplb (exit 2 for flags, 1 for files).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use super::caller::{self, CallOpts};
+use super::server::{self, ByeOn, ServerOpts};
+use crate::config::LogLevel;
+use crate::tls::{self, Identity};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sipload",
+    version,
+    about = "Load generator and test SIP server for siplb (SIP over TLS)."
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Cmd,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum, default_value_t = LogLevel::Warn, global = true)]
+    pub log: LogLevel,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// A UAS playing a pooled back-end server (MTLS; its NAME must be in its certificate).
+    Server(ServerArgs),
+    /// A UAC placing calls through siplb (or any SIP/TLS server) and reporting the results.
+    Call(CallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// The server's name (in its certificate, its Via and its Contact).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    #[arg(long, value_name = "PEM")]
+    pub cert: PathBuf,
+    #[arg(long, value_name = "PEM")]
+    pub key: PathBuf,
+    /// CA that clients (siplb) must present certificates from; also trusted for --peer.
+    #[arg(long, value_name = "PEM")]
+    pub ca: PathBuf,
+    /// siplb's peer listener, for BYEs sent on a connection of the server's own (--bye-on peer).
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Option<SocketAddr>,
+    /// siplb's certificate name, checked when connecting to --peer.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub peer_name: String,
+    /// End each answered call from this side after MS milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub bye_after_ms: Option<u64>,
+    /// Connection the server's BYE leaves on.
+    #[arg(long, value_enum, default_value_t = ByeOn::Same)]
+    pub bye_on: ByeOn,
+    /// On exit, write one line per Call-ID seen with what was seen, tab-separated.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// Address of siplb's front listener.
+    #[arg(long, value_name = "ADDR")]
+    pub target: SocketAddr,
+    /// Name the target's certificate must carry.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
+    /// CA the target's certificate must chain to.
+    #[arg(long, value_name = "PEM")]
+    pub ca: PathBuf,
+    /// Client certificate (for --require-client-cert balancers).
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub calls: usize,
+    /// New calls per second.
+    #[arg(long, value_name = "R", default_value_t = 50.0)]
+    pub rate: f64,
+    /// Calls in flight at most.
+    #[arg(long, value_name = "L", default_value_t = 20)]
+    pub concurrency: usize,
+    /// A new TLS connection for every call (default: one persistent connection).
+    #[arg(long)]
+    pub per_call_connection: bool,
+    /// Milliseconds between ACK and BYE.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub hold_ms: u64,
+    /// Wait for the far end's BYE instead of sending one.
+    #[arg(long)]
+    pub remote_bye: bool,
+    #[arg(long, value_name = "URI", default_value = "sip:service@example.com")]
+    pub ruri: String,
+    /// A different Request-URI user per call (u0, u1, ...).
+    #[arg(long)]
+    pub vary_user: bool,
+    /// Seconds a call may take before it counts as failed.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub timeout: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs sipload; returns the process exit code.
+pub fn main(args: Args) -> i32 {
+    crate::logging::init(args.log.as_str());
+    let result = match args.command {
+        Cmd::Server(s) => run_server(s),
+        Cmd::Call(c) => run_call(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sipload: {e}");
+            1
+        }
+    }
+}
+
+fn flag_check(ok: bool, flag: &str, why: &str) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(format!("{flag}: {why}")) }
+}
+
+fn run_server(a: ServerArgs) -> Result<i32, String> {
+    let id = Identity::load(&a.cert, &a.key).map_err(|e| e.to_string())?;
+    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let server_tls = tls::mtls_server_config(&id, roots.clone()).map_err(|e| e.to_string())?;
+    let peer = match a.peer {
+        Some(addr) => Some((
+            addr,
+            tls::client_config(roots, Some(&id)).map_err(|e| e.to_string())?,
+            tls::server_name(&a.peer_name).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    let handle = server::spawn(ServerOpts {
+        listen: a.listen,
+        name: a.name.clone(),
+        tls: server_tls,
+        peer,
+        bye_after: a.bye_after_ms.map(Duration::from_millis),
+        bye_on: a.bye_on,
+    })
+    .map_err(|e| format!("{}: {e}", a.listen))?;
+    eprintln!("sipload server {} listening on {}", a.name, handle.addr);
+    wait_for_signal()?;
+    let stats = handle.stop();
+    println!(
+        "server {}: {} calls seen, {} connections",
+        a.name,
+        stats.calls.len(),
+        stats.connections
+    );
+    if let Some(path) = a.report {
+        let text: String = stats
+            .calls
+            .iter()
+            .map(|(id, seen)| format!("{id}\t{}\t{}\n", a.name, seen.join(",")))
+            .collect();
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(0)
+}
+
+fn run_call(a: CallArgs) -> Result<i32, String> {
+    flag_check(a.rate > 0.0, "--rate", "must be above 0")?;
+    flag_check(a.concurrency > 0, "--concurrency", "must be at least 1")?;
+    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let id = match (&a.cert, &a.key) {
+        (Some(c), Some(k)) => Some(Identity::load(c, k).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let opts = CallOpts {
+        target: a.target,
+        server_name: tls::server_name(&a.server_name).map_err(|e| format!("--server-name: {e}"))?,
+        tls: tls::client_config(roots, id.as_ref()).map_err(|e| e.to_string())?,
+        calls: a.calls,
+        rate: a.rate,
+        concurrency: a.concurrency,
+        per_call_connection: a.per_call_connection,
+        hold: Duration::from_millis(a.hold_ms),
+        remote_bye: a.remote_bye,
+        timeout: Duration::from_secs(a.timeout),
+        ruri: a.ruri,
+        vary_user: a.vary_user,
+        progress: !a.quiet,
+    };
+    let report = caller::run(opts).map_err(|e| format!("{}: {e}", a.target))?;
+    println!("{}", report.summary());
+    Ok(if report.failed == 0 { 0 } else { 1 })
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
