@@ -73,9 +73,6 @@ pub struct RunArgs {
     /// What keeps a dialog on one back end: the hash key for new dialogs.
     #[arg(long, value_enum, default_value_t = BalanceKey::CallId)]
     pub balance: BalanceKey,
-    /// Seconds between health probes of each back end.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
-    pub health_interval: u64,
     /// Largest SIP message accepted; larger ones get 513 and the connection is closed.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_message_bytes: usize,
@@ -155,7 +152,6 @@ pub struct Config {
     pub workers: usize,
     pub pool_size: usize,
     pub balance: BalanceKey,
-    pub health_interval: Duration,
     pub max_message_bytes: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -209,9 +205,6 @@ impl RunArgs {
         if !(512..=u32::MAX as usize / 2).contains(&self.max_message_bytes) {
             return Err(flag("--max-message-bytes", "must be between 512 and 2147483647"));
         }
-        if self.health_interval == 0 {
-            return Err(flag("--health-interval", "must be at least 1 second"));
-        }
         let advertise = match self.advertise {
             Some(a) => normalise_advertise(&a).map_err(|why| flag("--advertise", why))?,
             None => {
@@ -238,7 +231,6 @@ impl RunArgs {
             workers,
             pool_size: self.pool_size,
             balance: self.balance,
-            health_interval: Duration::from_secs(self.health_interval),
             max_message_bytes: self.max_message_bytes,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),

@@ -1,3 +1,7 @@
+//! Runs `siplb::sip::read` (frame + parse) N times over the bench INVITE, for instruction
+//! counting under callgrind: `perf/sip-instructions.sh` runs it twice and takes the difference,
+//! which is stable on a noisy machine where nanoseconds are not.
+
 use siplb::sip::{Read, read};
 fn main() {
     let text = include_str!("../benches/invite.sip").replace('\n', "\r\n");
