@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use siplb::sip::rewrite::MAGIC;
 use siplb::sip::token::{TOKEN_LEN, TokenCache};
-use siplb::sip::{Message, Read, Rewrite, Status, Token, TokenKey, frame, read};
+use siplb::sip::{Forward, Message, Read, Rewrite, Status, Token, TokenKey, frame, read};
 
 const MAX: usize = 64 * 1024;
 const ADVERTISED: &[u8] = b"lb.biloxi.example.com:5061";
@@ -57,17 +57,17 @@ fn forward_request(
         panic!("bench INVITE must frame and parse")
     };
     let via = m.validate_request().expect("valid");
-    rw.clear();
-    rw.via_received(&m, &via, b"192.0.2.10", 5061).expect("received");
     let branch = key.branch(&[via.branch().unwrap_or(b""), via.host]);
-    rw.push_via(&m, ADVERTISED, &branch, conn_token).expect("via");
-    if let Some(r) = m.route {
-        rw.pop_top(r).expect("route");
-    }
-    let mf = m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1));
-    rw.set_max_forwards(&m, mf).expect("mf");
-    rw.insert_route_header(&m, "Record-Route", ADVERTISED, rr)
-        .expect("rr");
+    let fwd = Forward {
+        received: Some((b"192.0.2.10", 5061)),
+        sent_by: ADVERTISED,
+        branch: &branch,
+        token: conn_token,
+        pop_route: m.route,
+        max_forwards: m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1)),
+        record: Some(("Record-Route", rr)),
+    };
+    rw.forward_request(&m, &via, &fwd).expect("rewrite");
     rw.slices(m.buf).as_slice().iter().map(|s| s.len()).sum()
 }
 

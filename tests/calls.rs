@@ -23,14 +23,7 @@ fn through_balancer(per_call_connection: bool) {
     }
     // Every call went the whole way on its back end.
     for id in &report.call_ids {
-        let s = stats.iter().find(|s| s.calls.contains_key(id)).expect("seen");
-        for what in ["INVITE", "ACK", "BYE"] {
-            assert!(
-                s.saw(id, what),
-                "{id}: back end did not see {what}: {:?}",
-                s.calls[id]
-            );
-        }
+        assert_dialog(&stats, id, &["INVITE", "ACK", "BYE"]);
     }
     lb.shutdown();
 }

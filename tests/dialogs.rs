@@ -50,12 +50,7 @@ fn callee_hangs_up(bye_on: ByeOn, peer_listen: bool) {
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     assert_one_backend_per_call(&report, &stats);
     for id in &report.call_ids {
-        let s = stats.iter().find(|s| s.calls.contains_key(id)).expect("seen");
-        assert!(
-            s.saw(id, "sent BYE") && s.saw(id, "200 BYE"),
-            "{id}: {:?}",
-            s.calls[id]
-        );
+        assert_dialog(&stats, id, &["sent BYE", "200 BYE"]);
     }
     if bye_on == ByeOn::Other {
         // The BYEs left on the other worker's pool connection, so they crossed workers.
@@ -116,15 +111,7 @@ fn cancel_and_non_2xx_ack_reach_the_invites_back_end() {
     std::thread::sleep(Duration::from_millis(100));
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     for (id, _) in &calls {
-        let seen: Vec<_> = stats.iter().filter(|s| s.calls.contains_key(id)).collect();
-        assert_eq!(seen.len(), 1, "{id} reached {} back ends", seen.len());
-        for what in ["INVITE", "CANCEL", "ACK"] {
-            assert!(
-                seen[0].saw(id, what),
-                "{id}: {what} missing: {:?}",
-                seen[0].calls[id]
-            );
-        }
+        assert_dialog(&stats, id, &["INVITE", "CANCEL", "ACK"]);
     }
     lb.shutdown();
 }

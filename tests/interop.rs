@@ -128,15 +128,7 @@ fn sipp_calls_through_stunnel_and_siplb() {
     let all: std::collections::BTreeSet<&String> = stats.iter().flat_map(|s| s.calls.keys()).collect();
     assert_eq!(all.len(), calls, "back ends saw {} calls", all.len());
     for id in all {
-        let seen: Vec<_> = stats.iter().filter(|s| s.calls.contains_key(id)).collect();
-        assert_eq!(seen.len(), 1, "{id} touched {} back ends", seen.len());
-        for what in ["INVITE", "ACK", "BYE"] {
-            assert!(
-                seen[0].saw(id, what),
-                "{id}: {what} missing: {:?}",
-                seen[0].calls[id]
-            );
-        }
+        assert_dialog(&stats, id, &["INVITE", "ACK", "BYE"]);
     }
     lb.shutdown();
 }

@@ -6,7 +6,7 @@
 
 use super::frame::{Read, Status, read};
 use super::response::{Extra, write_response};
-use super::rewrite::{MAGIC, Rewrite};
+use super::rewrite::{Forward, MAGIC, Rewrite};
 use super::token::{TOKEN_LEN, Token, TokenCache, TokenKey};
 
 /// Feeds `data` through the SIP layer as a stream of messages.
@@ -38,15 +38,17 @@ pub fn exercise(data: &[u8]) {
                 if m.is_request() {
                     match m.validate_request() {
                         Ok(via) => {
-                            let _ = rw.via_received(&m, &via, b"192.0.2.1", 5061);
                             let branch = key.branch(&[via.branch().unwrap_or(b""), via.host]);
-                            let _ = rw.push_via(&m, b"lb.example:5061", &branch, &token);
-                            if let Some(r) = m.route {
-                                let _ = rw.pop_top(r);
-                            }
-                            let mf = m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1));
-                            let _ = rw.set_max_forwards(&m, mf);
-                            let _ = rw.insert_route_header(&m, "Record-Route", b"lb.example", &token);
+                            let fwd = Forward {
+                                received: Some((b"192.0.2.1", 5061)),
+                                sent_by: b"lb.example:5061",
+                                branch: &branch,
+                                token: &token,
+                                pop_route: m.route,
+                                max_forwards: m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1)),
+                                record: Some(("Record-Route", &token)),
+                            };
+                            let _ = rw.forward_request(&m, &via, &fwd);
                         }
                         Err(why) => answer(m.head(), &why.to_string(), &mut out),
                     }

@@ -21,7 +21,7 @@ pub mod via;
 pub use frame::{FrameError, Framed, Read, Status, frame, read};
 pub use message::{Field, Message, ParseError, Rejection, Span, StartLine};
 pub use method::Method;
-pub use rewrite::Rewrite;
+pub use rewrite::{Forward, Rewrite};
 pub use token::{Token, TokenCache, TokenKey};
 
 #[cfg(test)]

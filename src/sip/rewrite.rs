@@ -54,6 +54,23 @@ impl Default for Rewrite {
     }
 }
 
+/// Everything forwarding a request changes, so the balancer, the bench and the fuzzer run the
+/// same sequence.
+pub struct Forward<'a> {
+    /// The sender's address for `received` / `rport` (requests from clients).
+    pub received: Option<(&'a [u8], u16)>,
+    /// Our `host:port`, in our Via and in Record-Route / Path.
+    pub sent_by: &'a [u8],
+    pub branch: &'a [u8; 16],
+    /// Names the connection the request came from (for its responses).
+    pub token: &'a [u8; TOKEN_LEN],
+    /// Our Route, to remove.
+    pub pop_route: Option<Field>,
+    pub max_forwards: u32,
+    /// `("Record-Route" | "Path", token)` to add.
+    pub record: Option<(&'static str, &'a [u8; TOKEN_LEN])>,
+}
+
 /// The rewritten message as slices, ready for `write_vectored`.
 pub struct Slices<'b> {
     arr: [IoSlice<'b>; MAX_SLICES],
@@ -159,6 +176,23 @@ impl Rewrite {
         for s in self.slices(msg).as_slice() {
             out.extend_from_slice(s);
         }
+    }
+
+    /// The edits for forwarding request `m` (whose top Via is `via`), replacing any made before.
+    pub fn forward_request(&mut self, m: &Message, via: &Via, f: &Forward) -> Result<(), RewriteError> {
+        self.clear();
+        if let Some((ip, port)) = f.received {
+            self.via_received(m, via, ip, port)?;
+        }
+        self.push_via(m, f.sent_by, f.branch, f.token)?;
+        if let Some(r) = f.pop_route {
+            self.pop_top(r)?;
+        }
+        self.set_max_forwards(m, f.max_forwards)?;
+        if let Some((name, t)) = f.record {
+            self.insert_route_header(m, name, f.sent_by, t)?;
+        }
+        Ok(())
     }
 
     /// Adds a header line above all others (so our Via, Record-Route or Path comes first).

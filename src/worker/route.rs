@@ -11,7 +11,7 @@ use super::event::Worker;
 use crate::balance;
 use crate::sip::addr::{NameAddr, Uri};
 use crate::sip::response::Extra;
-use crate::sip::rewrite::MAGIC;
+use crate::sip::rewrite::{Forward, MAGIC, RewriteError};
 use crate::sip::token::TOKEN_LEN;
 use crate::sip::via::Via;
 use crate::sip::{Field, Message, Method, Token};
@@ -70,28 +70,26 @@ impl Worker {
         let rr = record.then(|| self.rr_token(src, be));
         let branch = self.branch(m, &via);
         let adv = self.shared.cfg.advertise.as_bytes();
-        self.rw.clear();
-        let edits = (|| {
-            self.rw.via_received(m, &via, ip.as_bytes(), port)?;
-            self.rw.push_via(m, adv, &branch, &token)?;
-            if let Some((f, _)) = ours {
-                self.rw.pop_top(f)?;
-            }
-            self.rw.set_max_forwards(m, mf)?;
-            match (rr, method) {
-                (Some(t), Method::Register) => self.rw.insert_route_header(m, "Path", adv, &t),
-                (Some(t), _) => self.rw.insert_route_header(m, "Record-Route", adv, &t),
-                (None, _) => Ok(()),
-            }
-        })();
-        if let Err(e) = edits {
-            self.answer(
-                src,
-                m.head(),
-                400,
-                &format!("Cannot Forward: {e}"),
-                Extra::default(),
-            );
+        let fwd = Forward {
+            received: Some((ip.as_bytes(), port)),
+            sent_by: adv,
+            branch: &branch,
+            token: &token,
+            pop_route: ours.map(|(f, _)| f),
+            max_forwards: mf,
+            record: rr.as_ref().map(|t| {
+                (
+                    if method == Method::Register {
+                        "Path"
+                    } else {
+                        "Record-Route"
+                    },
+                    t,
+                )
+            }),
+        };
+        let edits = self.rw.forward_request(m, &via, &fwd);
+        if !self.edits_ok(src, m, edits) {
             return;
         }
         self.write_local(dst, m);
@@ -124,24 +122,17 @@ impl Worker {
         };
         let branch = self.branch(m, &via);
         let adv = self.shared.cfg.advertise.as_bytes();
-        self.rw.clear();
-        let edits = (|| {
-            self.rw.push_via(m, adv, &branch, &token)?;
-            self.rw.pop_top(route)?;
-            self.rw.set_max_forwards(m, mf)?;
-            match rr {
-                Some(t) => self.rw.insert_route_header(m, "Record-Route", adv, &t),
-                None => Ok(()),
-            }
-        })();
-        if let Err(e) = edits {
-            self.answer(
-                src,
-                m.head(),
-                400,
-                &format!("Cannot Forward: {e}"),
-                Extra::default(),
-            );
+        let fwd = Forward {
+            received: None,
+            sent_by: adv,
+            branch: &branch,
+            token: &token,
+            pop_route: Some(route),
+            max_forwards: mf,
+            record: rr.as_ref().map(|t| ("Record-Route", t)),
+        };
+        let edits = self.rw.forward_request(m, &via, &fwd);
+        if !self.edits_ok(src, m, edits) {
             return;
         }
         if !self.deliver(t, m) {
@@ -176,6 +167,21 @@ impl Worker {
             .stats
             .forwarded_responses
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request whose edits cannot be made (too many, overlapping) is answered 400.
+    fn edits_ok(&mut self, src: usize, m: &Message, edits: Result<(), RewriteError>) -> bool {
+        if let Err(e) = edits {
+            self.answer(
+                src,
+                m.head(),
+                400,
+                &format!("Cannot Forward: {e}"),
+                Extra::default(),
+            );
+            return false;
+        }
+        true
     }
 
     /// Checks shared by both request directions: well-formed (else 400) and Max-Forwards (483).

@@ -158,6 +158,16 @@ pub fn run_calls(opts: CallOpts) -> CallReport {
     caller::run(opts).expect("caller runs")
 }
 
+/// The one back end that saw call `id`, having checked that it saw each of `what`.
+pub fn assert_dialog<'a>(stats: &'a [ServerStats], id: &str, what: &[&str]) -> &'a ServerStats {
+    let seen: Vec<&ServerStats> = stats.iter().filter(|s| s.calls.contains_key(id)).collect();
+    assert_eq!(seen.len(), 1, "{id} reached {} back ends", seen.len());
+    for w in what {
+        assert!(seen[0].saw(id, w), "{id}: {w} missing: {:?}", seen[0].calls[id]);
+    }
+    seen[0]
+}
+
 /// For every call: which back ends saw it. Panics if any dialog touched two back ends.
 pub fn assert_one_backend_per_call(report: &CallReport, stats: &[ServerStats]) -> Vec<usize> {
     let mut per_backend = vec![0usize; stats.len()];

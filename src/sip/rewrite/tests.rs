@@ -41,13 +41,16 @@ fn forward_a_request() {
         pin: 4,
     });
     let mut rw = Rewrite::new();
-    rw.via_received(&m, &m.top_via().unwrap(), b"192.0.2.7", 40000)
-        .unwrap();
-    rw.push_via(&m, b"lb.example:5061", &[b'a'; 16], &tok).unwrap();
-    rw.pop_top(m.route.unwrap()).unwrap();
-    rw.set_max_forwards(&m, 69).unwrap();
-    rw.insert_route_header(&m, "Record-Route", b"lb.example:5061", &tok)
-        .unwrap();
+    let fwd = Forward {
+        received: Some((b"192.0.2.7", 40000)),
+        sent_by: b"lb.example:5061",
+        branch: &[b'a'; 16],
+        token: &tok,
+        pop_route: m.route,
+        max_forwards: 69,
+        record: Some(("Record-Route", &tok)),
+    };
+    rw.forward_request(&m, &m.top_via().unwrap(), &fwd).unwrap();
     let out = apply(&rw, &buf);
     let tok = std::str::from_utf8(&tok).unwrap();
     let want = format!(
