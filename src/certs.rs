@@ -5,10 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber, date_time_ymd,
 };
+
+/// Serial numbers, unique within the process (so CRLs can name one certificate).
+static SERIAL: AtomicU64 = AtomicU64::new(1000);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -28,6 +34,7 @@ pub struct Ca {
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
+    pub serial: u64,
 }
 
 /// Paths of a leaf written to disk.
@@ -55,7 +62,44 @@ impl Ca {
 
     /// A leaf for `names` (DNS names or IP addresses), for server and client use.
     pub fn issue(&self, names: &[&str]) -> Result<Leaf, CertError> {
+        self.issue_with(names, false)
+    }
+
+    /// A leaf whose validity ended in 2001 (for tests of expiry checks).
+    pub fn issue_expired(&self, names: &[&str]) -> Result<Leaf, CertError> {
+        self.issue_with(names, true)
+    }
+
+    /// A CRL, signed by this CA, revoking the given serial numbers.
+    pub fn crl(&self, revoked: &[u64]) -> Result<String, CertError> {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(SERIAL.fetch_add(1, Ordering::Relaxed)),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&s| RevokedCertParams {
+                    serial_number: SerialNumber::from(s),
+                    revocation_time: date_time_ymd(2020, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        Ok(params.signed_by(&issuer)?.pem()?)
+    }
+
+    fn issue_with(&self, names: &[&str], expired: bool) -> Result<Leaf, CertError> {
         let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
+        if expired {
+            params.not_before = date_time_ymd(2000, 1, 1);
+            params.not_after = date_time_ymd(2001, 1, 1);
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, names.first().copied().unwrap_or("siplb"));
         params.distinguished_name = dn;
@@ -73,11 +117,17 @@ impl Ca {
         Ok(Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
     }
 
     pub fn write_pem(&self, path: &Path) -> Result<(), CertError> {
         write(path, &self.pem)
+    }
+
+    /// Writes a CRL revoking `revoked` to `path`.
+    pub fn write_crl(&self, path: &Path, revoked: &[u64]) -> Result<(), CertError> {
+        write(path, &self.crl(revoked)?)
     }
 }
 

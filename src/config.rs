@@ -43,6 +43,20 @@ pub struct RunArgs {
     /// Private key (PEM) for --cert.
     #[arg(long, value_name = "PEM")]
     pub key: Option<PathBuf>,
+    /// Another certificate and key, shown to clients that ask (by SNI) for a name it carries;
+    /// --cert stays the fallback for clients without SNI or asking for another name (repeatable).
+    #[arg(long = "sni-cert", value_name = "CERT:KEY")]
+    pub sni_cert: Vec<String>,
+    /// CA (PEM) for client certificates; with it, clients may present one and it is verified.
+    #[arg(long, value_name = "PEM")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate from --client-ca.
+    #[arg(long, requires = "client_ca")]
+    pub require_client_cert: bool,
+    /// Certificate revocation list (PEM), applied to client, back-end and peer certificates
+    /// (repeatable).
+    #[arg(long = "crl", value_name = "PEM")]
+    pub crl: Vec<PathBuf>,
     /// Back end: NAME=HOST:PORT[,weight=W]; NAME must be in the server's certificate (repeatable).
     #[arg(long = "backend", value_name = "NAME=HOST:PORT[,weight=W]")]
     pub backend: Vec<String>,
@@ -85,6 +99,9 @@ pub struct RunArgs {
     /// Client connections open at once, over all workers.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Client connections open at once from one source address (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log: LogLevel,
@@ -142,7 +159,15 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub sni: Vec<(PathBuf, PathBuf)>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: bool,
+    pub crls: Vec<PathBuf>,
+    /// Back ends as started: `--backend` flags, then the `--backends-file` lines.
     pub backends: Vec<Backend>,
+    /// The `--backend` flags alone (a reload re-reads only the file).
+    pub flag_backends: Vec<Backend>,
+    pub backends_file: Option<PathBuf>,
     pub backend_ca: PathBuf,
     pub backend_cert: PathBuf,
     pub backend_key: PathBuf,
@@ -156,6 +181,52 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl Config {
+    pub fn tls_files(&self) -> crate::tls::trust::TlsFiles {
+        crate::tls::trust::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            sni: self.sni.clone(),
+            client_ca: self.client_ca.clone(),
+            require_client_cert: self.require_client_cert,
+            crls: self.crls.clone(),
+            backend_ca: self.backend_ca.clone(),
+            backend_cert: self.backend_cert.clone(),
+            backend_key: self.backend_key.clone(),
+            peer: self.peer_listen.is_some(),
+        }
+    }
+
+    /// The back ends now: the flags, plus the back-ends file read again.
+    pub fn current_backends(&self) -> Result<Vec<Backend>, ConfigError> {
+        let mut all = self.flag_backends.clone();
+        if let Some(file) = &self.backends_file {
+            all.extend(read_backends_file(file)?);
+        }
+        check_backends(&all)?;
+        Ok(all)
+    }
+}
+
+fn check_backends(backends: &[Backend]) -> Result<(), ConfigError> {
+    if backends.is_empty() {
+        return Err(flag(
+            "--backend",
+            "at least one back end is required (or --backends-file)",
+        ));
+    }
+    for (i, b) in backends.iter().enumerate() {
+        if backends[..i].iter().any(|o| o.name == b.name) {
+            return Err(flag(
+                "--backend",
+                format!("back end name '{}' is given twice", b.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl RunArgs {
@@ -170,26 +241,22 @@ impl RunArgs {
         } else {
             self.listen
         };
-        let mut backends = Vec::new();
+        let mut flag_backends = Vec::new();
         for spec in &self.backend {
-            backends.push(parse_backend(spec).map_err(|why| flag("--backend", why))?);
+            flag_backends.push(parse_backend(spec).map_err(|why| flag("--backend", why))?);
         }
+        let mut backends = flag_backends.clone();
         if let Some(file) = &self.backends_file {
             backends.extend(read_backends_file(file)?);
         }
-        if backends.is_empty() {
-            return Err(flag(
-                "--backend",
-                "at least one back end is required (or --backends-file)",
-            ));
-        }
-        for (i, b) in backends.iter().enumerate() {
-            if backends[..i].iter().any(|o| o.name == b.name) {
-                return Err(flag(
-                    "--backend",
-                    format!("back end name '{}' is given twice", b.name),
-                ));
-            }
+        check_backends(&backends)?;
+        let mut sni = Vec::new();
+        for spec in &self.sni_cert {
+            let (c, k) = spec
+                .rsplit_once(':')
+                .filter(|(c, k)| !c.is_empty() && !k.is_empty())
+                .ok_or_else(|| flag("--sni-cert", format!("'{spec}' is not CERT:KEY")))?;
+            sni.push((PathBuf::from(c), PathBuf::from(k)));
         }
         let workers = match self.workers {
             Some(0) => return Err(flag("--workers", "must be at least 1")),
@@ -224,7 +291,13 @@ impl RunArgs {
             backend_key: self.backend_key.unwrap_or_else(|| key.clone()),
             cert,
             key,
+            sni,
+            client_ca: self.client_ca,
+            require_client_cert: self.require_client_cert,
+            crls: self.crl,
             backends,
+            flag_backends,
+            backends_file: self.backends_file,
             backend_ca,
             peer_listen: self.peer_listen,
             advertise,
@@ -235,6 +308,7 @@ impl RunArgs {
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         })
     }
 }

@@ -43,9 +43,11 @@ fn main() -> ExitCode {
         }
     };
     let stop = lb.stopper();
+    let reload = lb.reloader();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -54,9 +56,16 @@ fn main() -> ExitCode {
         }
     };
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                tracing::info!("SIGHUP: reloading certificates, keys, CRLs and the back-ends file");
+                // A failed reload keeps the running configuration; reload() has logged why.
+                let _ = reload();
+                continue;
+            }
             tracing::info!(signal = sig, "stopping");
             stop();
+            break;
         }
     });
     lb.join();

@@ -159,7 +159,8 @@ impl Endpoint {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
-            let mut dead = match c.stream.read() {
+            // Our own peers: no cap needed on what one read takes.
+            let mut dead = match c.stream.read(usize::MAX) {
                 Ok(_) => false,
                 Err(e) => {
                     tracing::debug!(conn = id, error = %e, "sipload: read failed");

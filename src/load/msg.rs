@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::sip::Message;
 use crate::sip::addr::NameAddr;
 use crate::sip::header::Name;
-use crate::sip::scan::{Lines, Values};
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
@@ -26,15 +25,7 @@ pub fn branch() -> String {
 
 /// All values of one header, in order, over every line it appears on.
 pub fn values(m: &Message, name: Name) -> Vec<String> {
-    let head = m.head();
-    let block = memchr::memchr(b'\n', head).map_or(&b""[..], |i| &head[i + 1..]);
-    let mut out = Vec::new();
-    for h in Lines::new(block).flatten() {
-        if Name::classify(h.name) == name {
-            out.extend(Values::new(h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
-        }
-    }
-    out
+    m.values_of(name).map(text).collect()
 }
 
 pub fn text(b: &[u8]) -> String {

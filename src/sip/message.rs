@@ -13,6 +13,8 @@ use super::via::{Via, ViaError};
 
 /// Headers accepted in one message before it is refused (a cap against header floods).
 pub const MAX_HEADERS: usize = 256;
+/// Longest header field accepted (folded lines included).
+pub const MAX_LINE: usize = 16 * 1024;
 
 /// A byte range inside the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +75,8 @@ pub enum ParseError {
     BareLf,
     #[error("Too Many Headers")]
     TooManyHeaders,
+    #[error("Header Line Too Long")]
+    LineTooLong,
     #[error("Duplicate {0} Header")]
     Duplicate(&'static str),
     #[error("Bad Max-Forwards")]
@@ -195,6 +199,9 @@ impl<'a> Message<'a> {
             self.header_count += 1;
             if self.header_count > MAX_HEADERS {
                 return Err(ParseError::TooManyHeaders);
+            }
+            if h.line_len > MAX_LINE {
+                return Err(ParseError::LineTooLong);
             }
             let name = Name::classify(h.name);
             if name == Name::Other {
@@ -336,6 +343,17 @@ impl<'a> Message<'a> {
             }
         }
         Ok(via)
+    }
+
+    /// Every value of header `name`, in order, over all its lines. Lexes the head again, so it is
+    /// for the less common paths (loop checks, load tools), not for every message.
+    pub fn values_of(&self, name: Name) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let head = self.head();
+        let block = &head[self.headers_start.min(head.len())..];
+        Lines::new(block)
+            .map_while(Result::ok)
+            .filter(move |h| Name::classify(h.name) == name)
+            .flat_map(|h| scan::Values::new(h.value))
     }
 
     /// The first mandatory request header (RFC 3261 §8.1.1) that is missing, if any.

@@ -61,7 +61,8 @@ pub struct Forward<'a> {
     pub received: Option<(&'a [u8], u16)>,
     /// Our `host:port`, in our Via and in Record-Route / Path.
     pub sent_by: &'a [u8],
-    pub branch: &'a [u8; 16],
+    /// Our branch after the magic cookie (transaction and loop hashes).
+    pub branch: &'a [u8],
     /// Names the connection the request came from (for its responses).
     pub token: &'a [u8; TOKEN_LEN],
     /// Our Route, to remove.
@@ -212,7 +213,7 @@ impl Rewrite {
         &mut self,
         msg: &Message,
         sent_by: &[u8],
-        hash: &[u8; 16],
+        hash: &[u8],
         token: &[u8; TOKEN_LEN],
     ) -> Result<(), RewriteError> {
         self.insert_header(msg, |s| {

@@ -5,6 +5,7 @@
 //! non-blocking [`stream::TlsStream`] every connection, balancer or load tool, runs on.
 
 pub mod stream;
+pub mod trust;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub enum TlsError {
     Key { path: String, why: String },
     #[error("{path}: not a usable CA certificate: {why}")]
     Ca { path: String, why: String },
+    #[error("{path}: cannot read the CRL: {why}")]
+    Crl { path: String, why: String },
     #[error("certificate and key do not work together: {0}")]
     Config(String),
     #[error("'{0}' is not a valid server name for certificate checks")]
@@ -127,36 +130,7 @@ fn config_err(e: rustls::Error) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-/// Front: our certificate for clients. One `Arc` shared by all workers, so the session cache and
-/// the ticket keys are shared and any core resumes any session.
-pub fn front_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
-    let (chain, key) = id.clone_parts();
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(config_err)?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(config_err)?;
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
-    Ok(Arc::new(cfg))
-}
-
-/// Back: MTLS client config presenting `id`, trusting only `roots` (the back-end CA). The name a
-/// server must carry is given per connection (its configured NAME, as SNI and SAN check).
-/// Sessions are resumed on reconnect through rustls' in-memory client session cache.
-pub fn backend_config(id: &Identity, roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsError> {
-    let (chain, key) = id.clone_parts();
-    let cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(config_err)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(config_err)?;
-    Ok(Arc::new(cfg))
-}
-
-/// Peer listener and sipload servers: a server config that requires a client certificate from
-/// `roots`. Which names are accepted is checked after the handshake ([`peer_name_allowed`]).
+/// sipload servers: a server config that requires a client certificate from `roots`.
 pub fn mtls_server_config(id: &Identity, roots: RootCertStore) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = id.clone_parts();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())

@@ -35,6 +35,8 @@ pub struct TlsStream {
     pub closed: bool,
     /// The peer closed TCP without a TLS close_notify.
     pub unclean_close: bool,
+    /// The last `read` stopped at its limit with data still waiting.
+    pub more: bool,
 }
 
 impl TlsStream {
@@ -46,15 +48,23 @@ impl TlsStream {
             pending: Vec::new(),
             closed: false,
             unclean_close: false,
+            more: false,
         }
     }
 
-    /// Reads everything available into `rbuf`: TLS records from the socket, decrypted as they
-    /// come. Plaintext is drained after every batch of records, because rustls stops reading
-    /// once its own plaintext buffer is full. Returns the number of plaintext bytes added.
-    pub fn read(&mut self) -> Result<usize, StreamError> {
+    /// Reads what is available into `rbuf`, until WouldBlock or until `rbuf` holds `limit`
+    /// bytes (then `more` is set: call again once the buffer has been consumed, since with
+    /// edge-triggered polling no new event will come for data already waiting). Plaintext is
+    /// drained after every batch of records, because rustls stops reading once its own plaintext
+    /// buffer is full. Returns the number of plaintext bytes added.
+    pub fn read(&mut self, limit: usize) -> Result<usize, StreamError> {
         let before = self.rbuf.len();
+        self.more = false;
         loop {
+            if self.rbuf.len() >= limit {
+                self.more = true;
+                return Ok(self.rbuf.len() - before);
+            }
             match self.tls.read_tls(&mut self.sock) {
                 Ok(0) => {
                     self.closed = true;
@@ -62,21 +72,25 @@ impl TlsStream {
                 }
                 Ok(_) => {
                     self.tls.process_new_packets()?;
-                    self.drain_plaintext()?;
+                    self.drain_plaintext(limit)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        self.drain_plaintext()?;
+        self.drain_plaintext(limit)?;
         Ok(self.rbuf.len() - before)
     }
 
     /// Moves decrypted bytes from rustls into `rbuf`.
-    fn drain_plaintext(&mut self) -> Result<(), StreamError> {
+    fn drain_plaintext(&mut self, limit: usize) -> Result<(), StreamError> {
         loop {
             let len = self.rbuf.len();
+            if len >= limit {
+                self.more = true;
+                return Ok(());
+            }
             if self.rbuf.capacity() - len < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
             }

@@ -14,12 +14,15 @@ use rustls::{Connection, ServerConnection};
 
 use super::pool::PoolEntry;
 use super::slots::{Conn, IpText, Kind, Slots};
-use super::{Handoff, HandoffRx, Shared};
+use super::{Handoff, HandoffRx, Runtime, Shared};
 use crate::sip::response::{Extra, write_response};
 use crate::sip::{FrameError, Read, Rewrite, Status, Token as SipToken, TokenCache};
-use crate::tls::stream::TlsStream;
+use crate::tls::stream::{StreamError, TlsStream};
 
 pub const WAKER: Token = Token(usize::MAX);
+/// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
+/// fit in one round.
+const READ_SLACK: usize = 16 * 1024;
 const PEER: Token = Token(usize::MAX - 1);
 /// Front listeners use tokens counting down from here.
 const LISTEN_BASE: usize = usize::MAX - 2;
@@ -28,6 +31,9 @@ pub struct Worker {
     pub(super) id: u16,
     pub(super) poll: Poll,
     pub(super) shared: Arc<Shared>,
+    /// The TLS configurations and back ends this worker uses (see `Runtime`).
+    pub(super) rt: Arc<Runtime>,
+    pub(super) rt_gen: u64,
     listeners: Vec<TcpListener>,
     peer_listener: Option<TcpListener>,
     rx: HandoffRx,
@@ -62,12 +68,15 @@ impl Worker {
         if let Some(l) = peer_listener.as_mut() {
             poll.registry().register(l, PEER, Interest::READABLE)?;
         }
-        let pool = (0..shared.backends.len())
+        let rt = shared.runtime.load_full();
+        let pool = (0..rt.backends.len())
             .map(|_| PoolEntry::new(shared.cfg.pool_size))
             .collect();
         Ok(Worker {
             id,
             poll,
+            rt_gen: shared.runtime_gen.load(Ordering::Acquire),
+            rt,
             shared,
             listeners,
             peer_listener,
@@ -95,6 +104,9 @@ impl Worker {
                 }
                 tracing::error!(worker = self.id, error = %e, "event loop failed");
                 break;
+            }
+            if self.shared.runtime_gen.load(Ordering::Acquire) != self.rt_gen {
+                self.adopt_runtime();
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -156,6 +168,11 @@ impl Worker {
                     return;
                 }
             };
+            if !self.admit_ip(peer.ip()) {
+                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
+                continue;
+            }
             let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
             if open >= self.shared.cfg.max_connections {
                 self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
@@ -164,7 +181,7 @@ impl Worker {
                 continue;
             }
             self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-            let tls = match ServerConnection::new(Arc::clone(&self.shared.front)) {
+            let tls = match ServerConnection::new(Arc::clone(&self.rt.tls.front)) {
                 Ok(t) => Connection::Server(t),
                 Err(e) => {
                     self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
@@ -177,7 +194,7 @@ impl Worker {
     }
 
     fn accept_peer(&mut self) {
-        let Some(peer_tls) = self.shared.peer_tls.clone() else {
+        let Some(peer_tls) = self.rt.tls.peer.clone() else {
             return;
         };
         loop {
@@ -247,38 +264,65 @@ impl Worker {
     }
 
     fn conn_event(&mut self, slot: usize, ev: &Event) {
-        let Some(c) = self.slots.get_mut(slot) else { return };
-        let was_handshaking = c.stream.is_handshaking();
         if ev.is_readable() {
-            match c.stream.read() {
-                Ok(_) => c.last_active = Instant::now(),
-                Err(e) => {
-                    let kind = c.kind;
-                    tracing::debug!(worker = self.id, slot, ?kind, error = %e, "read failed");
-                    self.close(slot, tls_reason(&e));
+            // Read in bounded rounds: a peer that floods us cannot grow the buffer past the cap,
+            // and going on until nothing waits keeps edge-triggered readiness correct.
+            let cap = self.shared.cfg.max_message_bytes + READ_SLACK;
+            loop {
+                let Some(c) = self.slots.get_mut(slot) else { return };
+                let was_handshaking = c.stream.is_handshaking();
+                if let Err(e) = c.stream.read(cap) {
+                    self.read_failed(slot, was_handshaking, &e);
                     return;
+                }
+                c.last_active = Instant::now();
+                let (kind, more) = (c.kind, c.stream.more);
+                if was_handshaking && !c.stream.is_handshaking() && !self.on_handshake(slot, kind) {
+                    return;
+                }
+                self.process(slot);
+                if !more || self.slots.get(slot).is_none() || self.doomed.iter().any(|&(s, _)| s == slot) {
+                    break;
                 }
             }
         }
-        let (kind, handshook, closed) = (
-            c.kind,
-            was_handshaking && !c.stream.is_handshaking(),
-            c.stream.closed,
-        );
-        let close_why = if c.stream.unclean_close {
-            "closed without close_notify"
-        } else {
-            "closed by peer"
+        let Some(c) = self.slots.get(slot) else { return };
+        let why = match (ev.is_error(), c.stream.unclean_close) {
+            (true, _) => "socket error",
+            (false, true) => "closed without close_notify",
+            (false, false) => "closed by peer",
         };
-        if handshook && !self.on_handshake(slot, kind) {
-            return;
+        if c.stream.closed || ev.is_read_closed() && !ev.is_readable() || ev.is_error() {
+            self.doomed.push((slot, why));
         }
-        self.process(slot);
         self.mark_dirty(slot);
-        if closed || ev.is_read_closed() && !ev.is_readable() || ev.is_error() {
-            self.doomed
-                .push((slot, if ev.is_error() { "socket error" } else { close_why }));
+    }
+
+    /// A read failed: count and log it as what it was, then close.
+    fn read_failed(&mut self, slot: usize, was_handshaking: bool, e: &StreamError) {
+        let Some(c) = self.slots.get(slot) else { return };
+        let (kind, peer) = (c.kind, c.peer);
+        match kind {
+            Kind::Client if was_handshaking => {
+                self.shared
+                    .stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, error = %e, "client TLS handshake failed");
+            }
+            Kind::Client => tracing::debug!(%peer, error = %e, "client connection failed"),
+            Kind::Backend(b) => self.pool_failure(b, e.to_string()),
+            Kind::Peer(_) => {
+                if was_handshaking {
+                    self.shared
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(%peer, error = %e, "peer connection failed");
+            }
         }
+        self.close(slot, tls_reason(e));
     }
 
     /// Called once when a connection's handshake completes; false if it was closed.
@@ -289,7 +333,7 @@ impl Worker {
                 true
             }
             Kind::Peer(_) => {
-                let names = &self.shared.backend_name_strings;
+                let names = &self.rt.backend_name_strings;
                 let Some(c) = self.slots.get_mut(slot) else {
                     return false;
                 };
@@ -314,7 +358,28 @@ impl Worker {
                     }
                 }
             }
-            Kind::Client => true,
+            Kind::Client => {
+                let Some(c) = self.slots.get(slot) else {
+                    return false;
+                };
+                let verified = c
+                    .stream
+                    .tls
+                    .peer_certificates()
+                    .is_some_and(|certs| !certs.is_empty());
+                let sni = match &c.stream.tls {
+                    Connection::Server(s) => s.server_name().map(str::to_string),
+                    Connection::Client(_) => None,
+                };
+                let counter = if verified {
+                    &self.shared.stats.clients_verified
+                } else {
+                    &self.shared.stats.clients_unverified
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(worker = self.id, peer = %c.peer, verified, sni = ?sni, "client connected");
+                true
+            }
         }
     }
 
@@ -439,6 +504,7 @@ impl Worker {
         match c.kind {
             Kind::Client => {
                 self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                self.release_ip(c.peer.ip());
                 tracing::debug!(worker = self.id, peer = %c.peer, why, "client connection closed");
             }
             Kind::Backend(b) => self.pool_down(b, slot, why),
@@ -472,6 +538,39 @@ impl Worker {
     fn close_all(&mut self) {
         for slot in self.slots.occupied() {
             self.close(slot, "shutting down");
+        }
+    }
+}
+
+impl Worker {
+    /// Counts a new client against `--max-connections-per-ip`; false if it is over the cap.
+    fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
+        let cap = self.shared.cfg.max_connections_per_ip;
+        if cap == 0 {
+            return true;
+        }
+        let Ok(mut map) = self.shared.per_ip.lock() else {
+            return true;
+        };
+        let n = map.entry(ip).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_ip(&self, ip: std::net::IpAddr) {
+        if self.shared.cfg.max_connections_per_ip == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.shared.per_ip.lock()
+            && let Some(n) = map.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&ip);
+            }
         }
     }
 }

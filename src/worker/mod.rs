@@ -9,25 +9,25 @@ mod pool;
 mod route;
 pub mod slots;
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
-use rustls::client::ClientConfig;
 use rustls::pki_types::ServerName;
-use rustls::server::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::Backend;
 use crate::config::Config;
 use crate::sip::TokenKey;
-use crate::tls::{self, Identity, TlsError};
+use crate::tls::{self, trust::TlsSet};
 
 /// A message for a connection owned by another worker: already rewritten, ready to write.
 pub struct Handoff {
@@ -38,8 +38,8 @@ pub struct Handoff {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Load(String),
     #[error("{addr}: cannot create socket: {why}")]
     Socket { addr: SocketAddr, why: io::Error },
     #[error("{addr}: cannot set SO_REUSEPORT/SO_REUSEADDR: {why}")]
@@ -73,24 +73,61 @@ pub struct Stats {
     pub dropped_responses: AtomicU64,
     pub generated: AtomicU64,
     pub handoffs: AtomicU64,
+    /// Clients whose TLS handshake finished with a verified certificate, and without one.
+    pub clients_verified: AtomicU64,
+    pub clients_unverified: AtomicU64,
+    /// TLS handshakes that failed (bad certificate, not TLS at all, ...).
+    pub handshake_failures: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+/// What can change at run time (SIGHUP): every TLS configuration and the back-end set. Workers
+/// hold an `Arc` of the one they use and look for a newer one once per event-loop turn, never per
+/// message.
+pub struct Runtime {
+    pub tls: TlsSet,
+    pub backends: Vec<Backend>,
+    pub backend_names: Vec<ServerName<'static>>,
+    pub backend_name_strings: Vec<String>,
+}
+
+impl Runtime {
+    /// Reads every file the configuration names: certificates, keys, CAs, CRLs, back-ends file.
+    pub fn load(cfg: &Config) -> Result<Runtime, String> {
+        let backends = cfg.current_backends().map_err(|e| e.to_string())?;
+        let backend_name_strings: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
+        let backend_names = backends
+            .iter()
+            .map(|b| tls::server_name(&b.name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let tls = tls::trust::build(&cfg.tls_files(), &backend_name_strings).map_err(|e| e.to_string())?;
+        Ok(Runtime {
+            tls,
+            backends,
+            backend_names,
+            backend_name_strings,
+        })
+    }
 }
 
 /// What all workers read and nobody writes on the hot path.
 pub struct Shared {
     pub cfg: Config,
     pub key: TokenKey,
-    pub front: Arc<ServerConfig>,
-    pub backend_tls: Arc<ClientConfig>,
-    pub peer_tls: Option<Arc<ServerConfig>>,
-    pub backends: Vec<Backend>,
-    pub backend_names: Vec<ServerName<'static>>,
-    pub backend_name_strings: Vec<String>,
+    pub runtime: ArcSwap<Runtime>,
+    /// Bumped on every successful reload.
+    pub runtime_gen: AtomicU64,
     /// Host part of `cfg.advertise`, for recognising our own Route and Via.
     pub adv_host: String,
     pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
     pub stop: AtomicBool,
     pub ready: AtomicUsize,
     pub clients_open: AtomicUsize,
+    /// Open client connections per source address (only with `--max-connections-per-ip`);
+    /// touched on accept and close, never per message.
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub stats: Stats,
 }
 
@@ -125,21 +162,7 @@ impl Balancer {
     /// Loads certificates, binds every listener (port 0 becomes one real port shared by all
     /// workers) and starts the workers.
     pub fn start(mut cfg: Config) -> Result<Balancer, StartError> {
-        let front_id = Identity::load(&cfg.cert, &cfg.key)?;
-        let back_id = Identity::load(&cfg.backend_cert, &cfg.backend_key)?;
-        let roots = tls::load_roots(&cfg.backend_ca)?;
-        let front = tls::front_config(&front_id)?;
-        let backend_tls = tls::backend_config(&back_id, roots.clone())?;
-        let peer_tls = match cfg.peer_listen {
-            Some(_) => Some(tls::mtls_server_config(&front_id, roots)?),
-            None => None,
-        };
-        let backend_names = cfg
-            .backends
-            .iter()
-            .map(|b| tls::server_name(&b.name))
-            .collect::<Result<Vec<_>, _>>()?;
-
+        let runtime = Runtime::load(&cfg).map_err(StartError::Load)?;
         // Listeners: the first of each address picks the port, the others share it.
         let mut listeners: Vec<Vec<TcpListener>> = (0..cfg.workers).map(|_| Vec::new()).collect();
         let mut listen_addrs = Vec::new();
@@ -186,12 +209,9 @@ impl Balancer {
         }
         let shared = Arc::new(Shared {
             key: TokenKey::generate().map_err(StartError::Key)?,
-            backends: cfg.backends.clone(),
-            backend_name_strings: cfg.backends.iter().map(|b| b.name.clone()).collect(),
-            backend_names,
-            front,
-            backend_tls,
-            peer_tls,
+            runtime: ArcSwap::from_pointee(runtime),
+            runtime_gen: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
             adv_host,
             handoff,
             stop: AtomicBool::new(false),
@@ -217,7 +237,7 @@ impl Balancer {
         }
         tracing::info!(
             listen = ?listen_addrs, peer = ?peer_addr, workers = threads.len(),
-            advertise = %shared.cfg.advertise, backends = shared.backends.len(), "siplb started"
+            advertise = %shared.cfg.advertise, backends = shared.runtime.load().backends.len(), "siplb started"
         );
         Ok(Balancer {
             shared,
@@ -264,6 +284,18 @@ impl Balancer {
         }
     }
 
+    /// Reads certificates, keys, CRLs and the back-ends file again; new connections use them,
+    /// existing ones stay up. On failure the running configuration stays and the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        reload(&self.shared)
+    }
+
+    /// A handle that reloads this balancer from another thread (SIGHUP).
+    pub fn reloader(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || reload(&shared)
+    }
+
     /// A handle that can stop this balancer from another thread (signal handling).
     pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
@@ -278,6 +310,27 @@ impl Balancer {
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+    }
+}
+
+fn reload(shared: &Shared) -> Result<(), String> {
+    match Runtime::load(&shared.cfg) {
+        Ok(rt) => {
+            let n = rt.backends.len();
+            shared.runtime.store(Arc::new(rt));
+            shared.runtime_gen.fetch_add(1, Ordering::AcqRel);
+            shared.stats.reloads.fetch_add(1, Ordering::Relaxed);
+            for (_, waker) in &shared.handoff {
+                let _ = waker.wake();
+            }
+            tracing::info!(backends = n, "configuration reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            shared.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "reload failed; the running configuration stays");
+            Err(e)
         }
     }
 }

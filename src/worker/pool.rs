@@ -5,6 +5,7 @@
 //! State changes are logged once, not on every retry.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -23,8 +24,10 @@ pub struct PoolEntry {
     retry_at: Vec<Instant>,
     backoff: Vec<Duration>,
     next: usize,
-    /// Last state logged, so a back end that stays down is reported once.
-    logged_up: Option<bool>,
+    /// Last state logged ("up", or why it is down), so each change is reported once.
+    logged: Option<String>,
+    /// The detailed reason of the last failure, used when the connection is closed.
+    failure: Option<String>,
 }
 
 impl PoolEntry {
@@ -35,7 +38,8 @@ impl PoolEntry {
             retry_at: vec![Instant::now(); size],
             backoff: vec![FIRST_BACKOFF; size],
             next: 0,
-            logged_up: None,
+            logged: None,
+            failure: None,
         }
     }
 
@@ -58,6 +62,64 @@ impl PoolEntry {
 }
 
 impl Worker {
+    /// Takes a reloaded configuration: pool entries follow their back end by name (connections
+    /// to back ends that stay are kept, whatever their position now), connections to back ends
+    /// that left are closed, new back ends get fresh entries and are connected by the sweep.
+    pub(super) fn adopt_runtime(&mut self) {
+        let new = self.shared.runtime.load_full();
+        self.rt_gen = self.shared.runtime_gen.load(Ordering::Acquire);
+        let map: Vec<Option<usize>> = self
+            .rt
+            .backends
+            .iter()
+            .map(|b| {
+                new.backends
+                    .iter()
+                    .position(|n| n.name == b.name && n.addr == b.addr)
+            })
+            .collect();
+        for slot in self.slots.occupied() {
+            let Some(kind) = self.slots.get(slot).map(|c| c.kind) else {
+                continue;
+            };
+            if let Kind::Backend(b) = kind
+                && map[b].is_none()
+            {
+                self.close(slot, "removed from the back-end set");
+            }
+        }
+        let mut pool: Vec<PoolEntry> = new
+            .backends
+            .iter()
+            .map(|_| PoolEntry::new(self.shared.cfg.pool_size))
+            .collect();
+        for (old, entry) in std::mem::take(&mut self.pool).into_iter().enumerate() {
+            if let Some(n) = map[old] {
+                pool[n] = entry;
+            }
+        }
+        for slot in self.slots.occupied() {
+            let Some(c) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            c.kind = match c.kind {
+                Kind::Backend(b) => Kind::Backend(map[b].unwrap_or(b)),
+                Kind::Peer(b) => Kind::Peer(b.and_then(|b| map[b])),
+                Kind::Client => Kind::Client,
+            };
+            // Record-Route tokens are cached per back-end position, which may have changed.
+            c.rr_tokens.clear();
+        }
+        self.pool = pool;
+        self.rt = new;
+        self.connect_pool(Instant::now());
+        tracing::info!(
+            worker = self.id,
+            backends = self.rt.backends.len(),
+            "worker took the new configuration"
+        );
+    }
+
     pub(super) fn pool_all_up(&self) -> bool {
         self.pool.iter().all(PoolEntry::is_up)
     }
@@ -81,7 +143,7 @@ impl Worker {
     }
 
     fn open_backend(&mut self, b: usize) -> Option<usize> {
-        let be = &self.shared.backends[b];
+        let be = &self.rt.backends[b];
         let addr = be.addr;
         let sock = match TcpStream::connect(addr) {
             Ok(s) => s,
@@ -90,8 +152,8 @@ impl Worker {
                 return None;
             }
         };
-        let name = self.shared.backend_names[b].clone();
-        let tls = match ClientConnection::new(Arc::clone(&self.shared.backend_tls), name) {
+        let name = self.rt.backend_names[b].clone();
+        let tls = match ClientConnection::new(Arc::clone(&self.rt.tls.backend), name) {
             Ok(t) => Connection::Client(t),
             Err(e) => {
                 self.log_down(b, &format!("TLS: {e}"));
@@ -108,9 +170,10 @@ impl Worker {
             e.up[i] = true;
             e.backoff[i] = FIRST_BACKOFF;
         }
-        if e.logged_up != Some(true) {
-            e.logged_up = Some(true);
-            tracing::info!(worker = self.id, backend = %self.shared.backends[b].name, "back end up");
+        e.failure = None;
+        if e.logged.as_deref() != Some("up") {
+            e.logged = Some("up".into());
+            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, "back end up");
         }
     }
 
@@ -124,16 +187,23 @@ impl Worker {
             e.retry_at[i] = now + e.backoff[i];
             e.backoff[i] = (e.backoff[i] * 2).min(MAX_BACKOFF);
         }
+        let detail = e.failure.take();
         if !e.is_up() {
-            self.log_down(b, why);
+            self.log_down(b, detail.as_deref().unwrap_or(why));
         }
     }
 
+    /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
+    pub(super) fn pool_failure(&mut self, b: usize, why: String) {
+        self.pool[b].failure = Some(why);
+    }
+
+    /// Logs that back end `b` is down, once per reason (no flood while it stays down).
     fn log_down(&mut self, b: usize, why: &str) {
         let e = &mut self.pool[b];
-        if e.logged_up != Some(false) {
-            e.logged_up = Some(false);
-            tracing::warn!(worker = self.id, backend = %self.shared.backends[b].name, why, "back end down");
+        if e.logged.as_deref() != Some(why) {
+            e.logged = Some(why.to_string());
+            tracing::warn!(worker = self.id, backend = %self.rt.backends[b].name, why, "back end down");
         }
     }
 }

@@ -10,11 +10,16 @@ use super::Handoff;
 use super::event::Worker;
 use crate::balance;
 use crate::sip::addr::{NameAddr, Uri};
+use crate::sip::header::Name;
 use crate::sip::response::Extra;
 use crate::sip::rewrite::{Forward, MAGIC, RewriteError};
 use crate::sip::token::TOKEN_LEN;
 use crate::sip::via::Via;
 use crate::sip::{Field, Message, Method, Token};
+
+/// Length of our branch after the magic cookie and before `-<token>`: 16 hex characters of
+/// transaction hash (RFC 3261 §16.11) and 8 of loop hash (§16.3).
+const BRANCH_HASH: usize = 24;
 
 /// Seconds a 503 asks the client to wait.
 const RETRY_AFTER: u32 = 5;
@@ -37,7 +42,7 @@ impl Worker {
         };
         let method = m.method().unwrap_or(Method::Options);
         let ours = self.our_route(m);
-        let backends = &self.shared.backends;
+        let backends = &self.rt.backends;
         let pinned = ours
             .and_then(|(_, t)| t)
             .and_then(|t| balance::by_pin(t.pin, backends));
@@ -115,7 +120,7 @@ impl Worker {
         // too, pinned to this server, so the client's in-dialog requests come back to it.
         let rr = match backend {
             Some(b) if forms_dialog(m, method) => {
-                let pin = self.shared.backends[b].pin;
+                let pin = self.rt.backends[b].pin;
                 Some(self.shared.key.encode(Token { pin, ..t }))
             }
             _ => None,
@@ -194,6 +199,10 @@ impl Worker {
                 return None;
             }
         };
+        if self.looped(m) {
+            self.answer(src, m.head(), 482, "Loop Detected", Extra::default());
+            return None;
+        }
         match m.max_forwards {
             Some((_, 0)) => {
                 self.answer(src, m.head(), 483, "Too Many Hops", Extra::default());
@@ -217,42 +226,80 @@ impl Worker {
         Some((f, token))
     }
 
-    /// The token in a Via we wrote: `branch=z9hG4bK<16 hex>-<token>` with our host.
+    /// The token in a Via we wrote: `branch=z9hG4bK<16 hex tx><8 hex loop>-<token>`, our host.
     fn our_via_token(&mut self, via: &Via) -> Option<Token> {
         if !via.host.eq_ignore_ascii_case(self.shared.adv_host.as_bytes()) {
             return None;
         }
-        let b = via.branch()?;
-        let rest = b.strip_prefix(MAGIC)?;
-        if rest.len() != 16 + 1 + TOKEN_LEN || rest[16] != b'-' {
+        let rest = via.branch()?.strip_prefix(MAGIC)?;
+        if rest.len() != BRANCH_HASH + 1 + TOKEN_LEN || rest[BRANCH_HASH] != b'-' {
             return None;
         }
-        self.tokens.decode(&self.shared.key, &rest[17..]).ok()
+        self.tokens
+            .decode(&self.shared.key, &rest[BRANCH_HASH + 1..])
+            .ok()
+    }
+
+    /// RFC 3261 §16.3 step 4: a Via of ours further down whose loop part equals what this request
+    /// gives now means it came back unchanged — a loop, not a spiral (a spiral changes the
+    /// Request-URI). Only requests that carry more than one Via are looked at.
+    fn looped(&self, m: &Message) -> bool {
+        if m.via_count < 2 {
+            return false;
+        }
+        let lh = self.loop_hash(m);
+        let adv = self.shared.adv_host.as_bytes();
+        m.values_of(Name::Via)
+            .skip(1)
+            .filter_map(|v| Via::parse(v).ok())
+            .any(|v| {
+                v.host.eq_ignore_ascii_case(adv)
+                    && v.branch()
+                        .and_then(|b| b.strip_prefix(MAGIC))
+                        .is_some_and(|r| r.get(16..BRANCH_HASH) == Some(&lh[..]))
+            })
+    }
+
+    /// What a loop leaves unchanged and CANCEL / ACK share with their INVITE.
+    fn loop_hash(&self, m: &Message) -> [u8; 8] {
+        let cseq_num = m.cseq.map(|(_, n, _)| n.to_be_bytes()).unwrap_or_default();
+        let parts: [&[u8]; 4] = [
+            m.request_uri().unwrap_or(b""),
+            m.call_id().unwrap_or(b""),
+            m.value(m.from).unwrap_or(b""),
+            &cseq_num,
+        ];
+        let h = self.shared.key.branch(&parts);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h[..8]);
+        out
     }
 
     /// RFC 3261 §16.11: the same for a retransmission, and for the CANCEL and non-2xx ACK that
     /// share their INVITE's branch, so the server matches them to its transaction.
-    fn branch(&self, m: &Message, via: &Via) -> [u8; 16] {
-        match via.branch() {
+    fn branch(&self, m: &Message, via: &Via) -> [u8; BRANCH_HASH] {
+        let tx = match via.branch() {
             Some(b) if b.starts_with(MAGIC) => self.shared.key.branch(&[b, via.host]),
             // RFC 2543 peers: derive it from what CANCEL and ACK share with their INVITE.
             _ => {
-                let cseq_num = m
-                    .value(m.cseq.map(|(f, _, _)| f))
-                    .map(|v| v.split(|&b| b == b' ').next().unwrap_or(v));
                 let top = m.via.map_or(&b""[..], |f| m.at(f.top));
+                let cseq_num = m.cseq.map(|(_, n, _)| n.to_be_bytes()).unwrap_or_default();
                 self.shared
                     .key
-                    .branch(&[m.call_id().unwrap_or(b""), cseq_num.unwrap_or(b""), top])
+                    .branch(&[m.call_id().unwrap_or(b""), &cseq_num, top])
             }
-        }
+        };
+        let mut out = [0u8; BRANCH_HASH];
+        out[..16].copy_from_slice(&tx);
+        out[16..].copy_from_slice(&self.loop_hash(m));
+        out
     }
 
     /// The Record-Route / Path token of a client connection for back end `be`, made once.
     fn rr_token(&mut self, src: usize, be: usize) -> [u8; TOKEN_LEN] {
         let generation = self.slots.generation(src);
-        let n = self.shared.backends.len();
-        let pin = self.shared.backends[be].pin;
+        let n = self.rt.backends.len();
+        let pin = self.rt.backends[be].pin;
         let key = &self.shared.key;
         let worker = self.id;
         let Some(c) = self.slots.get_mut(src) else {

@@ -1,0 +1,239 @@
+//! Who is trusted, built from files into one [`TlsSet`] (rebuilt as a whole on SIGHUP):
+//! - front: the `--cert` pair, plus `--sni-cert` pairs chosen by the name a client asks for
+//!   ([`SniResolver`]); client certificates optional (`--client-ca`) or required
+//!   (`--require-client-cert`), checked against CRLs;
+//! - back: MTLS to the pool, each server checked against `--backend-ca`, its configured NAME and
+//!   the CRLs (validity dates are checked by webpki);
+//! - peer listener: certificates from `--backend-ca` that name a configured back end, refused at
+//!   the handshake otherwise ([`NamedClientVerifier`]).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use super::{Identity, TlsError, load_roots, peer_name_allowed, provider};
+
+/// The files behind a [`TlsSet`].
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sni: Vec<(PathBuf, PathBuf)>,
+    pub client_ca: Option<PathBuf>,
+    pub require_client_cert: bool,
+    pub crls: Vec<PathBuf>,
+    pub backend_ca: PathBuf,
+    pub backend_cert: PathBuf,
+    pub backend_key: PathBuf,
+    /// Build the peer listener's config.
+    pub peer: bool,
+}
+
+/// Every TLS configuration of a running balancer.
+pub struct TlsSet {
+    pub front: Arc<ServerConfig>,
+    pub backend: Arc<ClientConfig>,
+    pub peer: Option<Arc<ServerConfig>>,
+}
+
+pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let err = |why: String| TlsError::Crl {
+            path: p.display().to_string(),
+            why,
+        };
+        let crls = CertificateRevocationListDer::pem_file_iter(p)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if crls.is_empty() {
+            return Err(err("no CRL found (expected PEM 'BEGIN X509 CRL' blocks)".into()));
+        }
+        out.extend(crls);
+    }
+    Ok(out)
+}
+
+fn certified(id: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(id.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let ck = CertifiedKey::new(id.chain.clone(), key);
+    ck.keys_match()
+        .map_err(|e| TlsError::Config(format!("certificate and key do not match: {e}")))?;
+    Ok(Arc::new(ck))
+}
+
+/// Builds every configuration from `files`; `backend_names` are the NAMEs the peer listener
+/// accepts.
+pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsError> {
+    let crls = load_crls(&files.crls)?;
+    let front_id = Identity::load(&files.cert, &files.key)?;
+    let mut named = Vec::new();
+    for (c, k) in &files.sni {
+        named.push(certified(&Identity::load(c, k)?)?);
+    }
+    let resolver = Arc::new(SniResolver {
+        fallback: certified(&front_id)?,
+        named,
+    });
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?;
+    let mut front = match &files.client_ca {
+        Some(ca) => {
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
+                .with_crls(crls.clone());
+            if !files.require_client_cert {
+                v = v.allow_unauthenticated();
+            }
+            let v = v
+                .build()
+                .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(v).with_cert_resolver(resolver)
+        }
+        None => builder.with_no_client_auth().with_cert_resolver(resolver),
+    };
+    front.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+
+    let roots = Arc::new(load_roots(&files.backend_ca)?);
+    let back_id = Identity::load(&files.backend_cert, &files.backend_key)?;
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
+        .with_crls(crls.clone())
+        .build()
+        .map_err(|e| TlsError::Config(format!("{}: {e}", files.backend_ca.display())))?;
+    let backend = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_webpki_verifier(server_verifier)
+        .with_client_auth_cert(back_id.chain.clone(), back_id.key.clone_key())
+        .map_err(config_err)?;
+
+    let peer = if files.peer {
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .with_crls(crls)
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = Arc::new(NamedClientVerifier {
+            inner,
+            names: backend_names.to_vec(),
+        });
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(config_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(front_id.chain.clone(), front_id.key.clone_key())
+            .map_err(config_err)?;
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+        Some(Arc::new(cfg))
+    } else {
+        None
+    };
+    Ok(TlsSet {
+        front: Arc::new(front),
+        backend: Arc::new(backend),
+        peer,
+    })
+}
+
+fn config_err(e: rustls::Error) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+/// Chooses the front certificate by SNI: the first `--sni-cert` valid for the requested name,
+/// else the `--cert` pair (clients without SNI, or asking for a name we have no certificate for).
+pub struct SniResolver {
+    fallback: Arc<CertifiedKey>,
+    named: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SniResolver({} named certificates)", self.named.len())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let wanted = hello.server_name().and_then(|n| ServerName::try_from(n).ok());
+        if let Some(name) = wanted {
+            for ck in &self.named {
+                let valid = ck
+                    .end_entity_cert()
+                    .ok()
+                    .and_then(|c| webpki::EndEntityCert::try_from(c).ok());
+                if valid.is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok()) {
+                    return Some(Arc::clone(ck));
+                }
+            }
+        }
+        Some(Arc::clone(&self.fallback))
+    }
+}
+
+/// The peer listener's verifier: the CA (and CRL) check of webpki, and then the certificate must
+/// name one of the configured back ends — else the handshake fails.
+pub struct NamedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+}
+
+impl fmt::Debug for NamedClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NamedClientVerifier({:?})", self.names)
+    }
+}
+
+impl ClientCertVerifier for NamedClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if peer_name_allowed(end_entity, &self.names).is_none() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
