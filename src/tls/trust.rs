@@ -43,6 +43,19 @@ pub struct TlsSet {
     pub front: Arc<ServerConfig>,
     pub backend: Arc<ClientConfig>,
     pub peer: Option<Arc<ServerConfig>>,
+    /// The strict client verifier (`--client-ca` and CRLs), to tell verified clients from
+    /// unverified ones after the handshake when client certificates are optional.
+    pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl TlsSet {
+    /// Whether a client's certificate chain passes `--client-ca` and the CRLs.
+    pub fn client_verified(&self, chain: &[CertificateDer<'_>]) -> bool {
+        match (&self.client_verifier, chain.split_first()) {
+            (Some(v), Some((ee, rest))) => v.verify_client_cert(ee, rest, UnixTime::now()).is_ok(),
+            _ => false,
+        }
+    }
 }
 
 pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
@@ -91,16 +104,20 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(config_err)?;
+    let mut client_verifier = None;
     let mut front = match &files.client_ca {
         Some(ca) => {
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
-                .with_crls(crls.clone());
-            if !files.require_client_cert {
-                v = v.allow_unauthenticated();
-            }
-            let v = v
-                .build()
-                .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+            let strict: Arc<dyn ClientCertVerifier> =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
+                    .with_crls(crls.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+            client_verifier = Some(Arc::clone(&strict));
+            let v: Arc<dyn ClientCertVerifier> = if files.require_client_cert {
+                strict
+            } else {
+                Arc::new(OptionalClientVerifier { inner: strict })
+            };
             builder.with_client_cert_verifier(v).with_cert_resolver(resolver)
         }
         None => builder.with_no_client_auth().with_cert_resolver(resolver),
@@ -144,6 +161,7 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
         front: Arc::new(front),
         backend: Arc::new(backend),
         peer,
+        client_verifier,
     })
 }
 
@@ -179,6 +197,61 @@ impl ResolvesServerCert for SniResolver {
             }
         }
         Some(Arc::clone(&self.fallback))
+    }
+}
+
+/// Client certificates when they are optional (`--client-ca` without `--require-client-cert`):
+/// any client connects; one whose certificate does not verify is treated like one without a
+/// certificate (the worker re-checks with the strict verifier and labels it unverified). The
+/// handshake signature is still checked, so a client cannot claim a certificate it has no key for.
+pub struct OptionalClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl fmt::Debug for OptionalClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OptionalClientVerifier")
+    }
+}
+
+impl ClientCertVerifier for OptionalClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

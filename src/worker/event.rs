@@ -362,11 +362,8 @@ impl Worker {
                 let Some(c) = self.slots.get(slot) else {
                     return false;
                 };
-                let verified = c
-                    .stream
-                    .tls
-                    .peer_certificates()
-                    .is_some_and(|certs| !certs.is_empty());
+                let chain = c.stream.tls.peer_certificates().unwrap_or(&[]);
+                let verified = self.rt.tls.client_verified(chain);
                 let sni = match &c.stream.tls {
                     Connection::Server(s) => s.server_name().map(str::to_string),
                     Connection::Client(_) => None,

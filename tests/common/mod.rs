@@ -81,25 +81,40 @@ pub fn backend_name(i: usize) -> String {
 pub fn start_backends(pki: &Pki, opts: Backends, peer: Option<SocketAddr>) -> Vec<ServerHandle> {
     (0..opts.count)
         .map(|i| {
-            let name = backend_name(i);
-            let id = pki.identity(&[&name]);
-            let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
-            let server_tls = tls::mtls_server_config(&id, roots.clone()).expect("server tls");
-            let peer = peer.map(|addr| {
-                let client = tls::client_config(roots, Some(&id)).expect("client tls");
-                (addr, client, tls::server_name(LB_NAME).expect("name"))
-            });
-            server::spawn(ServerOpts {
-                listen: "127.0.0.1:0".parse().expect("addr"),
-                name,
-                tls: server_tls,
+            start_backend(
+                pki,
+                &backend_name(i),
+                pki.identity(&[&backend_name(i)]),
+                opts,
                 peer,
-                bye_after: opts.bye_after,
-                bye_on: opts.bye_on,
-            })
-            .expect("start back end")
+            )
         })
         .collect()
+}
+
+/// Starts one sipload server showing `id` (which may be from another CA, revoked, expired...).
+pub fn start_backend(
+    pki: &Pki,
+    name: &str,
+    id: Identity,
+    opts: Backends,
+    peer: Option<SocketAddr>,
+) -> ServerHandle {
+    let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
+    let server_tls = tls::mtls_server_config(&id, roots.clone()).expect("server tls");
+    let peer = peer.map(|addr| {
+        let client = tls::client_config(roots, Some(&id)).expect("client tls");
+        (addr, client, tls::server_name(LB_NAME).expect("name"))
+    });
+    server::spawn(ServerOpts {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        name: name.to_string(),
+        tls: server_tls,
+        peer,
+        bye_after: opts.bye_after,
+        bye_on: opts.bye_on,
+    })
+    .expect("start back end")
 }
 
 /// Starts siplb with `workers` workers in front of `backends`, plus `extra` flags.
