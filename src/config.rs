@@ -137,6 +137,24 @@ pub enum ConfigError {
     File(String),
 }
 
+/// A clap error as DESIGN.md wants it: help and version printed in full (exit 0), anything else
+/// as its one first line (exit 2).
+pub fn flag_error(e: &clap::Error, program: &str) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("bad flags").trim_start_matches("error: ");
+    // "required arguments were not provided:" names the flags on the next line.
+    match (first.ends_with(':'), lines.next()) {
+        (true, Some(next)) => eprintln!("{program}: {first} {next}"),
+        _ => eprintln!("{program}: {first}"),
+    }
+    2
+}
+
 impl ConfigError {
     pub fn exit_code(&self) -> i32 {
         match self {

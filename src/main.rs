@@ -10,12 +10,7 @@ use siplb::worker::Balancer;
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => {
-            // --help and --version are not errors; clap prints them and says so.
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => return ExitCode::from(siplb::config::flag_error(&e, "siplb") as u8),
     };
     if let Some(Command::Demo(demo)) = args.command {
         siplb::logging::init(demo.log.as_str());

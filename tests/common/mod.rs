@@ -127,11 +127,12 @@ pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extr
         pki.lb.cert.display().to_string(),
         "--key".into(),
         pki.lb.key.display().to_string(),
-        "--backend-ca".into(),
-        pki.ca_path.display().to_string(),
         "--workers".into(),
         workers.to_string(),
     ];
+    if !extra.iter().any(|a| a == "--backend-ca") {
+        args.extend(["--backend-ca".into(), pki.ca_path.display().to_string()]);
+    }
     for b in backends {
         args.push("--backend".into());
         args.push(format!("{}={}", b.name, b.addr));

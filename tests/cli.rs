@@ -1,0 +1,156 @@
+//! The binaries as an operator meets them: refusals (one line, exit 2 for flags, 1 for files),
+//! SIGHUP reloads, SIGTERM stops with exit 0.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn run(bin: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin).args(args).output().expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn refusals_are_one_line_with_the_right_exit_code() {
+    let siplb = env!("CARGO_BIN_EXE_siplb");
+    for (args, code, needle) in [
+        (&["--bogus"][..], 2, "--bogus"),
+        (&["--workers", "many"], 2, "--workers"),
+        (&["--backend", "b=127.0.0.1:1"], 2, "--cert"),
+        (
+            &[
+                "--cert",
+                "/nonexistent/c.pem",
+                "--key",
+                "/nonexistent/k.pem",
+                "--backend-ca",
+                "/nonexistent/ca.pem",
+                "--backend",
+                "b=127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            1,
+            "/nonexistent/",
+        ),
+        (
+            &[
+                "--cert",
+                "c",
+                "--key",
+                "k",
+                "--backend-ca",
+                "ca",
+                "--backend",
+                "b=127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--require-client-cert",
+            ],
+            2,
+            "--client-ca",
+        ),
+    ] {
+        let (got, err) = run(siplb, args);
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let sipload = env!("CARGO_BIN_EXE_sipload");
+    let (got, err) = run(sipload, &["call", "--target", "127.0.0.1:1"]);
+    assert_eq!((got, err.trim().lines().count()), (2, 1), "{err}");
+    let (got, err) = run(
+        sipload,
+        &["call", "--target", "127.0.0.1:1", "--ca", "/nonexistent/ca.pem"],
+    );
+    assert_eq!(got, 1, "{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    assert_eq!(run(siplb, &["--help"]).0, 0);
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_exits_zero() {
+    let pki = Pki::new();
+    let backends = start_backends(
+        &pki,
+        Backends {
+            count: 1,
+            ..Backends::default()
+        },
+        None,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siplb"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workers",
+            "2",
+            "--log",
+            "info",
+        ])
+        .args([
+            "--cert",
+            &pki.lb.cert.display().to_string(),
+            "--key",
+            &pki.lb.key.display().to_string(),
+        ])
+        .args(["--backend-ca", &pki.ca_path.display().to_string()])
+        .args(["--backend", &format!("{}={}", backends[0].name, backends[0].addr)])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("siplb starts");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "siplb did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < until, "siplb did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(
+        log.contains("configuration reloaded"),
+        "no reload in the log: {log}"
+    );
+}

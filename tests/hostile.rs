@@ -1,0 +1,249 @@
+//! Hostile input against a running balancer: each case gets the answer DESIGN.md names (a SIP
+//! error response or a closed connection), and afterwards 100 good calls all complete — nothing
+//! a hostile peer does may harm other connections.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::ServerName;
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls(pki: &Pki, lb: &siplb::worker::Balancer) -> Tls {
+    let sock = TcpStream::connect(lb.listen_addrs[0]).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let conn =
+        rustls::ClientConnection::new(pki.client_tls(None), ServerName::try_from(LB_NAME).expect("name"))
+            .expect("tls");
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("handshake");
+    }
+    s
+}
+
+/// Reads until one whole head has arrived (siplb's own answers have no body); "" on EOF.
+fn read_head(s: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Whether the peer closes the connection within `limit` (a hang detector, not a timing check).
+fn closes_within(s: &mut impl Read, sock: &TcpStream, limit: Duration) -> bool {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let until = Instant::now() + limit;
+    let mut chunk = [0u8; 1024];
+    while Instant::now() < until {
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn request(method: &str, extra: &str, drop: &[&str]) -> String {
+    let mut headers = vec![
+        "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKhostile".to_string(),
+        "Max-Forwards: 70".into(),
+        "From: <sip:h@client.invalid>;tag=h1".into(),
+        "To: <sip:svc@pool.test>".into(),
+        format!("Call-ID: hostile-{}", siplb::load::msg::unique("")),
+        format!("CSeq: 1 {method}"),
+    ];
+    headers.retain(|h| !drop.iter().any(|d| h.starts_with(d)));
+    format!(
+        "{method} sip:svc@pool.test SIP/2.0\r\n{}\r\n{extra}Content-Length: 0\r\n\r\n",
+        headers.join("\r\n")
+    )
+}
+
+#[test]
+fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::default(), None);
+    let flags: Vec<String> = [
+        "--max-message-bytes",
+        "4096",
+        "--handshake-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lb = start_balancer(&pki, &backends, 2, &flags);
+
+    // Requests that get a SIP answer on a connection that stays usable.
+    let mut s = tls(&pki, &lb);
+    for (req, want) in [
+        (
+            request("OPTIONS", "", &["Call-ID"]),
+            "SIP/2.0 400 Missing Call-ID Header",
+        ),
+        (
+            request("OPTIONS", "", &["CSeq"]),
+            "SIP/2.0 400 Missing CSeq Header",
+        ),
+        (
+            request("OPTIONS", "", &["Max-Forwards"]).replace("Via:", "Max-Forwards: 0\r\nVia:"),
+            "SIP/2.0 483",
+        ),
+        (
+            request(
+                "OPTIONS",
+                &"Via: SIP/2.0/TLS relay.invalid;branch=z9hG4bKr\r\n".repeat(69),
+                &[],
+            ),
+            "SIP/2.0 200",
+        ),
+    ] {
+        s.write_all(req.as_bytes()).expect("send");
+        let got = read_head(&mut s);
+        assert!(got.starts_with(want), "wanted {want}, got {got:?}");
+    }
+    // A response with no Via of ours is dropped; the connection still works.
+    s.write_all(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS elsewhere.invalid;branch=z9hG4bKx\r\nCall-ID: r\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+        .expect("send");
+    s.write_all(request("OPTIONS", "", &[]).as_bytes()).expect("send");
+    assert!(
+        read_head(&mut s).starts_with("SIP/2.0 200"),
+        "connection unusable after a stray response"
+    );
+
+    // Answer, then close: a bad Content-Length, an oversize message.
+    for (req, want) in [
+        (
+            request("OPTIONS", "", &[]).replace("Content-Length: 0", "Content-Length: abc"),
+            "SIP/2.0 400",
+        ),
+        (
+            request("MESSAGE", "Content-Type: text/plain\r\n", &[]).replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!("Content-Length: 5000\r\n\r\n{}", "x".repeat(5000)),
+            ),
+            "SIP/2.0 513",
+        ),
+    ] {
+        let mut s = tls(&pki, &lb);
+        s.write_all(req.as_bytes()).expect("send");
+        let got = read_head(&mut s);
+        assert!(got.starts_with(want), "wanted {want}, got {got:?}");
+        let sock = s.sock.try_clone().expect("sock");
+        assert!(
+            closes_within(&mut s, &sock, Duration::from_secs(5)),
+            "not closed after {want}"
+        );
+    }
+
+    // Closed without an answer: binary garbage, plaintext on the TLS port, a client that stops
+    // mid-header (slowloris), one that never finishes its TLS handshake.
+    let mut garbage = tls(&pki, &lb);
+    garbage
+        .write_all(&[
+            0u8, 0xff, 0x13, 0x37, b'\n', 0x01, 0x02, b'\r', b'\n', b'\r', b'\n',
+        ])
+        .expect("send");
+    let sock = garbage.sock.try_clone().expect("sock");
+    assert!(
+        closes_within(&mut garbage, &sock, Duration::from_secs(5)),
+        "binary garbage did not close"
+    );
+    let mut plain = TcpStream::connect(lb.listen_addrs[0]).expect("connect");
+    plain
+        .write_all(request("OPTIONS", "", &[]).as_bytes())
+        .expect("send");
+    let sock = plain.try_clone().expect("sock");
+    assert!(
+        closes_within(&mut plain, &sock, Duration::from_secs(5)),
+        "plaintext on the TLS port did not close"
+    );
+    let mut slow = tls(&pki, &lb);
+    slow.write_all(b"INVITE sip:svc@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS sl")
+        .expect("send");
+    let mut no_handshake = TcpStream::connect(lb.listen_addrs[0]).expect("connect");
+    // 300 idle TLS connections stay open while the good calls run.
+    let idle: Vec<Tls> = (0..300).map(|_| tls(&pki, &lb)).collect();
+
+    let report = run_calls(call_opts(&pki, &lb, 100));
+    assert_eq!((report.ok, report.failed), (100, 0), "{}", report.summary());
+
+    let sock = slow.sock.try_clone().expect("sock");
+    assert!(
+        closes_within(&mut slow, &sock, Duration::from_secs(10)),
+        "slowloris client not closed (idle timeout)"
+    );
+    let sock = no_handshake.try_clone().expect("sock");
+    assert!(
+        closes_within(&mut no_handshake, &sock, Duration::from_secs(10)),
+        "silent TCP client not closed (handshake timeout)"
+    );
+    drop(idle);
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    assert_one_backend_per_call(&report, &stats);
+    lb.shutdown();
+}
+
+#[test]
+fn connections_per_source_address_are_capped() {
+    let pki = Pki::new();
+    let backends = start_backends(
+        &pki,
+        Backends {
+            count: 1,
+            ..Backends::default()
+        },
+        None,
+    );
+    let lb = start_balancer(
+        &pki,
+        &backends,
+        2,
+        &["--max-connections-per-ip".into(), "2".into()],
+    );
+    let handshakes = |n: usize| -> Vec<Option<Tls>> {
+        (0..n)
+            .map(|_| {
+                let sock = TcpStream::connect(lb.listen_addrs[0]).ok()?;
+                sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                let conn =
+                    rustls::ClientConnection::new(pki.client_tls(None), ServerName::try_from(LB_NAME).ok()?)
+                        .ok()?;
+                let mut s = rustls::StreamOwned::new(conn, sock);
+                while s.conn.is_handshaking() {
+                    s.conn.complete_io(&mut s.sock).ok()?;
+                }
+                Some(s)
+            })
+            .collect()
+    };
+    let mut first = handshakes(2);
+    assert!(
+        first.iter().all(Option::is_some),
+        "the first two connections were refused"
+    );
+    assert!(
+        handshakes(1)[0].is_none(),
+        "a third connection from the same address got in"
+    );
+    first.pop();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(handshakes(1)[0].is_some(), "the freed slot was not given back");
+    lb.shutdown();
+}
