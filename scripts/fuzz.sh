@@ -8,6 +8,6 @@ target=${2:-sip_stream}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p "corpus/$target"
 # Seeds are committed; the corpus the fuzzer grows is kept locally (see fuzz/README.md).
-cp -n seeds/* "corpus/$target/" 2>/dev/null || true
+cp -n "seeds/$target"/* "corpus/$target/" 2>/dev/null || true
 RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" -- \
   -max_total_time="$secs" -max_len=4096 -print_final_stats=1
