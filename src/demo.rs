@@ -154,15 +154,15 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     }
 
     // Let the last BYEs' answers land, stop the balancer, then read the servers' records.
-    std::thread::sleep(Duration::from_millis(100));
-    let st = lb.stats();
-    use std::sync::atomic::Ordering::Relaxed;
+    // Workers publish their counters every 250 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let mt = lb.metrics();
     let counters = format!(
         "siplb: {} requests and {} responses forwarded, {} answered by siplb itself, {} responses dropped",
-        st.forwarded_requests.load(Relaxed),
-        st.forwarded_responses.load(Relaxed),
-        st.generated.load(Relaxed),
-        st.dropped_responses.load(Relaxed)
+        mt.forwarded_requests,
+        mt.forwarded_responses,
+        mt.answers.iter().sum::<u64>(),
+        mt.dropped_responses
     );
     lb.shutdown();
     let stats: Vec<_> = servers.into_iter().map(|s| (s.name.clone(), s.stop())).collect();

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod load;
 pub mod logging;
+pub mod metrics;
 pub mod route;
 pub mod sip;
 pub mod tls;

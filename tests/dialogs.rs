@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -54,9 +53,11 @@ fn callee_hangs_up(bye_on: ByeOn, peer_listen: bool) {
     }
     if bye_on == ByeOn::Other {
         // The BYEs left on the other worker's pool connection, so they crossed workers.
+        let m = metrics_when(&lb, |m| m.handoffs >= 60);
         assert!(
-            lb.stats().handoffs.load(Ordering::Relaxed) >= 60,
-            "no cross-worker hand-off happened"
+            m.handoffs >= 60,
+            "no cross-worker hand-off happened: {}",
+            m.handoffs
         );
     }
     lb.shutdown();

@@ -15,6 +15,7 @@ use rustls::{Connection, ServerConnection};
 use super::pool::PoolEntry;
 use super::slots::{Conn, IpText, Kind, Slots};
 use super::{Handoff, HandoffRx, Runtime, Shared};
+use crate::metrics::Metrics;
 use crate::sip::response::{Extra, write_response};
 use crate::sip::{FrameError, Read, Rewrite, Status, Token as SipToken, TokenCache};
 use crate::tls::stream::{StreamError, TlsStream};
@@ -23,6 +24,8 @@ pub const WAKER: Token = Token(usize::MAX);
 /// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
 /// fit in one round.
 const READ_SLACK: usize = 16 * 1024;
+/// How often a worker hands its counters to the metrics reader.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const PEER: Token = Token(usize::MAX - 1);
 /// Front listeners use tokens counting down from here.
 const LISTEN_BASE: usize = usize::MAX - 2;
@@ -47,9 +50,12 @@ pub struct Worker {
     pub(super) dirty: Vec<usize>,
     /// Connections to close after the current batch, with why.
     pub(super) doomed: Vec<(usize, &'static str)>,
+    /// This worker's counters (published to `Shared::published` by `publish`).
+    pub(super) m: Metrics,
     ready: bool,
     started: Instant,
     last_sweep: Instant,
+    last_publish: Instant,
 }
 
 impl Worker {
@@ -88,9 +94,11 @@ impl Worker {
             out: Vec::with_capacity(1024),
             dirty: Vec::new(),
             doomed: Vec::new(),
+            m: Metrics::default(),
             ready: false,
             started: Instant::now(),
             last_sweep: Instant::now(),
+            last_publish: Instant::now(),
         })
     }
 
@@ -105,6 +113,7 @@ impl Worker {
                 tracing::error!(worker = self.id, error = %e, "event loop failed");
                 break;
             }
+            let busy = Instant::now();
             if self.shared.runtime_gen.load(Ordering::Acquire) != self.rt_gen {
                 self.adopt_runtime();
             }
@@ -120,11 +129,17 @@ impl Worker {
             }
             self.finish_batch();
             let now = Instant::now();
+            self.m.loop_busy += now.duration_since(busy);
+            self.m.loop_turns += 1;
             if now.duration_since(self.last_sweep) >= Duration::from_secs(1) || !self.ready {
                 self.sweep(now);
             }
+            if now.duration_since(self.last_publish) >= PUBLISH_EVERY {
+                self.publish(now);
+            }
         }
         self.close_all();
+        self.publish(Instant::now());
     }
 
     /// Flushes what the batch wrote, closes what it doomed, updates poll interest.
@@ -169,18 +184,18 @@ impl Worker {
                 }
             };
             if !self.admit_ip(peer.ip()) {
-                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                *self.m.refused.entry("max-connections-per-ip".into()).or_default() += 1;
                 tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
                 continue;
             }
             let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
             if open >= self.shared.cfg.max_connections {
                 self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                *self.m.refused.entry("max-connections".into()).or_default() += 1;
                 tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
                 continue;
             }
-            self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            self.m.accepted += 1;
             let tls = match ServerConnection::new(Arc::clone(&self.rt.tls.front)) {
                 Ok(t) => Connection::Server(t),
                 Err(e) => {
@@ -271,10 +286,14 @@ impl Worker {
             loop {
                 let Some(c) = self.slots.get_mut(slot) else { return };
                 let was_handshaking = c.stream.is_handshaking();
-                if let Err(e) = c.stream.read(cap) {
-                    self.read_failed(slot, was_handshaking, &e);
-                    return;
+                match c.stream.read(cap) {
+                    Ok(n) => self.m.bytes_in += n as u64,
+                    Err(e) => {
+                        self.read_failed(slot, was_handshaking, &e);
+                        return;
+                    }
                 }
+                let Some(c) = self.slots.get_mut(slot) else { return };
                 c.last_active = Instant::now();
                 let (kind, more) = (c.kind, c.stream.more);
                 if was_handshaking && !c.stream.is_handshaking() && !self.on_handshake(slot, kind) {
@@ -304,20 +323,14 @@ impl Worker {
         let (kind, peer) = (c.kind, c.peer);
         match kind {
             Kind::Client if was_handshaking => {
-                self.shared
-                    .stats
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
                 tracing::info!(%peer, error = %e, "client TLS handshake failed");
             }
             Kind::Client => tracing::debug!(%peer, error = %e, "client connection failed"),
             Kind::Backend(b) => self.pool_failure(b, e.to_string()),
             Kind::Peer(_) => {
                 if was_handshaking {
-                    self.shared
-                        .stats
-                        .handshake_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                    *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
                 }
                 tracing::warn!(%peer, error = %e, "peer connection failed");
             }
@@ -368,12 +381,11 @@ impl Worker {
                     Connection::Server(s) => s.server_name().map(str::to_string),
                     Connection::Client(_) => None,
                 };
-                let counter = if verified {
-                    &self.shared.stats.clients_verified
+                if verified {
+                    self.m.clients_verified += 1;
                 } else {
-                    &self.shared.stats.clients_unverified
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                    self.m.clients_unverified += 1;
+                }
                 tracing::info!(worker = self.id, peer = %c.peer, verified, sni = ?sni, "client connected");
                 true
             }
@@ -391,6 +403,7 @@ impl Worker {
         loop {
             match crate::sip::read(&buf[pos..], max) {
                 Read::Message(f, m) => {
+                    self.m.messages += 1;
                     self.route(slot, &m);
                     pos += f.consumed();
                 }
@@ -399,10 +412,7 @@ impl Worker {
                     if is_request(msg) {
                         self.answer(slot, msg, 400, &e.to_string(), Extra::default());
                     } else {
-                        self.shared
-                            .stats
-                            .dropped_responses
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.m.dropped_responses += 1;
                     }
                     pos += f.consumed();
                 }
@@ -452,13 +462,14 @@ impl Worker {
         }
         self.out.clear();
         write_response(request, code, reason, extra, &mut self.out);
-        self.shared.stats.generated.fetch_add(1, Ordering::Relaxed);
+        self.m.answer(code);
         let out = std::mem::take(&mut self.out);
         self.send_raw(slot, &out);
         self.out = out;
     }
 
     pub(super) fn send_raw(&mut self, slot: usize, bytes: &[u8]) {
+        self.m.bytes_out += bytes.len() as u64;
         if let Some(c) = self.slots.get_mut(slot) {
             if c.stream.write_all(bytes).is_err() {
                 self.doomed.push((slot, "peer not reading"));
@@ -483,10 +494,7 @@ impl Worker {
                     self.mark_dirty(slot);
                 }
                 None => {
-                    self.shared
-                        .stats
-                        .dropped_responses
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.m.dropped_responses += 1;
                 }
             }
         }
@@ -532,6 +540,28 @@ impl Worker {
         self.finish_batch();
     }
 
+    /// Hands a copy of this worker's counters to the metrics reader.
+    fn publish(&mut self, now: Instant) {
+        self.last_publish = now;
+        let mut snap = self.m.clone();
+        snap.connections_open = self
+            .slots
+            .occupied()
+            .into_iter()
+            .filter(|&s| self.slots.get(s).is_some_and(|c| c.kind == Kind::Client))
+            .count() as u64;
+        snap.backends = self
+            .rt
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| self.pool[i].metrics(&b.name))
+            .collect();
+        if let Some(Ok(mut p)) = self.shared.published.get(usize::from(self.id)).map(|p| p.lock()) {
+            *p = snap;
+        }
+    }
+
     fn close_all(&mut self) {
         for slot in self.slots.occupied() {
             self.close(slot, "shutting down");
@@ -574,6 +604,19 @@ impl Worker {
 
 fn is_request(msg: &[u8]) -> bool {
     !msg.starts_with(b"SIP/")
+}
+
+/// A short reason for the metrics label of a failed handshake or connection.
+pub(super) fn failure_label(e: &StreamError) -> String {
+    match e {
+        StreamError::Tls(t) => {
+            let mut s = t.to_string();
+            s.truncate(80);
+            s
+        }
+        StreamError::Io(io) => format!("i/o: {:?}", io.kind()),
+        StreamError::Backlog => "peer not reading".into(),
+    }
 }
 
 fn tls_reason(e: &crate::tls::stream::StreamError) -> &'static str {

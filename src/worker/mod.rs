@@ -26,6 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::Backend;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sip::TokenKey;
 use crate::tls::{self, trust::TlsSet};
 
@@ -61,25 +62,6 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         1
     }
-}
-
-/// Counters every worker adds to (relaxed atomics, off the per-message locking path).
-#[derive(Default)]
-pub struct Stats {
-    pub accepted: AtomicU64,
-    pub refused: AtomicU64,
-    pub forwarded_requests: AtomicU64,
-    pub forwarded_responses: AtomicU64,
-    pub dropped_responses: AtomicU64,
-    pub generated: AtomicU64,
-    pub handoffs: AtomicU64,
-    /// Clients whose TLS handshake finished with a verified certificate, and without one.
-    pub clients_verified: AtomicU64,
-    pub clients_unverified: AtomicU64,
-    /// TLS handshakes that failed (bad certificate, not TLS at all, ...).
-    pub handshake_failures: AtomicU64,
-    pub reloads: AtomicU64,
-    pub reload_failures: AtomicU64,
 }
 
 /// What can change at run time (SIGHUP): every TLS configuration and the back-end set. Workers
@@ -128,7 +110,10 @@ pub struct Shared {
     /// Open client connections per source address (only with `--max-connections-per-ip`);
     /// touched on accept and close, never per message.
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
-    pub stats: Stats,
+    /// Each worker's counters as last published (a few times a second).
+    pub published: Vec<Mutex<Metrics>>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
 }
 
 impl Shared {
@@ -141,7 +126,6 @@ impl Shared {
         if tx.try_send(h).is_err() {
             return false;
         }
-        self.stats.handoffs.fetch_add(1, Ordering::Relaxed);
         let _ = waker.wake();
         true
     }
@@ -212,12 +196,14 @@ impl Balancer {
             runtime: ArcSwap::from_pointee(runtime),
             runtime_gen: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            published: (0..cfg.workers).map(|_| Mutex::new(Metrics::default())).collect(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
             adv_host,
             handoff,
             stop: AtomicBool::new(false),
             ready: AtomicUsize::new(0),
             clients_open: AtomicUsize::new(0),
-            stats: Stats::default(),
             cfg,
         });
         let mut threads = Vec::new();
@@ -260,8 +246,15 @@ impl Balancer {
         false
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+    /// The workers' counters added up (each worker publishes a few times a second).
+    pub fn metrics(&self) -> Metrics {
+        collect(&self.shared)
+    }
+
+    /// A handle that collects the metrics from another thread (the `/metrics` responder).
+    pub fn collector(&self) -> Arc<dyn Fn() -> Metrics + Send + Sync> {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move || collect(&shared))
     }
 
     pub fn advertise(&self) -> &str {
@@ -314,13 +307,23 @@ impl Balancer {
     }
 }
 
+fn collect(shared: &Shared) -> Metrics {
+    let mut total = Metrics::default();
+    for p in &shared.published {
+        if let Ok(m) = p.lock() {
+            total.add(&m);
+        }
+    }
+    total
+}
+
 fn reload(shared: &Shared) -> Result<(), String> {
     match Runtime::load(&shared.cfg) {
         Ok(rt) => {
             let n = rt.backends.len();
             shared.runtime.store(Arc::new(rt));
             shared.runtime_gen.fetch_add(1, Ordering::AcqRel);
-            shared.stats.reloads.fetch_add(1, Ordering::Relaxed);
+            shared.reloads.fetch_add(1, Ordering::Relaxed);
             for (_, waker) in &shared.handoff {
                 let _ = waker.wake();
             }
@@ -328,7 +331,7 @@ fn reload(shared: &Shared) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            shared.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+            shared.reload_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "reload failed; the running configuration stays");
             Err(e)
         }

@@ -4,6 +4,7 @@
 //! dialogs in this worker while at least one of its connections has finished its handshake.
 //! State changes are logged once, not on every retry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use rustls::{ClientConnection, Connection};
 
 use super::event::Worker;
 use super::slots::Kind;
+use crate::metrics::BackendMetrics;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -28,6 +30,10 @@ pub struct PoolEntry {
     logged: Option<String>,
     /// The detailed reason of the last failure, used when the connection is closed.
     failure: Option<String>,
+    pub requests: u64,
+    pub responses: u64,
+    pub dialogs: u64,
+    pub failures: BTreeMap<String, u64>,
 }
 
 impl PoolEntry {
@@ -40,6 +46,23 @@ impl PoolEntry {
             next: 0,
             logged: None,
             failure: None,
+            requests: 0,
+            responses: 0,
+            dialogs: 0,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    pub fn metrics(&self, name: &str) -> BackendMetrics {
+        BackendMetrics {
+            name: name.to_string(),
+            up: self.is_up(),
+            requests: self.requests,
+            responses: self.responses,
+            dialogs: self.dialogs,
+            probe_rtt: None,
+            probes_failed: 0,
+            failures: self.failures.clone(),
         }
     }
 
@@ -201,6 +224,7 @@ impl Worker {
     /// Logs that back end `b` is down, once per reason (no flood while it stays down).
     fn log_down(&mut self, b: usize, why: &str) {
         let e = &mut self.pool[b];
+        *e.failures.entry(why.to_string()).or_default() += 1;
         if e.logged.as_deref() != Some(why) {
             e.logged = Some(why.to_string());
             tracing::warn!(worker = self.id, backend = %self.rt.backends[b].name, why, "back end down");

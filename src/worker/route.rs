@@ -2,11 +2,10 @@
 //! a pool connection or to the connection a token names (handing it to the owning worker when it
 //! is another), answering, or counting a drop.
 
-use std::sync::atomic::Ordering;
-
 use super::Handoff;
 use super::event::Worker;
-use crate::route::{Decision, Origin, Router};
+use crate::metrics::method_index;
+use crate::route::{Decision, Origin, RETRY_AFTER, Router};
 use crate::sip::response::Extra;
 use crate::sip::{Message, Token};
 
@@ -32,6 +31,7 @@ impl Worker {
             backend: c.kind.backend(),
             rr_cache: &mut c.rr_tokens,
         };
+        let from_backend = origin.backend.filter(|_| origin.from_server);
         let pool = &self.pool;
         let decision = router.decide(
             m,
@@ -40,36 +40,38 @@ impl Worker {
             &mut self.tokens,
             &mut self.rw,
         );
+        match m.method() {
+            Some(meth) => self.m.requests_by_method[method_index(meth)] += 1,
+            None => {
+                self.m.responses += 1;
+                if let Some(b) = from_backend {
+                    self.pool[b].responses += 1;
+                }
+            }
+        }
         match decision {
             Decision::ToBackend(be) => match self.pool[be].pick() {
                 Some(dst) => {
                     self.write_local(dst, m);
-                    self.shared
-                        .stats
-                        .forwarded_requests
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.m.forwarded_requests += 1;
+                    self.pool[be].requests += 1;
                 }
                 None => self.answer(
                     src,
                     m.head(),
                     503,
                     "Service Unavailable",
-                    Extra { retry_after: Some(5) },
+                    Extra {
+                        retry_after: Some(RETRY_AFTER),
+                    },
                 ),
             },
-            Decision::ToConnection { to, request } => {
-                let delivered = self.deliver(to, m);
-                let stats = &self.shared.stats;
-                match (delivered, request) {
-                    (true, true) => stats.forwarded_requests.fetch_add(1, Ordering::Relaxed),
-                    (true, false) => stats.forwarded_responses.fetch_add(1, Ordering::Relaxed),
-                    (false, false) => stats.dropped_responses.fetch_add(1, Ordering::Relaxed),
-                    (false, true) => {
-                        self.answer(src, m.head(), 430, "Flow Failed", Extra::default());
-                        0
-                    }
-                };
-            }
+            Decision::ToConnection { to, request } => match (self.deliver(to, m), request) {
+                (true, true) => self.m.forwarded_requests += 1,
+                (true, false) => self.m.forwarded_responses += 1,
+                (false, false) => self.m.dropped_responses += 1,
+                (false, true) => self.answer(src, m.head(), 430, "Flow Failed", Extra::default()),
+            },
             Decision::Answer {
                 code,
                 reason,
@@ -77,10 +79,7 @@ impl Worker {
             } => self.answer(src, m.head(), code, &reason, Extra { retry_after }),
             Decision::Drop(why) => {
                 tracing::debug!(worker = self.id, why, "message dropped");
-                self.shared
-                    .stats
-                    .dropped_responses
-                    .fetch_add(1, Ordering::Relaxed);
+                self.m.dropped_responses += 1;
             }
         }
     }
@@ -90,6 +89,7 @@ impl Worker {
         let Some(c) = self.slots.get_mut(dst) else {
             return false;
         };
+        self.m.bytes_out += self.rw.len(m.buf) as u64;
         let slices = self.rw.slices(m.buf);
         if c.stream.write(slices.as_slice()).is_err() {
             self.doomed.push((dst, "peer not reading"));
@@ -109,13 +109,15 @@ impl Worker {
         }
         let mut bytes = Vec::with_capacity(self.rw.len(m.buf));
         self.rw.write_to(m.buf, &mut bytes);
-        self.shared.hand_off(
+        let sent = self.shared.hand_off(
             usize::from(t.worker),
             Handoff {
                 slot: t.slot,
                 generation: t.generation,
                 bytes,
             },
-        )
+        );
+        self.m.handoffs += u64::from(sent);
+        sent
     }
 }

@@ -273,3 +273,18 @@ impl TestClient {
 pub fn is_response(m: &siplb::sip::Message, code: u16, method: siplb::sip::Method) -> bool {
     m.status() == Some(code) && m.cseq.is_some_and(|c| c.2 == method)
 }
+
+/// The balancer's metrics once `pred` holds (workers publish every 250 ms), or the last seen.
+pub fn metrics_when(
+    lb: &Balancer,
+    pred: impl Fn(&siplb::metrics::Metrics) -> bool,
+) -> siplb::metrics::Metrics {
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = lb.metrics();
+        if pred(&m) || std::time::Instant::now() > until {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

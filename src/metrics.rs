@@ -1,0 +1,430 @@
+//! Counters and the Prometheus endpoint. Each worker counts in its own [`Metrics`] (plain
+//! integers, no atomics or locks on the per-message path) and publishes a copy a few times a
+//! second; [`Balancer::metrics`](crate::worker::Balancer::metrics) and `/metrics` add the copies
+//! up. The HTTP responder is a small thread of its own, off every worker.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sip::Method;
+
+/// Answers siplb generates, by code, in this order; anything else counts as "other".
+pub const ANSWER_CODES: [u16; 8] = [400, 404, 430, 482, 483, 503, 513, 0];
+/// Request methods counted one by one; the rest are "OTHER".
+pub const METHODS: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "MESSAGE",
+    "PUBLISH",
+    "OTHER",
+];
+
+pub fn method_index(m: Method) -> usize {
+    match m {
+        Method::Invite => 0,
+        Method::Ack => 1,
+        Method::Bye => 2,
+        Method::Cancel => 3,
+        Method::Register => 4,
+        Method::Options => 5,
+        Method::Subscribe => 6,
+        Method::Notify => 7,
+        Method::Refer => 8,
+        Method::Info => 9,
+        Method::Update => 10,
+        Method::Prack => 11,
+        Method::Message => 12,
+        Method::Publish => 13,
+        Method::Other(_) => 14,
+    }
+}
+
+/// One back end as a worker sees it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BackendMetrics {
+    pub name: String,
+    /// Takes new dialogs in this worker (connected and passing its health probes).
+    pub up: bool,
+    pub requests: u64,
+    pub responses: u64,
+    /// 2xx answers to INVITE that came from it.
+    pub dialogs: u64,
+    /// Round trip of the last answered health probe.
+    pub probe_rtt: Option<Duration>,
+    pub probes_failed: u64,
+    /// Connection failures by reason.
+    pub failures: BTreeMap<String, u64>,
+}
+
+/// What one worker counted (or, added up, the whole balancer).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Metrics {
+    pub workers: usize,
+    pub requests_by_method: [u64; METHODS.len()],
+    pub responses: u64,
+    pub forwarded_requests: u64,
+    pub forwarded_responses: u64,
+    pub dropped_responses: u64,
+    pub answers: [u64; ANSWER_CODES.len()],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub accepted: u64,
+    pub refused: BTreeMap<String, u64>,
+    pub handshake_failures: BTreeMap<String, u64>,
+    pub clients_verified: u64,
+    pub clients_unverified: u64,
+    pub handoffs: u64,
+    pub failovers: u64,
+    pub messages: u64,
+    pub loop_turns: u64,
+    pub loop_busy: Duration,
+    pub connections_open: u64,
+    pub backends: Vec<BackendMetrics>,
+    /// Per worker: messages handled and time busy (only in the added-up form).
+    pub per_worker: Vec<(u64, Duration)>,
+}
+
+impl Metrics {
+    pub fn answer(&mut self, code: u16) {
+        let i = ANSWER_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(ANSWER_CODES.len() - 1);
+        self.answers[i] += 1;
+    }
+
+    pub fn answers_with(&self, code: u16) -> u64 {
+        ANSWER_CODES
+            .iter()
+            .position(|&c| c == code)
+            .map_or(0, |i| self.answers[i])
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&BackendMetrics> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// Adds another worker's counters; back ends are matched by name (up if up anywhere).
+    pub fn add(&mut self, o: &Metrics) {
+        self.workers += 1;
+        for (a, b) in self.requests_by_method.iter_mut().zip(&o.requests_by_method) {
+            *a += b;
+        }
+        for (a, b) in self.answers.iter_mut().zip(&o.answers) {
+            *a += b;
+        }
+        self.responses += o.responses;
+        self.forwarded_requests += o.forwarded_requests;
+        self.forwarded_responses += o.forwarded_responses;
+        self.dropped_responses += o.dropped_responses;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.accepted += o.accepted;
+        add_map(&mut self.refused, &o.refused);
+        add_map(&mut self.handshake_failures, &o.handshake_failures);
+        self.clients_verified += o.clients_verified;
+        self.clients_unverified += o.clients_unverified;
+        self.handoffs += o.handoffs;
+        self.failovers += o.failovers;
+        self.messages += o.messages;
+        self.loop_turns += o.loop_turns;
+        self.loop_busy += o.loop_busy;
+        self.connections_open += o.connections_open;
+        self.per_worker.push((o.messages, o.loop_busy));
+        for b in &o.backends {
+            match self.backends.iter_mut().find(|x| x.name == b.name) {
+                Some(x) => {
+                    x.up |= b.up;
+                    x.requests += b.requests;
+                    x.responses += b.responses;
+                    x.dialogs += b.dialogs;
+                    x.probes_failed += b.probes_failed;
+                    x.probe_rtt = x.probe_rtt.max(b.probe_rtt);
+                    add_map(&mut x.failures, &b.failures);
+                }
+                None => self.backends.push(b.clone()),
+            }
+        }
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        let mut family = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(s, "# HELP siplb_{name} {help}\n# TYPE siplb_{name} {kind}");
+            name.to_string()
+        };
+        let _ = family(
+            "backend_up",
+            "gauge",
+            "1 if the back end takes new dialogs (connected and healthy)",
+        );
+        let mut out = s;
+        for b in &self.backends {
+            let _ = writeln!(
+                out,
+                "siplb_backend_up{{backend=\"{}\"}} {}",
+                esc(&b.name),
+                u8::from(b.up)
+            );
+        }
+        let mut put = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP siplb_{name} {help}\n# TYPE siplb_{name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "siplb_{name}{labels} {v}");
+            }
+        };
+        let per_backend = |f: &dyn Fn(&BackendMetrics) -> String| -> Vec<(String, String)> {
+            self.backends
+                .iter()
+                .map(|b| (format!("{{backend=\"{}\"}}", esc(&b.name)), f(b)))
+                .collect()
+        };
+        put(
+            "backend_requests_total",
+            "counter",
+            "Requests forwarded to the back end",
+            per_backend(&|b| b.requests.to_string()),
+        );
+        put(
+            "backend_responses_total",
+            "counter",
+            "Responses received from the back end",
+            per_backend(&|b| b.responses.to_string()),
+        );
+        put(
+            "backend_dialogs_total",
+            "counter",
+            "Dialogs started on the back end (2xx to INVITE)",
+            per_backend(&|b| b.dialogs.to_string()),
+        );
+        put(
+            "backend_probe_seconds",
+            "gauge",
+            "Round trip of the last answered OPTIONS probe",
+            per_backend(&|b| {
+                b.probe_rtt
+                    .map_or("NaN".into(), |d| format!("{:.6}", d.as_secs_f64()))
+            }),
+        );
+        put(
+            "backend_probes_failed_total",
+            "counter",
+            "OPTIONS probes unanswered or answered 5xx/6xx",
+            per_backend(&|b| b.probes_failed.to_string()),
+        );
+        let failures = self
+            .backends
+            .iter()
+            .flat_map(|b| {
+                b.failures.iter().map(move |(r, n)| {
+                    (
+                        format!("{{backend=\"{}\",reason=\"{}\"}}", esc(&b.name), esc(r)),
+                        n.to_string(),
+                    )
+                })
+            })
+            .collect();
+        put(
+            "backend_connection_failures_total",
+            "counter",
+            "Connection failures to the back end by reason",
+            failures,
+        );
+        put(
+            "connections_open",
+            "gauge",
+            "Client connections open",
+            vec![(String::new(), self.connections_open.to_string())],
+        );
+        put(
+            "connections_accepted_total",
+            "counter",
+            "Client connections accepted",
+            vec![(String::new(), self.accepted.to_string())],
+        );
+        put(
+            "connections_refused_total",
+            "counter",
+            "Client connections refused by reason",
+            labelled("reason", &self.refused),
+        );
+        put(
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed, by reason",
+            labelled("reason", &self.handshake_failures),
+        );
+        put(
+            "clients_total",
+            "counter",
+            "Clients connected, by whether their certificate was verified",
+            vec![
+                ("{verified=\"true\"}".into(), self.clients_verified.to_string()),
+                ("{verified=\"false\"}".into(), self.clients_unverified.to_string()),
+            ],
+        );
+        let methods = METHODS
+            .iter()
+            .zip(&self.requests_by_method)
+            .map(|(m, n)| (format!("{{method=\"{m}\"}}"), n.to_string()))
+            .collect();
+        put(
+            "requests_total",
+            "counter",
+            "Requests received, by method",
+            methods,
+        );
+        put(
+            "responses_total",
+            "counter",
+            "Responses received",
+            vec![(String::new(), self.responses.to_string())],
+        );
+        put(
+            "responses_dropped_total",
+            "counter",
+            "Responses dropped (not ours, or their connection had gone)",
+            vec![(String::new(), self.dropped_responses.to_string())],
+        );
+        let answers = ANSWER_CODES
+            .iter()
+            .zip(&self.answers)
+            .map(|(c, n)| {
+                (
+                    format!(
+                        "{{code=\"{}\"}}",
+                        if *c == 0 { "other".into() } else { c.to_string() }
+                    ),
+                    n.to_string(),
+                )
+            })
+            .collect();
+        put(
+            "generated_responses_total",
+            "counter",
+            "Responses siplb answered itself, by code",
+            answers,
+        );
+        put(
+            "failovers_total",
+            "counter",
+            "INVITEs sent again to another back end after theirs failed unanswered",
+            vec![(String::new(), self.failovers.to_string())],
+        );
+        put(
+            "handoffs_total",
+            "counter",
+            "Messages handed to another worker",
+            vec![(String::new(), self.handoffs.to_string())],
+        );
+        put(
+            "bytes_total",
+            "counter",
+            "SIP bytes read and written (plaintext)",
+            vec![
+                ("{direction=\"in\"}".into(), self.bytes_in.to_string()),
+                ("{direction=\"out\"}".into(), self.bytes_out.to_string()),
+            ],
+        );
+        let workers: Vec<_> = self
+            .per_worker
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| (format!("{{worker=\"{i}\"}}"), m.to_string()))
+            .collect();
+        put(
+            "worker_messages_total",
+            "counter",
+            "Messages handled by each worker",
+            workers,
+        );
+        let busy = self
+            .per_worker
+            .iter()
+            .enumerate()
+            .map(|(i, (_, d))| (format!("{{worker=\"{i}\"}}"), format!("{:.6}", d.as_secs_f64())))
+            .collect();
+        put(
+            "worker_busy_seconds_total",
+            "counter",
+            "Time each worker's event loop spent handling events",
+            busy,
+        );
+        out
+    }
+}
+
+fn add_map(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
+    for (k, v) in b {
+        *a.entry(k.clone()).or_default() += v;
+    }
+}
+
+fn labelled(label: &str, m: &BTreeMap<String, u64>) -> Vec<(String, String)> {
+    m.iter()
+        .map(|(k, v)| (format!("{{{label}=\"{}\"}}", esc(k)), v.to_string()))
+        .collect()
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `addr` from a thread of its own; `collect` adds up the workers'
+/// published counters. Returns the bound address.
+pub fn serve(
+    addr: SocketAddr,
+    collect: Arc<dyn Fn() -> Metrics + Send + Sync>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("siplb-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = answer(stream, collect.as_ref());
+            }
+        })?;
+    Ok(local)
+}
+
+fn answer(mut s: std::net::TcpStream, collect: &(dyn Fn() -> Metrics + Send + Sync)) -> std::io::Result<()> {
+    let mut req = [0u8; 1024];
+    let n = s.read(&mut req)?;
+    let line = String::from_utf8_lossy(&req[..n]);
+    let (status, body, kind) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
+        (
+            "200 OK",
+            collect().prometheus(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    } else {
+        (
+            "404 Not Found",
+            "only /metrics is here\n".to_string(),
+            "text/plain",
+        )
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
