@@ -87,6 +87,13 @@ pub struct RunArgs {
     /// What keeps a dialog on one back end: the hash key for new dialogs.
     #[arg(long, value_enum, default_value_t = BalanceKey::CallId)]
     pub balance: BalanceKey,
+    /// Seconds between SIP OPTIONS health probes to each back end; 2 failures in a row take it out
+    /// of new dialogs, 2 passes bring it back.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub health_interval: u64,
+    /// Seconds SIGTERM/SIGINT waits for dialogs in flight to end before siplb exits.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub drain_timeout: u64,
     /// Largest SIP message accepted; larger ones get 513 and the connection is closed.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_message_bytes: usize,
@@ -99,6 +106,9 @@ pub struct RunArgs {
     /// Client connections open at once, over all workers.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Serve Prometheus metrics over HTTP at ADDR, path /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// Client connections open at once from one source address (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
@@ -195,11 +205,14 @@ pub struct Config {
     pub workers: usize,
     pub pool_size: usize,
     pub balance: BalanceKey,
+    pub health_interval: Duration,
+    pub drain_timeout: Duration,
     pub max_message_bytes: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -290,6 +303,9 @@ impl RunArgs {
         if !(512..=u32::MAX as usize / 2).contains(&self.max_message_bytes) {
             return Err(flag("--max-message-bytes", "must be between 512 and 2147483647"));
         }
+        if self.health_interval == 0 {
+            return Err(flag("--health-interval", "must be at least 1 second"));
+        }
         let advertise = match self.advertise {
             Some(a) => normalise_advertise(&a).map_err(|why| flag("--advertise", why))?,
             None => {
@@ -322,11 +338,14 @@ impl RunArgs {
             workers,
             pool_size: self.pool_size,
             balance: self.balance,
+            health_interval: Duration::from_secs(self.health_interval),
+            drain_timeout: Duration::from_secs(self.drain_timeout),
             max_message_bytes: self.max_message_bytes,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            metrics: self.metrics,
         })
     }
 }

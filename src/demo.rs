@@ -68,6 +68,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             peer: None,
             bye_after: None,
             bye_on: ByeOn::Same,
+            silent: false,
+            crash_on_invite: false,
         })
         .map_err(|e| format!("back end {name}: {e}"))?;
         println!("  back end {name} on {} (sipload server, MTLS)", h.addr);

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         }
     };
     let stop = lb.stopper();
+    let drain = lb.drainer();
     let reload = lb.reloader();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         }
     };
     std::thread::spawn(move || {
+        let mut draining = false;
         for sig in signals.forever() {
             if sig == signal_hook::consts::SIGHUP {
                 tracing::info!("SIGHUP: reloading certificates, keys, CRLs and the back-ends file");
@@ -58,9 +60,17 @@ fn main() -> ExitCode {
                 let _ = reload();
                 continue;
             }
-            tracing::info!(signal = sig, "stopping");
-            stop();
-            break;
+            if draining {
+                tracing::info!(signal = sig, "second signal: stopping now");
+                stop();
+                break;
+            }
+            tracing::info!(
+                signal = sig,
+                "stopping: no new connections or dialogs; waiting for dialogs in flight"
+            );
+            drain();
+            draining = true;
         }
     });
     lb.join();

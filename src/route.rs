@@ -33,6 +33,8 @@ pub struct Router<'a> {
     pub adv_host: &'a str,
     pub backends: &'a [Backend],
     pub balance: BalanceKey,
+    /// Shutting down: new dialogs and transactions get 503, dialogs in flight go on.
+    pub draining: bool,
 }
 
 /// The connection a message came in on.
@@ -109,6 +111,17 @@ impl Router<'_> {
             Err(d) => return d,
         };
         let method = m.method().unwrap_or(Method::Options);
+        let in_dialog = m
+            .value(m.to)
+            .and_then(|v| NameAddr::parse(v).ok())
+            .is_some_and(|a| a.tag().is_some());
+        if self.draining && !in_dialog && !matches!(method, Method::Ack | Method::Cancel) {
+            return Decision::Answer {
+                code: 503,
+                reason: "Service Unavailable (shutting down)".into(),
+                retry_after: Some(RETRY_AFTER),
+            };
+        }
         let ours = self.our_route(m, tokens);
         let pin = ours.and_then(|(_, t)| t).map(|t| t.pin).filter(|&p| p != 0);
         let chosen = match pin {

@@ -154,3 +154,105 @@ fn sighup_reloads_and_sigterm_exits_zero() {
         "no reload in the log: {log}"
     );
 }
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
+    let pki = Pki::new();
+    let backends = start_backends(
+        &pki,
+        Backends {
+            count: 2,
+            ..Backends::default()
+        },
+        None,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siplb"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--workers",
+        "2",
+        "--log",
+        "info",
+        "--drain-timeout",
+        "20",
+    ])
+    .args([
+        "--cert",
+        &pki.lb.cert.display().to_string(),
+        "--key",
+        &pki.lb.key.display().to_string(),
+    ])
+    .args(["--backend-ca", &pki.ca_path.display().to_string()])
+    .env("NO_COLOR", "1")
+    .stderr(Stdio::piped());
+    for b in &backends {
+        cmd.args(["--backend", &format!("{}={}", b.name, b.addr)]);
+    }
+    let mut child = cmd.spawn().expect("siplb starts");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "siplb did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let opts = siplb::load::caller::CallOpts {
+        target: format!("127.0.0.1:{port}").parse().expect("addr"),
+        server_name: siplb::tls::server_name(LB_NAME).expect("name"),
+        tls: pki.client_tls(None),
+        calls: 20,
+        rate: 200.0,
+        concurrency: 20,
+        per_call_connection: false,
+        hold: Duration::from_millis(1500),
+        remote_bye: false,
+        timeout: Duration::from_secs(15),
+        ruri: "sip:service@pool.test".into(),
+        vary_user: false,
+        progress: false,
+    };
+    let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));
+    std::thread::sleep(Duration::from_millis(600));
+    let stopped_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let report = caller.join().expect("caller");
+    assert_eq!(
+        (report.ok, report.failed),
+        (20, 0),
+        "calls in flight did not finish: {}",
+        report.summary()
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(25),
+            "siplb did not exit within the drain time"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("drained"), "{log}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting after the drain"
+    );
+}

@@ -18,6 +18,8 @@ fn callee_hangs_up(bye_on: ByeOn, peer_listen: bool) {
         count: 3,
         bye_after: Some(Duration::from_millis(20)),
         bye_on,
+        silent: false,
+        crash_on_invite: false,
     };
     // With a peer listener the back ends must know its address before they start: bind it on a
     // fixed free port first.

@@ -62,6 +62,9 @@ pub struct ServerArgs {
     /// Connection the server's BYE leaves on.
     #[arg(long, value_enum, default_value_t = ByeOn::Same)]
     pub bye_on: ByeOn,
+    /// Accept connections and record messages but never answer (a hung server).
+    #[arg(long)]
+    pub silent: bool,
     /// On exit, write one line per Call-ID seen with what was seen, tab-separated.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -152,6 +155,8 @@ fn run_server(a: ServerArgs) -> Result<i32, String> {
         peer,
         bye_after: a.bye_after_ms.map(Duration::from_millis),
         bye_on: a.bye_on,
+        silent: a.silent,
+        crash_on_invite: false,
     })
     .map_err(|e| format!("{}: {e}", a.listen))?;
     eprintln!("sipload server {} listening on {}", a.name, handle.addr);

@@ -23,6 +23,8 @@ const MAX_MESSAGE: usize = 64 * 1024;
 #[derive(Default)]
 pub struct Out {
     pub queue: Vec<(usize, Vec<u8>)>,
+    /// Connections to drop (abruptly, no close_notify) once the queue is written.
+    pub drop: Vec<usize>,
 }
 
 impl Out {
@@ -202,6 +204,12 @@ impl Endpoint {
             }
             for (conn, bytes) in out.queue.drain(..) {
                 self.send(conn, &bytes);
+            }
+            for conn in out.drop.drain(..) {
+                if let Some(mut c) = self.conns.remove(&conn) {
+                    let _ = self.poll.registry().deregister(&mut c.stream.sock);
+                    h.on_close(conn);
+                }
             }
             if dead {
                 self.close(id);

@@ -42,6 +42,10 @@ pub struct ServerOpts {
     pub peer: Option<(SocketAddr, Arc<ClientConfig>, ServerName<'static>)>,
     pub bye_after: Option<Duration>,
     pub bye_on: ByeOn,
+    /// Accept TLS and record what arrives, but never answer (a hung server, for health tests).
+    pub silent: bool,
+    /// Drop the connection an INVITE arrives on, unanswered (a crash, for failover tests).
+    pub crash_on_invite: bool,
 }
 
 /// What one server saw.
@@ -368,6 +372,13 @@ impl Handler for Uas {
             _ => "?".into(),
         };
         self.record(&call_id, what);
+        if self.opts.silent {
+            return;
+        }
+        if self.opts.crash_on_invite && m.method() == Some(Method::Invite) {
+            out.drop.push(conn);
+            return;
+        }
         match m.method() {
             Some(meth) => self.request(out, conn, m, meth, &call_id),
             None => self.response(out, conn, m, &call_id),

@@ -33,6 +33,7 @@ pub fn exercise(data: &[u8]) {
         adv_host: "lb.test",
         backends: &backends,
         balance: BalanceKey::CallId,
+        draining: false,
     };
     let me = Token {
         worker: 1,

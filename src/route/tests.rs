@@ -64,6 +64,7 @@ impl Fixture {
             adv_host: "lb.test",
             backends: &self.backends,
             balance: BalanceKey::CallId,
+            draining: false,
         };
         let mut origin = Origin {
             worker: 0,

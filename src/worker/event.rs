@@ -12,6 +12,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::{Connection, ServerConnection};
 
+use super::health::PendingInvites;
 use super::pool::PoolEntry;
 use super::slots::{Conn, IpText, Kind, Slots};
 use super::{Handoff, HandoffRx, Runtime, Shared};
@@ -52,6 +53,10 @@ pub struct Worker {
     pub(super) doomed: Vec<(usize, &'static str)>,
     /// This worker's counters (published to `Shared::published` by `publish`).
     pub(super) m: Metrics,
+    /// Initial INVITEs not yet answered by their back end (for failover).
+    pub(super) pending: PendingInvites,
+    /// When draining ends at the latest (set when the drain starts).
+    drain_until: Option<Instant>,
     ready: bool,
     started: Instant,
     last_sweep: Instant,
@@ -95,6 +100,8 @@ impl Worker {
             dirty: Vec::new(),
             doomed: Vec::new(),
             m: Metrics::default(),
+            pending: PendingInvites::new(),
+            drain_until: None,
             ready: false,
             started: Instant::now(),
             last_sweep: Instant::now(),
@@ -136,6 +143,9 @@ impl Worker {
             }
             if now.duration_since(self.last_publish) >= PUBLISH_EVERY {
                 self.publish(now);
+            }
+            if self.shared.draining.load(Ordering::Acquire) && self.drained(now) {
+                break;
             }
         }
         self.close_all();
@@ -510,7 +520,7 @@ impl Worker {
             Kind::Client => {
                 self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
                 self.release_ip(c.peer.ip());
-                tracing::debug!(worker = self.id, peer = %c.peer, why, "client connection closed");
+                tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
             }
             Kind::Backend(b) => self.pool_down(b, slot, why),
             Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
@@ -521,6 +531,8 @@ impl Worker {
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
         self.connect_pool(now);
+        self.probe_backends(now);
+        self.expire_pending(now);
         if !self.ready && (self.pool_all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
             self.ready = true;
             self.shared.ready.fetch_add(1, Ordering::AcqRel);
@@ -538,6 +550,32 @@ impl Worker {
             }
         }
         self.finish_batch();
+    }
+
+    /// Draining (SIGTERM): on the first turn stop accepting; then say whether this worker may end —
+    /// no dialog in flight anywhere and no INVITE waiting here, or the drain timeout passed.
+    fn drained(&mut self, now: Instant) -> bool {
+        let until = match self.drain_until {
+            Some(t) => t,
+            None => {
+                for mut l in self.listeners.drain(..) {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                if let Some(mut l) = self.peer_listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                let t = now + self.shared.cfg.drain_timeout;
+                self.drain_until = Some(t);
+                tracing::info!(worker = self.id, "draining: listeners closed");
+                t
+            }
+        };
+        let idle = self.shared.active_dialogs.load(Ordering::Acquire) <= 0 && self.pending.is_empty();
+        if idle || now >= until {
+            tracing::info!(worker = self.id, timed_out = !idle, "drained");
+            return true;
+        }
+        false
     }
 
     /// Hands a copy of this worker's counters to the metrics reader.

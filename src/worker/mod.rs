@@ -5,6 +5,7 @@
 //! `mio::Waker`. [`Balancer`] starts, watches and stops the workers.
 
 mod event;
+mod health;
 mod pool;
 mod route;
 pub mod slots;
@@ -12,7 +13,7 @@ pub mod slots;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -105,6 +106,10 @@ pub struct Shared {
     pub adv_host: String,
     pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
     pub stop: AtomicBool,
+    /// SIGTERM: stop accepting, answer new dialogs 503, wait for dialogs in flight.
+    pub draining: AtomicBool,
+    /// Dialogs started (2xx to INVITE) minus dialogs ended (2xx to BYE) — what draining waits for.
+    pub active_dialogs: AtomicI64,
     pub ready: AtomicUsize,
     pub clients_open: AtomicUsize,
     /// Open client connections per source address (only with `--max-connections-per-ip`);
@@ -137,6 +142,8 @@ pub struct Balancer {
     threads: Vec<JoinHandle<()>>,
     pub listen_addrs: Vec<SocketAddr>,
     pub peer_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served, with `--metrics`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Capacity of each worker's hand-off channel.
@@ -202,6 +209,8 @@ impl Balancer {
             adv_host,
             handoff,
             stop: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            active_dialogs: AtomicI64::new(0),
             ready: AtomicUsize::new(0),
             clients_open: AtomicUsize::new(0),
             cfg,
@@ -225,12 +234,20 @@ impl Balancer {
             listen = ?listen_addrs, peer = ?peer_addr, workers = threads.len(),
             advertise = %shared.cfg.advertise, backends = shared.runtime.load().backends.len(), "siplb started"
         );
-        Ok(Balancer {
+        let mut lb = Balancer {
             shared,
             threads,
             listen_addrs,
             peer_addr,
-        })
+            metrics_addr: None,
+        };
+        if let Some(addr) = lb.shared.cfg.metrics {
+            let bound =
+                crate::metrics::serve(addr, lb.collector()).map_err(|why| StartError::Bind { addr, why })?;
+            tracing::info!(addr = %bound, "serving /metrics");
+            lb.metrics_addr = Some(bound);
+        }
+        Ok(lb)
     }
 
     /// Waits until every worker has an MTLS connection to every back end (or gave up waiting
@@ -287,6 +304,18 @@ impl Balancer {
     pub fn reloader(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
         move || reload(&shared)
+    }
+
+    /// A handle that starts a graceful stop (SIGTERM): no new connections or dialogs, dialogs in
+    /// flight finish (up to `--drain-timeout`), then the workers close their connections and end.
+    pub fn drainer(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            shared.draining.store(true, Ordering::Release);
+            for (_, waker) in &shared.handoff {
+                let _ = waker.wake();
+            }
+        }
     }
 
     /// A handle that can stop this balancer from another thread (signal handling).

@@ -34,6 +34,17 @@ pub struct PoolEntry {
     pub responses: u64,
     pub dialogs: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Passes its health probes (a fresh back end starts healthy; after a failure it must pass
+    /// `HEALTHY_AFTER` probes in a row).
+    pub healthy: bool,
+    pub probe_fails: u32,
+    pub probe_oks: u32,
+    /// The probe waiting for its answer: sequence number and when it left.
+    pub outstanding: Option<(u32, Instant)>,
+    pub probe_seq: u32,
+    pub next_probe: Instant,
+    pub probe_rtt: Option<Duration>,
+    pub probes_failed: u64,
 }
 
 impl PoolEntry {
@@ -50,6 +61,14 @@ impl PoolEntry {
             responses: 0,
             dialogs: 0,
             failures: BTreeMap::new(),
+            healthy: true,
+            probe_fails: 0,
+            probe_oks: 0,
+            outstanding: None,
+            probe_seq: 0,
+            next_probe: Instant::now(),
+            probe_rtt: None,
+            probes_failed: 0,
         }
     }
 
@@ -60,17 +79,22 @@ impl PoolEntry {
             requests: self.requests,
             responses: self.responses,
             dialogs: self.dialogs,
-            probe_rtt: None,
-            probes_failed: 0,
+            probe_rtt: self.probe_rtt,
+            probes_failed: self.probes_failed,
             failures: self.failures.clone(),
         }
     }
 
+    /// Takes new messages: a connection has finished its handshake and the health probes pass.
     pub fn is_up(&self) -> bool {
+        self.healthy && self.connected()
+    }
+
+    pub fn connected(&self) -> bool {
         self.up.iter().any(|&u| u)
     }
 
-    /// A connection that is up, round-robin over the pool.
+    /// A connection that has finished its handshake, round-robin over the pool.
     pub fn pick(&mut self) -> Option<usize> {
         let n = self.conns.len();
         for i in 0..n {
@@ -143,6 +167,15 @@ impl Worker {
         );
     }
 
+    /// Logs that back end `b` takes traffic again.
+    pub(super) fn log_up(&mut self, b: usize) {
+        let e = &mut self.pool[b];
+        if e.logged.as_deref() != Some("up") {
+            e.logged = Some("up".into());
+            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, "back end up");
+        }
+    }
+
     pub(super) fn pool_all_up(&self) -> bool {
         self.pool.iter().all(PoolEntry::is_up)
     }
@@ -194,10 +227,12 @@ impl Worker {
             e.backoff[i] = FIRST_BACKOFF;
         }
         e.failure = None;
-        if e.logged.as_deref() != Some("up") {
-            e.logged = Some("up".into());
-            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, "back end up");
+        if !e.healthy {
+            // Reconnected after a failure: probe now rather than at the next interval.
+            e.next_probe = Instant::now();
+            return;
         }
+        self.log_up(b);
     }
 
     /// A pool connection closed (or never came up): schedule its retry.
@@ -211,9 +246,15 @@ impl Worker {
             e.backoff[i] = (e.backoff[i] * 2).min(MAX_BACKOFF);
         }
         let detail = e.failure.take();
-        if !e.is_up() {
+        if !e.connected() {
+            // Back from a lost connection only after passing health probes again.
+            e.healthy = false;
+            e.probe_oks = 0;
+            e.outstanding = None;
+            e.next_probe = now;
             self.log_down(b, detail.as_deref().unwrap_or(why));
         }
+        self.fail_over(slot, b);
     }
 
     /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
@@ -222,7 +263,7 @@ impl Worker {
     }
 
     /// Logs that back end `b` is down, once per reason (no flood while it stays down).
-    fn log_down(&mut self, b: usize, why: &str) {
+    pub(super) fn log_down(&mut self, b: usize, why: &str) {
         let e = &mut self.pool[b];
         *e.failures.entry(why.to_string()).or_default() += 1;
         if e.logged.as_deref() != Some(why) {

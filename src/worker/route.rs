@@ -1,17 +1,35 @@
 //! Carrying out routing decisions ([`crate::route`]) in a worker: writing a rewritten message to
 //! a pool connection or to the connection a token names (handing it to the owning worker when it
-//! is another), answering, or counting a drop.
+//! is another), answering, or counting a drop. Probe answers stop here, initial INVITEs are
+//! remembered for failover, and INVITE / BYE 2xx move the dialog gauge that draining waits on.
+
+use std::sync::atomic::Ordering;
 
 use super::Handoff;
 use super::event::Worker;
 use crate::metrics::method_index;
 use crate::route::{Decision, Origin, RETRY_AFTER, Router};
 use crate::sip::response::Extra;
-use crate::sip::{Message, Token};
+use crate::sip::{Message, Method, Token};
 
 impl Worker {
     pub(super) fn route(&mut self, src: usize, m: &Message) {
+        self.route_excluding(src, m, None);
+    }
+
+    /// Routes `m` from connection `src`; `exclude` is a back end not to use (failover of an INVITE
+    /// whose back end was lost, which is then not remembered again: one retry only).
+    pub(super) fn route_excluding(&mut self, src: usize, m: &Message, exclude: Option<usize>) {
         let generation = self.slots.generation(src);
+        let Some(kind) = self.slots.get(src).map(|c| c.kind) else {
+            return;
+        };
+        let from_backend = kind.backend().filter(|_| kind.is_server());
+        if let (None, Some(b)) = (m.method(), from_backend)
+            && self.probe_answer(b, m)
+        {
+            return;
+        }
         let Some(c) = self.slots.get_mut(src) else { return };
         let router = Router {
             key: &self.shared.key,
@@ -19,6 +37,7 @@ impl Worker {
             adv_host: &self.shared.adv_host,
             backends: &self.rt.backends,
             balance: self.shared.cfg.balance,
+            draining: self.shared.draining.load(Ordering::Relaxed),
         };
         let mut origin = Origin {
             worker: self.id,
@@ -31,23 +50,12 @@ impl Worker {
             backend: c.kind.backend(),
             rr_cache: &mut c.rr_tokens,
         };
-        let from_backend = origin.backend.filter(|_| origin.from_server);
         let pool = &self.pool;
-        let decision = router.decide(
-            m,
-            &mut origin,
-            |b| pool[b].is_up(),
-            &mut self.tokens,
-            &mut self.rw,
-        );
+        let usable = |b: usize| Some(b) != exclude && pool[b].is_up();
+        let decision = router.decide(m, &mut origin, usable, &mut self.tokens, &mut self.rw);
         match m.method() {
             Some(meth) => self.m.requests_by_method[method_index(meth)] += 1,
-            None => {
-                self.m.responses += 1;
-                if let Some(b) = from_backend {
-                    self.pool[b].responses += 1;
-                }
-            }
+            None => self.count_response(m, from_backend),
         }
         match decision {
             Decision::ToBackend(be) => match self.pool[be].pick() {
@@ -55,6 +63,9 @@ impl Worker {
                     self.write_local(dst, m);
                     self.m.forwarded_requests += 1;
                     self.pool[be].requests += 1;
+                    if exclude.is_none() {
+                        self.remember_invite(m, (src, generation), dst, be);
+                    }
                 }
                 None => self.answer(
                     src,
@@ -81,6 +92,33 @@ impl Worker {
                 tracing::debug!(worker = self.id, why, "message dropped");
                 self.m.dropped_responses += 1;
             }
+        }
+    }
+
+    /// Counts a response; INVITE and BYE 2xx move the dialog gauge draining waits on.
+    fn count_response(&mut self, m: &Message, from_backend: Option<usize>) {
+        self.m.responses += 1;
+        if let Some(b) = from_backend {
+            self.pool[b].responses += 1;
+            self.invite_answered(m);
+        }
+        let (Some(code), Some((_, _, method))) = (m.status(), m.cseq) else {
+            return;
+        };
+        if !(200..300).contains(&code) {
+            return;
+        }
+        match method {
+            Method::Invite => {
+                if let Some(b) = from_backend {
+                    self.pool[b].dialogs += 1;
+                }
+                self.shared.active_dialogs.fetch_add(1, Ordering::AcqRel);
+            }
+            Method::Bye => {
+                self.shared.active_dialogs.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
         }
     }
 

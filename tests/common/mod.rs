@@ -61,6 +61,8 @@ pub struct Backends {
     pub count: usize,
     pub bye_after: Option<Duration>,
     pub bye_on: ByeOn,
+    pub silent: bool,
+    pub crash_on_invite: bool,
 }
 
 impl Default for Backends {
@@ -69,6 +71,8 @@ impl Default for Backends {
             count: 3,
             bye_after: None,
             bye_on: ByeOn::Same,
+            silent: false,
+            crash_on_invite: false,
         }
     }
 }
@@ -113,6 +117,8 @@ pub fn start_backend(
         peer,
         bye_after: opts.bye_after,
         bye_on: opts.bye_on,
+        silent: opts.silent,
+        crash_on_invite: opts.crash_on_invite,
     })
     .expect("start back end")
 }
