@@ -34,6 +34,36 @@ pub enum Cmd {
     Server(ServerArgs),
     /// A UAC placing calls through siplb (or any SIP/TLS server) and reporting the results.
     Call(CallArgs),
+    /// Write a throwaway CA and certificates (PEM) for scripts and benchmarks.
+    Certs(CertsArgs),
+    /// Open N TLS connections, finish their handshakes and keep them open, silent (memory and
+    /// connection-count measurements).
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdleArgs {
+    #[arg(long, value_name = "ADDR")]
+    pub target: SocketAddr,
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
+    #[arg(long, value_name = "PEM")]
+    pub ca: PathBuf,
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub connections: usize,
+    /// Seconds to keep them open once all are up.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub hold: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.pem and NAME.crt.pem / NAME.key.pem into.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// A certificate for each NAME (DNS name or IP address; repeatable).
+    #[arg(long = "name", value_name = "NAME", required = true)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +152,8 @@ pub fn main(args: Args) -> i32 {
     let result = match args.command {
         Cmd::Server(s) => run_server(s),
         Cmd::Call(c) => run_call(c),
+        Cmd::Certs(c) => run_certs(c),
+        Cmd::Idle(i) => run_idle(i),
     };
     match result {
         Ok(code) => code,
@@ -205,6 +237,61 @@ fn run_call(a: CallArgs) -> Result<i32, String> {
     let report = caller::run(opts).map_err(|e| format!("{}: {e}", a.target))?;
     println!("{}", report.summary());
     Ok(if report.failed == 0 { 0 } else { 1 })
+}
+
+fn run_certs(a: CertsArgs) -> Result<i32, String> {
+    std::fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    let ca = crate::certs::Ca::new("sipload throwaway CA").map_err(|e| e.to_string())?;
+    ca.write_pem(&a.dir.join("ca.pem")).map_err(|e| e.to_string())?;
+    for name in &a.names {
+        let leaf = ca.issue(&[name]).map_err(|e| e.to_string())?;
+        leaf.write(&a.dir, name).map_err(|e| e.to_string())?;
+    }
+    println!(
+        "wrote {} and {} certificate(s) to {}",
+        "ca.pem",
+        a.names.len(),
+        a.dir.display()
+    );
+    Ok(0)
+}
+
+fn run_idle(a: IdleArgs) -> Result<i32, String> {
+    struct Quiet;
+    impl super::endpoint::Handler for Quiet {
+        fn on_message(&mut self, _: &mut super::endpoint::Out, _: usize, _: &crate::sip::Message) {}
+    }
+    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(roots, None).map_err(|e| e.to_string())?;
+    let name = tls::server_name(&a.server_name).map_err(|e| format!("--server-name: {e}"))?;
+    let mut ep = super::endpoint::Endpoint::new().map_err(|e| e.to_string())?;
+    let mut quiet = Quiet;
+    let start = std::time::Instant::now();
+    for i in 0..a.connections {
+        ep.connect(a.target, std::sync::Arc::clone(&cfg), name.clone())
+            .map_err(|e| format!("connection {i}: {e}"))?;
+        if i % 200 == 199 {
+            // Let handshakes progress instead of queueing thousands at once.
+            ep.turn(&mut quiet, Duration::from_millis(1))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    while ep.handshaking() > 0 && start.elapsed() < Duration::from_secs(120) {
+        ep.turn(&mut quiet, Duration::from_millis(10))
+            .map_err(|e| e.to_string())?;
+    }
+    println!(
+        "{} connections open ({} still handshaking) after {:.1}s",
+        ep.open_count(),
+        ep.handshaking(),
+        start.elapsed().as_secs_f64()
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(a.hold);
+    while std::time::Instant::now() < until {
+        ep.turn(&mut quiet, Duration::from_millis(100))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(0)
 }
 
 /// Blocks until SIGTERM or SIGINT.

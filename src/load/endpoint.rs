@@ -135,6 +135,11 @@ impl Endpoint {
         self.conns.len()
     }
 
+    /// Connections whose TLS handshake has not finished.
+    pub fn handshaking(&self) -> usize {
+        self.conns.values().filter(|c| c.stream.is_handshaking()).count()
+    }
+
     fn rearm(poll: &Poll, id: usize, c: &mut EpConn) {
         let want = c.stream.interest();
         if want != c.interest {

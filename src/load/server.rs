@@ -101,6 +101,7 @@ pub fn spawn(opts: ServerOpts) -> std::io::Result<ServerHandle> {
     let name = opts.name.clone();
     let mut uas = Uas {
         host: format!("{}:{}", opts.name, addr.port()),
+        addr,
         opts,
         stats: Arc::clone(&stats),
         dialogs: HashMap::new(),
@@ -142,6 +143,8 @@ enum Action {
 struct Uas {
     opts: ServerOpts,
     host: String,
+    /// The address it listens on: its Contact, so any proxy can reach it without DNS.
+    addr: SocketAddr,
     stats: Arc<Mutex<ServerStats>>,
     /// Established dialogs: Call-ID → (connection it came on, dialog).
     dialogs: HashMap<String, (usize, Dialog)>,
@@ -160,7 +163,7 @@ impl Uas {
     }
 
     fn contact(&self) -> String {
-        format!("<sip:uas@{};transport=tls>", self.host)
+        format!("<sip:uas@{};transport=tls>", self.addr)
     }
 
     fn request(&mut self, out: &mut Out, conn: usize, m: &Message, method: Method, call_id: &str) {
