@@ -5,8 +5,11 @@
 # (installed here when missing and run as root).
 #
 #   perf/compare.sh [--calls N] [--rate R] [--per-call-calls N] [--per-call-rate R] [--threads T]
+#                   [--sweep "R1 R2 ..."] [--csv FILE]
+# --sweep also runs every proxy over one persistent connection at each rate (for the plot);
+# --csv appends every row to FILE (date,proxy,mode,rate,ok,failed,calls/s,p50,p99,cpu_s_per_1000).
 source "$(dirname "$0")/../scripts/lib.sh"
-CALLS=10000 RATE=1000 PC_CALLS=1500 PC_RATE=150 THREADS=2
+CALLS=10000 RATE=1000 PC_CALLS=1500 PC_RATE=150 THREADS=2 SWEEP=""
 while [ $# -gt 0 ]; do
   case $1 in
     --calls) CALLS=$2; shift 2 ;;
@@ -14,6 +17,8 @@ while [ $# -gt 0 ]; do
     --per-call-calls) PC_CALLS=$2; shift 2 ;;
     --per-call-rate) PC_RATE=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
+    --sweep) SWEEP=$2; shift 2 ;;
+    --csv) CSV_OUT=$(realpath -m "$2"); export CSV_OUT; shift 2 ;;
     *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
@@ -61,6 +66,12 @@ for mode in persistent per-call; do
   measure siplb 17061 "$mode" "$n" "$r" "$c" "$SIPLB_PID"; CPU[siplb-$mode]=$CPU_PER_1000
   measure haproxy 17062 "$mode" "$n" "$r" "$c" "$HAPROXY_PID"; CPU[haproxy-$mode]=$CPU_PER_1000
   measure kamailio 17063 "$mode" "$n" "$r" "$c" $(family "$KAMAILIO_PID"); CPU[kamailio-$mode]=$CPU_PER_1000
+done
+for r in $SWEEP; do
+  n=$((r * 4))
+  measure siplb 17061 sweep "$n" "$r" 200 "$SIPLB_PID"
+  measure haproxy 17062 sweep "$n" "$r" 200 "$HAPROXY_PID"
+  measure kamailio 17063 sweep "$n" "$r" 200 $(family "$KAMAILIO_PID")
 done
 echo
 for mode in persistent per-call; do

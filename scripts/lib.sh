@@ -83,6 +83,9 @@ measure() {
   CPU_PER_1000=$(awk -v d=$((after - before)) -v c="$CLK" -v n="$calls" 'BEGIN {printf "%.3f", d / c / n * 1000}')
   printf "| %-8s | %-10s | %6s | %6s | %6s | %8s | %7s | %7s | %9s |\n" \
     "$name" "$mode" "$rate" "${ok:-0}" "${failed:-?}" "${cps:-?}" "${p50:-?}" "${p99:-?}" "$CPU_PER_1000"
+  if [ -n "${CSV_OUT:-}" ]; then
+    echo "$(date -u +%F),$name,$mode,$rate,${ok:-0},${failed:-},${cps:-},${p50:-},${p99:-},$CPU_PER_1000" >>"$CSV_OUT"
+  fi
 }
 
 table_header() {

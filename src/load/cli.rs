@@ -247,7 +247,11 @@ fn run_certs(a: CertsArgs) -> Result<i32, String> {
         let leaf = ca.issue(&[name]).map_err(|e| e.to_string())?;
         leaf.write(&a.dir, name).map_err(|e| e.to_string())?;
     }
-    println!("wrote ca.pem and {} certificate(s) to {}", a.names.len(), a.dir.display());
+    println!(
+        "wrote ca.pem and {} certificate(s) to {}",
+        a.names.len(),
+        a.dir.display()
+    );
     Ok(0)
 }
 
