@@ -265,7 +265,9 @@ impl Router<'_> {
     /// gives now means it came back unchanged — a loop, not a spiral (a spiral changes the
     /// Request-URI). Only requests that carry more than one Via are looked at.
     fn looped(&self, m: &Message) -> bool {
-        if m.via_count < 2 {
+        // Our Via can only be there if our host is: one memmem over the head spares the re-lexing
+        // for the common multi-Via request (a client behind an SBC).
+        if m.via_count < 2 || memchr::memmem::find(m.head(), self.adv_host.as_bytes()).is_none() {
             return false;
         }
         let lh = self.loop_hash(m);

@@ -285,14 +285,11 @@ impl Rewrite {
             .strip_prefix(b"[")
             .and_then(|h| h.strip_suffix(b"]"))
             .unwrap_or(via.host);
-        let mut rport_empty = None;
-        let mut has_received = false;
-        for (name, value) in via.params.iter() {
-            if name.eq_ignore_ascii_case(b"rport") && value.is_none() {
-                rport_empty = Some(scan::offset_in(msg.buf, name) + name.len());
-            }
-            has_received |= name.eq_ignore_ascii_case(b"received");
-        }
+        let rport_empty = match via.rport {
+            Some((name, None)) => Some(scan::offset_in(msg.buf, name) + name.len()),
+            _ => None,
+        };
+        let has_received = via.has_received;
         if let Some(at) = rport_empty {
             self.edit(at, 0, |s| {
                 s.push(b'=');

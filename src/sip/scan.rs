@@ -270,25 +270,20 @@ impl<'a> Params<'a> {
             .map(|(_, v)| v)
     }
 
-    /// Every `;` introduces a parameter whose name is a non-empty token.
-    pub fn well_formed(&self) -> bool {
-        let mut rest = self.raw;
-        while let Some(semi) = find_top_level(rest, b';') {
-            let after = &rest[semi + 1..];
-            let end = find_top_level(after, b';').unwrap_or(after.len());
-            let p = &after[..end];
-            let name = trim(&p[..memchr(b'=', p).unwrap_or(p.len())]);
-            if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
-                return false;
-            }
-            rest = &after[end..];
-        }
-        true
+    /// Non-empty parameters.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        self.all().filter(|(n, _)| !n.is_empty())
     }
 
-    pub fn iter(&self) -> ParamIter<'a> {
+    /// Every `;` segment, empty names included (for checking well-formedness in the same pass).
+    pub fn all(&self) -> ParamIter<'a> {
         ParamIter { rest: self.raw }
     }
+}
+
+/// A parameter name: a non-empty token.
+pub fn is_param_name(n: &[u8]) -> bool {
+    !n.is_empty() && n.iter().all(|&b| is_token(b))
 }
 
 pub struct ParamIter<'a> {
@@ -299,20 +294,15 @@ impl<'a> Iterator for ParamIter<'a> {
     type Item = (&'a [u8], Option<&'a [u8]>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let semi = find_top_level(self.rest, b';')?;
-            let after = &self.rest[semi + 1..];
-            let end = find_top_level(after, b';').unwrap_or(after.len());
-            let p = &after[..end];
-            self.rest = &after[end..];
-            let (n, v) = match memchr(b'=', p) {
-                Some(eq) => (trim(&p[..eq]), Some(unquote(trim(&p[eq + 1..])))),
-                None => (trim(p), None),
-            };
-            if !n.is_empty() {
-                return Some((n, v));
-            }
-        }
+        let semi = find_top_level(self.rest, b';')?;
+        let after = &self.rest[semi + 1..];
+        let end = find_top_level(after, b';').unwrap_or(after.len());
+        let p = &after[..end];
+        self.rest = &after[end..];
+        Some(match memchr(b'=', p) {
+            Some(eq) => (trim(&p[..eq]), Some(unquote(trim(&p[eq + 1..])))),
+            None => (trim(p), None),
+        })
     }
 }
 

@@ -9,6 +9,11 @@ pub struct Via<'a> {
     pub host: &'a [u8],
     pub port: Option<u16>,
     pub params: Params<'a>,
+    /// What routing reads, found in the one pass that also checks the parameters.
+    branch: Option<&'a [u8]>,
+    /// `rport`: its name (a slice of the message, to know where to write its value) and value.
+    pub rport: Option<(&'a [u8], Option<&'a [u8]>)>,
+    pub has_received: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -61,19 +66,32 @@ impl<'a> Via<'a> {
         if !params.is_empty() && params[0] != b';' {
             return Err(ViaError::Host);
         }
-        if !Params::new(params).well_formed() {
-            return Err(ViaError::Params);
-        }
-        Ok(Via {
+        let mut via = Via {
             transport,
             host,
             port,
             params: Params::new(params),
-        })
+            branch: None,
+            rport: None,
+            has_received: false,
+        };
+        for (name, value) in via.params.all() {
+            if !scan::is_param_name(name) {
+                return Err(ViaError::Params);
+            }
+            if name.eq_ignore_ascii_case(b"branch") {
+                via.branch = via.branch.or(value);
+            } else if name.eq_ignore_ascii_case(b"rport") {
+                via.rport = via.rport.or(Some((name, value)));
+            } else if name.eq_ignore_ascii_case(b"received") {
+                via.has_received = true;
+            }
+        }
+        Ok(via)
     }
 
     pub fn branch(&self) -> Option<&'a [u8]> {
-        self.params.get(b"branch").flatten()
+        self.branch
     }
 }
 
