@@ -98,8 +98,10 @@ fn a_hung_backend_is_taken_out_by_its_health_probes() {
     );
     backends.push(hung);
     let lb = start_balancer(&pki, &backends, 2, &flags(&["--health-interval", "1"]));
-    // Within 3 intervals the hung back end is down everywhere.
-    let m = metrics_when(&lb, |m| m.backend(&backend_name(2)).is_some_and(|b| !b.up));
+    // Within 3 intervals (plus one publishing period) the hung back end is down in every worker.
+    let m = metrics_within(&lb, Duration::from_millis(3250), |m| {
+        m.backend(&backend_name(2)).is_some_and(|b| !b.up)
+    });
     assert!(
         !m.backend(&backend_name(2)).expect("listed").up,
         "still up after the probes: {:?}",

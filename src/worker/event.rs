@@ -25,6 +25,8 @@ pub const WAKER: Token = Token(usize::MAX);
 /// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
 /// fit in one round.
 const READ_SLACK: usize = 16 * 1024;
+/// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How often a worker hands its counters to the metrics reader.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const PEER: Token = Token(usize::MAX - 1);
@@ -138,7 +140,7 @@ impl Worker {
             let now = Instant::now();
             self.m.loop_busy += now.duration_since(busy);
             self.m.loop_turns += 1;
-            if now.duration_since(self.last_sweep) >= Duration::from_secs(1) || !self.ready {
+            if now.duration_since(self.last_sweep) >= SWEEP_EVERY || !self.ready {
                 self.sweep(now);
             }
             if now.duration_since(self.last_publish) >= PUBLISH_EVERY {

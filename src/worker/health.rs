@@ -46,11 +46,13 @@ impl Worker {
             if now < self.pool[b].next_probe {
                 continue;
             }
-            self.pool[b].next_probe = now + interval;
             if self.pool[b].outstanding.take().is_some() {
                 self.probe_result(b, false, "OPTIONS probe unanswered");
             }
+            // No connection up: try again at the next sweep rather than an interval later, so a
+            // back end is probed as soon as it is reachable.
             let Some(slot) = self.pool[b].pick() else { continue };
+            self.pool[b].next_probe = now + interval;
             let e = &mut self.pool[b];
             e.probe_seq = e.probe_seq.wrapping_add(1);
             e.outstanding = Some((e.probe_seq, now));

@@ -285,7 +285,16 @@ pub fn metrics_when(
     lb: &Balancer,
     pred: impl Fn(&siplb::metrics::Metrics) -> bool,
 ) -> siplb::metrics::Metrics {
-    let until = std::time::Instant::now() + Duration::from_secs(3);
+    metrics_within(lb, Duration::from_secs(3), pred)
+}
+
+/// As `metrics_when`, waiting at most `limit`.
+pub fn metrics_within(
+    lb: &Balancer,
+    limit: Duration,
+    pred: impl Fn(&siplb::metrics::Metrics) -> bool,
+) -> siplb::metrics::Metrics {
+    let until = std::time::Instant::now() + limit;
     loop {
         let m = lb.metrics();
         if pred(&m) || std::time::Instant::now() > until {
