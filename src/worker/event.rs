@@ -25,6 +25,7 @@ pub const WAKER: Token = Token(usize::MAX);
 /// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
 /// fit in one round.
 const READ_SLACK: usize = 16 * 1024;
+const SHUTTING_DOWN: &str = "shutting down";
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How often a worker hands its counters to the metrics reader.
@@ -524,6 +525,8 @@ impl Worker {
                 self.release_ip(c.peer.ip());
                 tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
             }
+            // Closing our own pool on the way out is not a back end going down.
+            Kind::Backend(_) if why == SHUTTING_DOWN => {}
             Kind::Backend(b) => self.pool_down(b, slot, why),
             Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
         }
@@ -604,7 +607,7 @@ impl Worker {
 
     fn close_all(&mut self) {
         for slot in self.slots.occupied() {
-            self.close(slot, "shutting down");
+            self.close(slot, SHUTTING_DOWN);
         }
     }
 }
