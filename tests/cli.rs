@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -75,70 +75,14 @@ fn refusals_are_one_line_with_the_right_exit_code() {
     assert_eq!(run(siplb, &["--help"]).0, 0);
 }
 
-#[test]
-fn sighup_reloads_and_sigterm_exits_zero() {
-    let pki = Pki::new();
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 1,
-            ..Backends::default()
-        },
-        None,
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siplb"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--workers",
-            "2",
-            "--log",
-            "info",
-        ])
-        .args([
-            "--cert",
-            &pki.lb.cert.display().to_string(),
-            "--key",
-            &pki.lb.key.display().to_string(),
-        ])
-        .args(["--backend-ca", &pki.ca_path.display().to_string()])
-        .args(["--backend", &format!("{}={}", backends[0].name, backends[0].addr)])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("siplb starts");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "siplb did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let until = Instant::now() + Duration::from_secs(10);
+/// Waits for `child` to exit (at most `limit`), then returns its status and everything it logged.
+fn exit_and_log(child: &mut std::process::Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let until = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < until, "siplb did not exit after SIGTERM");
+        assert!(Instant::now() < until, "siplb did not exit within {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut log = String::new();
@@ -148,6 +92,29 @@ fn sighup_reloads_and_sigterm_exits_zero() {
         .expect("stderr")
         .read_to_string(&mut log)
         .expect("log");
+    (status, log)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_exits_zero() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let (mut child, _) = spawn_siplb(&pki, &backends, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-TERM");
+    let (status, log) = exit_and_log(&mut child, Duration::from_secs(10));
     assert!(status.success(), "exit {status}: {log}");
     assert!(
         log.contains("configuration reloaded"),
@@ -158,47 +125,8 @@ fn sighup_reloads_and_sigterm_exits_zero() {
 #[test]
 fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     let pki = Pki::new();
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 2,
-            ..Backends::default()
-        },
-        None,
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siplb"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--workers",
-        "2",
-        "--log",
-        "info",
-        "--drain-timeout",
-        "20",
-    ])
-    .args([
-        "--cert",
-        &pki.lb.cert.display().to_string(),
-        "--key",
-        &pki.lb.key.display().to_string(),
-    ])
-    .args(["--backend-ca", &pki.ca_path.display().to_string()])
-    .env("NO_COLOR", "1")
-    .stderr(Stdio::piped());
-    for b in &backends {
-        cmd.args(["--backend", &format!("{}={}", b.name, b.addr)]);
-    }
-    let mut child = cmd.spawn().expect("siplb starts");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "siplb did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let backends = start_backends(&pki, Backends::n(2), None);
+    let (mut child, port) = spawn_siplb(&pki, &backends, &["--drain-timeout", "20"]);
     std::thread::sleep(Duration::from_millis(500));
     let opts = siplb::load::caller::CallOpts {
         target: format!("127.0.0.1:{port}").parse().expect("addr"),
@@ -217,14 +145,7 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     };
     let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));
     std::thread::sleep(Duration::from_millis(600));
-    let stopped_at = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    signal(&child, "-TERM");
     let report = caller.join().expect("caller");
     assert_eq!(
         (report.ok, report.failed),
@@ -232,23 +153,8 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         "calls in flight did not finish: {}",
         report.summary()
     );
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            stopped_at.elapsed() < Duration::from_secs(25),
-            "siplb did not exit within the drain time"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("log");
+    // The drain ends when the last dialog does, well before --drain-timeout (a hang detector).
+    let (status, log) = exit_and_log(&mut child, Duration::from_secs(25));
     assert!(status.success(), "exit {status}: {log}");
     assert!(log.contains("drained"), "{log}");
     assert!(

@@ -75,18 +75,6 @@ fn callee_bye_through_the_peer_listener() {
     callee_hangs_up(ByeOn::Peer, true);
 }
 
-fn invite_dialog(call_id: &str, ruri: &str) -> Dialog {
-    Dialog {
-        call_id: call_id.into(),
-        local: format!("<sip:caller@client.invalid>;tag={}", msg::unique("f")),
-        remote: format!("<{ruri}>"),
-        remote_target: ruri.into(),
-        route: vec![],
-        cseq: 0,
-        host: "client.invalid".into(),
-    }
-}
-
 #[test]
 fn cancel_and_non_2xx_ack_reach_the_invites_back_end() {
     let pki = Pki::new();
@@ -96,7 +84,7 @@ fn cancel_and_non_2xx_ack_reach_the_invites_back_end() {
     for i in 0..6 {
         let mut c = TestClient::connect(&pki, &lb);
         let call_id = format!("cancel-{i}-{}", msg::unique(""));
-        let mut d = invite_dialog(&call_id, "sip:hold@pool.test");
+        let mut d = new_dialog(&call_id, "sip:hold@pool.test");
         let branch = msg::branch();
         let invite = d.request("INVITE", None, Some(&branch), "");
         c.send(&invite);
@@ -213,24 +201,9 @@ fn pins_keep_dialogs_on_their_back_end_when_another_leaves() {
 #[test]
 fn crlf_keepalive_gets_a_pong() {
     let pki = Pki::new();
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 1,
-            ..Backends::default()
-        },
-        None,
-    );
+    let backends = start_backends(&pki, Backends::n(1), None);
     let lb = start_balancer(&pki, &backends, 1, &[]);
-    let sock = std::net::TcpStream::connect(lb.listen_addrs[0]).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let conn = rustls::ClientConnection::new(
-        pki.client_tls(None),
-        siplb::tls::server_name(LB_NAME).expect("name"),
-    )
-    .expect("tls");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut tls = tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME).expect("handshake");
     use std::io::{Read, Write};
     tls.write_all(b"\r\n\r\n").expect("ping");
     let mut pong = [0u8; 2];

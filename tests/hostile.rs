@@ -9,22 +9,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::pki_types::ServerName;
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn tls(pki: &Pki, lb: &siplb::worker::Balancer) -> Tls {
-    let sock = TcpStream::connect(lb.listen_addrs[0]).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let conn =
-        rustls::ClientConnection::new(pki.client_tls(None), ServerName::try_from(LB_NAME).expect("name"))
-            .expect("tls");
-    let mut s = rustls::StreamOwned::new(conn, sock);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).expect("handshake");
-    }
-    s
+    tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME).expect("TLS handshake")
 }
 
 /// Reads until one whole head has arrived (siplb's own answers have no body); "" on EOF.
@@ -203,14 +190,7 @@ fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
 #[test]
 fn connections_per_source_address_are_capped() {
     let pki = Pki::new();
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 1,
-            ..Backends::default()
-        },
-        None,
-    );
+    let backends = start_backends(&pki, Backends::n(1), None);
     let lb = start_balancer(
         &pki,
         &backends,
@@ -219,18 +199,7 @@ fn connections_per_source_address_are_capped() {
     );
     let handshakes = |n: usize| -> Vec<Option<Tls>> {
         (0..n)
-            .map(|_| {
-                let sock = TcpStream::connect(lb.listen_addrs[0]).ok()?;
-                sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                let conn =
-                    rustls::ClientConnection::new(pki.client_tls(None), ServerName::try_from(LB_NAME).ok()?)
-                        .ok()?;
-                let mut s = rustls::StreamOwned::new(conn, sock);
-                while s.conn.is_handshaking() {
-                    s.conn.complete_io(&mut s.sock).ok()?;
-                }
-                Some(s)
-            })
+            .map(|_| tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME))
             .collect()
     };
     let mut first = handshakes(2);

@@ -7,8 +7,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use siplb::load::msg::{self, Dialog};
-use siplb::sip::{Message, Method};
+use siplb::load::msg;
+use siplb::sip::Method;
 
 fn flags(f: &[&str]) -> Vec<String> {
     f.iter().map(|s| s.to_string()).collect()
@@ -78,14 +78,7 @@ fn a_backend_dies_under_load_and_comes_back() {
 #[test]
 fn a_hung_backend_is_taken_out_by_its_health_probes() {
     let pki = Pki::new();
-    let mut backends = start_backends(
-        &pki,
-        Backends {
-            count: 2,
-            ..Backends::default()
-        },
-        None,
-    );
+    let mut backends = start_backends(&pki, Backends::n(2), None);
     let hung = start_backend(
         &pki,
         &backend_name(2),
@@ -147,30 +140,7 @@ fn weight_zero_takes_no_new_dialogs_but_finishes_its_own() {
     let mut c = TestClient::connect(&pki, &lb);
     let mut on_b0 = None;
     for i in 0..60 {
-        let mut d = Dialog {
-            call_id: format!("drain-{i}-{}", msg::unique("")),
-            local: format!("<sip:caller@client.invalid>;tag={}", msg::unique("f")),
-            remote: "<sip:service@pool.test>".into(),
-            remote_target: "sip:service@pool.test".into(),
-            route: vec![],
-            cseq: 0,
-            host: "client.invalid".into(),
-        };
-        c.send(&d.request("INVITE", None, None, ""));
-        let ok = c.wait_for("200 INVITE", |m| {
-            is_response(m, 200, Method::Invite) && m.call_id() == Some(d.call_id.as_bytes())
-        });
-        let ok = Message::parse(&ok).expect("200");
-        d.remote = ok.value(ok.to).map(msg::text).expect("To");
-        d.route = msg::values(&ok, siplb::sip::header::Name::RecordRoute)
-            .into_iter()
-            .rev()
-            .collect();
-        d.remote_target = msg::values(&ok, siplb::sip::header::Name::Contact)
-            .first()
-            .map(|c| msg::uri_of(c))
-            .expect("Contact");
-        c.send(&d.request("ACK", Some(1), None, ""));
+        let d = establish(&mut c, &format!("drain-{i}-{}", msg::unique("")));
         std::thread::sleep(Duration::from_millis(20));
         if backends[0].snapshot().saw(&d.call_id, "ACK") {
             on_b0 = Some(d);
@@ -252,14 +222,7 @@ fn metrics_are_prometheus_text_naming_every_backend() {
 #[test]
 fn invites_lost_with_their_backend_are_retried_on_the_next() {
     let pki = Pki::new();
-    let mut backends = start_backends(
-        &pki,
-        Backends {
-            count: 2,
-            ..Backends::default()
-        },
-        None,
-    );
+    let mut backends = start_backends(&pki, Backends::n(2), None);
     let crashy = Backends {
         crash_on_invite: true,
         ..Backends::default()

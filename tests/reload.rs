@@ -7,25 +7,15 @@ use std::time::Duration;
 
 use common::*;
 use siplb::certs::Ca;
-use siplb::load::msg::{self, Dialog};
-use siplb::sip::{Message, Method};
+use siplb::load::msg;
+use siplb::sip::Method;
 use siplb::tls::Identity;
 
 #[test]
 fn reload_takes_a_new_ca_and_backend_file_without_dropping_a_call() {
     let pki = Pki::new();
     let opts = Backends::default();
-    let mut backends: Vec<_> = (0..2)
-        .map(|i| {
-            start_backend(
-                &pki,
-                &backend_name(i),
-                pki.identity(&[&backend_name(i)]),
-                opts,
-                None,
-            )
-        })
-        .collect();
+    let mut backends = start_backends(&pki, Backends::n(2), None);
     let file = pki.dir.path().join("backends.txt");
     let ca_file = pki.dir.path().join("backend-ca.pem");
     std::fs::write(&ca_file, pki.ca.pem()).expect("ca");
@@ -43,28 +33,7 @@ fn reload_takes_a_new_ca_and_backend_file_without_dropping_a_call() {
 
     // An established call (INVITE, 200, ACK) on whichever back end the hash picks.
     let mut c = TestClient::connect(&pki, &lb);
-    let mut d = Dialog {
-        call_id: msg::unique("reload-"),
-        local: format!("<sip:caller@client.invalid>;tag={}", msg::unique("f")),
-        remote: "<sip:service@pool.test>".into(),
-        remote_target: "sip:service@pool.test".into(),
-        route: vec![],
-        cseq: 0,
-        host: "client.invalid".into(),
-    };
-    c.send(&d.request("INVITE", None, None, ""));
-    let ok = c.wait_for("200 INVITE", |m| is_response(m, 200, Method::Invite));
-    let ok = Message::parse(&ok).expect("200");
-    d.remote = ok.value(ok.to).map(msg::text).expect("To");
-    d.route = msg::values(&ok, siplb::sip::header::Name::RecordRoute)
-        .into_iter()
-        .rev()
-        .collect();
-    d.remote_target = msg::values(&ok, siplb::sip::header::Name::Contact)
-        .first()
-        .map(|c| msg::uri_of(c))
-        .expect("Contact");
-    c.send(&d.request("ACK", Some(1), None, ""));
+    let mut d = establish(&mut c, &msg::unique("reload-"));
     std::thread::sleep(Duration::from_millis(50));
     let host = backends
         .iter()

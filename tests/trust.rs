@@ -5,10 +5,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
-use rustls::pki_types::ServerName;
 use siplb::certs::Ca;
 use siplb::tls::{self, Identity};
 
@@ -18,17 +16,7 @@ fn untrusted_third_backend(bad: impl FnOnce(&Pki) -> (Identity, Vec<String>)) {
     let pki = Pki::new();
     let opts = Backends::default();
     let (bad_id, extra) = bad(&pki);
-    let mut backends: Vec<_> = (0..2)
-        .map(|i| {
-            start_backend(
-                &pki,
-                &backend_name(i),
-                pki.identity(&[&backend_name(i)]),
-                opts,
-                None,
-            )
-        })
-        .collect();
+    let mut backends = start_backends(&pki, Backends::n(2), None);
     backends.push(start_backend(&pki, &backend_name(2), bad_id, opts, None));
     let lb = start_balancer(&pki, &backends, 2, &extra);
     let report = run_calls(call_opts(&pki, &lb, 100));
@@ -74,16 +62,9 @@ fn expired_backend_gets_no_calls() {
 
 /// Sends an OPTIONS on a fresh TLS connection; true if a SIP answer comes back.
 fn options_answered(lb: &siplb::worker::Balancer, cfg: Arc<rustls::ClientConfig>, name: &str) -> bool {
-    let Ok(sock) = std::net::TcpStream::connect(lb.listen_addrs[0]) else {
+    let Some(mut s) = tls_connect(lb.listen_addrs[0], cfg, name) else {
         return false;
     };
-    sock.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let Ok(conn) = rustls::ClientConnection::new(cfg, ServerName::try_from(name.to_string()).expect("name"))
-    else {
-        return false;
-    };
-    let mut s = rustls::StreamOwned::new(conn, sock);
     let req = "OPTIONS sip:ping@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS client.invalid;branch=z9hG4bKopt1\r\n\
 Max-Forwards: 70\r\nFrom: <sip:c@client.invalid>;tag=1\r\nTo: <sip:ping@pool.test>\r\nCall-ID: opt-1\r\n\
 CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
@@ -97,14 +78,7 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 #[test]
 fn required_client_certificates() {
     let pki = Pki::new();
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 1,
-            ..Backends::default()
-        },
-        None,
-    );
+    let backends = start_backends(&pki, Backends::n(1), None);
     let extra = vec![
         "--client-ca".into(),
         pki.ca_path.display().to_string(),
@@ -141,14 +115,7 @@ fn required_client_certificates() {
 #[test]
 fn optional_client_certificates_tell_verified_from_unverified() {
     let pki = Pki::new();
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 1,
-            ..Backends::default()
-        },
-        None,
-    );
+    let backends = start_backends(&pki, Backends::n(1), None);
     let lb = start_balancer(
         &pki,
         &backends,
@@ -190,20 +157,8 @@ fn served_certificate(
     let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
     let mut cfg = (*tls::client_config(roots, None).expect("cfg")).clone();
     cfg.enable_sni = sni.is_some();
-    let name = sni.unwrap_or(verify_as);
-    let sock = std::net::TcpStream::connect(lb.listen_addrs[0]).expect("connect");
-    let conn = rustls::ClientConnection::new(
-        Arc::new(cfg),
-        ServerName::try_from(name.to_string()).expect("name"),
-    )
-    .expect("tls");
-    let mut s = rustls::StreamOwned::new(conn, sock);
-    s.flush().expect("handshake");
-    while s.conn.is_handshaking() {
-        s.conn
-            .complete_io(&mut s.sock)
-            .expect("handshake completes (certificate valid for the name asked)");
-    }
+    let s = tls_connect(lb.listen_addrs[0], Arc::new(cfg), sni.unwrap_or(verify_as))
+        .expect("handshake completes (certificate valid for the name asked)");
     s.conn.peer_certificates().expect("certificate")[0].to_vec()
 }
 
@@ -222,14 +177,7 @@ fn sni_picks_the_certificate_and_no_sni_gets_the_fallback() {
         .expect("b")
         .write(pki.dir.path(), "b")
         .expect("write");
-    let backends = start_backends(
-        &pki,
-        Backends {
-            count: 1,
-            ..Backends::default()
-        },
-        None,
-    );
+    let backends = start_backends(&pki, Backends::n(1), None);
     let extra = vec![
         "--sni-cert".into(),
         format!("{}:{}", a.cert.display(), a.key.display()),

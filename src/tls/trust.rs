@@ -5,7 +5,7 @@
 //! - back: MTLS to the pool, each server checked against `--backend-ca`, its configured NAME and
 //!   the CRLs (validity dates are checked by webpki);
 //! - peer listener: certificates from `--backend-ca` that name a configured back end, refused at
-//!   the handshake otherwise ([`NamedClientVerifier`]).
+//!   the handshake otherwise ([`PolicyVerifier`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -116,7 +116,10 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
             let v: Arc<dyn ClientCertVerifier> = if files.require_client_cert {
                 strict
             } else {
-                Arc::new(OptionalClientVerifier { inner: strict })
+                Arc::new(PolicyVerifier {
+                    inner: strict,
+                    policy: Policy::Optional,
+                })
             };
             builder.with_client_cert_verifier(v).with_cert_resolver(resolver)
         }
@@ -142,9 +145,9 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
             .with_crls(crls)
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let verifier = Arc::new(NamedClientVerifier {
+        let verifier = Arc::new(PolicyVerifier {
             inner,
-            names: backend_names.to_vec(),
+            policy: Policy::NamedBackends(backend_names.to_vec()),
         });
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -200,77 +203,38 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Client certificates when they are optional (`--client-ca` without `--require-client-cert`):
-/// any client connects; one whose certificate does not verify is treated like one without a
-/// certificate (the worker re-checks with the strict verifier and labels it unverified). The
-/// handshake signature is still checked, so a client cannot claim a certificate it has no key for.
-pub struct OptionalClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+/// Who may present which client certificate, on top of webpki's CA and CRL checks.
+#[derive(Debug)]
+enum Policy {
+    /// `--client-ca` without `--require-client-cert`: any client connects; one whose certificate
+    /// does not verify is treated like one without a certificate (the worker re-checks with the
+    /// strict verifier and labels it unverified). The handshake signature is still checked, so a
+    /// client cannot claim a certificate it has no key for.
+    Optional,
+    /// The peer listener: the certificate must verify and name one of these back ends, else the
+    /// handshake fails.
+    NamedBackends(Vec<String>),
 }
 
-impl fmt::Debug for OptionalClientVerifier {
+/// A webpki client verifier with a [`Policy`] on top.
+pub struct PolicyVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    policy: Policy,
+}
+
+impl fmt::Debug for PolicyVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OptionalClientVerifier")
+        write!(f, "PolicyVerifier({:?})", self.policy)
     }
 }
 
-impl ClientCertVerifier for OptionalClientVerifier {
+impl ClientCertVerifier for PolicyVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// The peer listener's verifier: the CA (and CRL) check of webpki, and then the certificate must
-/// name one of the configured back ends — else the handshake fails.
-pub struct NamedClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    names: Vec<String>,
-}
-
-impl fmt::Debug for NamedClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NamedClientVerifier({:?})", self.names)
-    }
-}
-
-impl ClientCertVerifier for NamedClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        matches!(self.policy, Policy::NamedBackends(_))
     }
 
     fn verify_client_cert(
@@ -279,13 +243,18 @@ impl ClientCertVerifier for NamedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        if peer_name_allowed(end_entity, &self.names).is_none() {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
+        match &self.policy {
+            Policy::Optional => Ok(ClientCertVerified::assertion()),
+            Policy::NamedBackends(names) => {
+                let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+                if peer_name_allowed(end_entity, names).is_none() {
+                    return Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName,
+                    ));
+                }
+                Ok(ok)
+            }
         }
-        Ok(ok)
     }
 
     fn verify_tls12_signature(

@@ -77,6 +77,16 @@ impl Default for Backends {
     }
 }
 
+impl Backends {
+    /// `n` ordinary back ends.
+    pub fn n(count: usize) -> Backends {
+        Backends {
+            count,
+            ..Backends::default()
+        }
+    }
+}
+
 pub fn backend_name(i: usize) -> String {
     format!("b{i}.pool.test")
 }
@@ -302,4 +312,93 @@ pub fn metrics_within(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A blocking TLS client connection (for raw exchanges).
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// Connects to `addr` and completes the TLS handshake as `name`; `None` if anything fails.
+pub fn tls_connect(addr: SocketAddr, cfg: Arc<ClientConfig>, name: &str) -> Option<Tls> {
+    let sock = std::net::TcpStream::connect(addr).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let conn = rustls::ClientConnection::new(cfg, tls::server_name(name).ok()?).ok()?;
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).ok()?;
+    }
+    Some(s)
+}
+
+/// A caller's side of a new dialog with `call_id`, to `ruri`.
+pub fn new_dialog(call_id: &str, ruri: &str) -> siplb::load::msg::Dialog {
+    siplb::load::msg::Dialog {
+        call_id: call_id.into(),
+        local: format!(
+            "<sip:caller@client.invalid>;tag={}",
+            siplb::load::msg::unique("f")
+        ),
+        remote: format!("<{ruri}>"),
+        remote_target: ruri.into(),
+        route: vec![],
+        cseq: 0,
+        host: "client.invalid".into(),
+    }
+}
+
+/// INVITE, 200, ACK over `c`: a dialog established, ready for its in-dialog requests.
+pub fn establish(c: &mut TestClient, call_id: &str) -> siplb::load::msg::Dialog {
+    use siplb::load::msg;
+    use siplb::sip::header::Name;
+    let mut d = new_dialog(call_id, "sip:service@pool.test");
+    c.send(&d.request("INVITE", None, None, ""));
+    let ok = c.wait_for("200 INVITE", |m| {
+        is_response(m, 200, siplb::sip::Method::Invite) && m.call_id() == Some(call_id.as_bytes())
+    });
+    let ok = siplb::sip::Message::parse(&ok).expect("200 parses");
+    d.remote = ok.value(ok.to).map(msg::text).expect("To");
+    d.route = msg::values(&ok, Name::RecordRoute).into_iter().rev().collect();
+    d.remote_target = msg::values(&ok, Name::Contact)
+        .first()
+        .map(|c| msg::uri_of(c))
+        .expect("Contact");
+    c.send(&d.request("ACK", Some(1), None, ""));
+    d
+}
+
+/// The siplb binary on a free port in front of `backends`, with `extra` flags, its stderr piped;
+/// returns once it listens.
+pub fn spawn_siplb(pki: &Pki, backends: &[ServerHandle], extra: &[&str]) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--workers",
+        "2",
+        "--log",
+        "info",
+    ])
+    .args([
+        "--cert",
+        &pki.lb.cert.display().to_string(),
+        "--key",
+        &pki.lb.key.display().to_string(),
+    ])
+    .args(["--backend-ca", &pki.ca_path.display().to_string()])
+    .args(extra)
+    .env("NO_COLOR", "1")
+    .stderr(std::process::Stdio::piped());
+    for b in backends {
+        cmd.args(["--backend", &format!("{}={}", b.name, b.addr)]);
+    }
+    let child = cmd.spawn().expect("siplb starts");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < until, "siplb did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
 }
