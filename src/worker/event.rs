@@ -161,6 +161,7 @@ impl Worker {
             let Some(c) = self.slots.get_mut(slot) else {
                 continue;
             };
+            c.dirty = false;
             if let Err(e) = c.stream.flush() {
                 tracing::debug!(worker = self.id, slot, error = %e, "write failed");
                 self.doomed.push((slot, "write failed"));
@@ -180,8 +181,12 @@ impl Worker {
         }
     }
 
+    /// Queues a connection for the flush at the end of this turn (once, however many messages).
     pub(super) fn mark_dirty(&mut self, slot: usize) {
-        if !self.dirty.contains(&slot) {
+        if let Some(c) = self.slots.get_mut(slot)
+            && !c.dirty
+        {
+            c.dirty = true;
             self.dirty.push(slot);
         }
     }
@@ -275,6 +280,7 @@ impl Worker {
             interest,
             opened: now,
             last_active: now,
+            dirty: false,
         };
         if let Err(e) = self
             .poll

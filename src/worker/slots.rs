@@ -70,6 +70,8 @@ pub struct Conn {
     pub interest: Interest,
     pub opened: Instant,
     pub last_active: Instant,
+    /// Already in the worker's list of connections to flush this turn.
+    pub dirty: bool,
 }
 
 struct Entry {
