@@ -242,8 +242,14 @@ impl Balancer {
             metrics_addr: None,
         };
         if let Some(addr) = lb.shared.cfg.metrics {
-            let bound =
-                crate::metrics::serve(addr, lb.collector()).map_err(|why| StartError::Bind { addr, why })?;
+            let bound = match crate::metrics::serve(addr, lb.collector()) {
+                Ok(b) => b,
+                Err(why) => {
+                    // The workers are already running: stop them before giving up.
+                    lb.shutdown();
+                    return Err(StartError::Bind { addr, why });
+                }
+            };
             tracing::info!(addr = %bound, "serving /metrics");
             lb.metrics_addr = Some(bound);
         }
