@@ -216,3 +216,37 @@ fn connections_per_source_address_are_capped() {
     assert!(handshakes(1)[0].is_some(), "the freed slot was not given back");
     lb.shutdown();
 }
+
+#[test]
+fn a_flood_is_read_in_turns_all_answered_and_starves_nobody() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::default(), None);
+    let lb = start_balancer(&pki, &backends, 2, &[]);
+    // ~1 MB of requests in one go: many times what a connection may read in one event-loop turn.
+    const N: usize = 3000;
+    let flood: String = (0..N).map(|_| request("OPTIONS", "", &[])).collect();
+    let mut s = tls(&pki, &lb);
+
+    let caller = {
+        let opts = call_opts(&pki, &lb, 100);
+        std::thread::spawn(move || run_calls(opts))
+    };
+    s.write_all(flood.as_bytes()).expect("flood");
+
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let until = Instant::now() + Duration::from_secs(30);
+    let count = |b: &[u8]| b.windows(11).filter(|w| w == b"SIP/2.0 200").count();
+    while count(&got) < N && Instant::now() < until {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("flood connection failed: {e}"),
+        }
+    }
+    assert_eq!(count(&got), N, "not every flooded request was answered");
+    let report = caller.join().expect("caller");
+    assert_eq!((report.ok, report.failed), (100, 0), "{}", report.summary());
+    lb.shutdown();
+}

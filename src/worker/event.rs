@@ -25,6 +25,8 @@ pub const WAKER: Token = Token(usize::MAX);
 /// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
 /// fit in one round.
 const READ_SLACK: usize = 16 * 1024;
+/// Bounded reads one connection gets per event-loop turn before the others' turn.
+const READ_ROUNDS: usize = 4;
 const SHUTTING_DOWN: &str = "shutting down";
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -52,6 +54,8 @@ pub struct Worker {
     pub(super) out: Vec<u8>,
     /// Connections written to since the last flush.
     pub(super) dirty: Vec<usize>,
+    /// Connections with data left to read after their rounds this turn.
+    backlog: Vec<usize>,
     /// Connections to close after the current batch, with why.
     pub(super) doomed: Vec<(usize, &'static str)>,
     /// This worker's counters (published to `Shared::published` by `publish`).
@@ -101,6 +105,7 @@ impl Worker {
             tokens: TokenCache::new(),
             out: Vec::with_capacity(1024),
             dirty: Vec::new(),
+            backlog: Vec::new(),
             doomed: Vec::new(),
             m: Metrics::default(),
             pending: PendingInvites::new(),
@@ -116,7 +121,13 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         self.connect_pool(Instant::now());
         while !self.shared.stop.load(Ordering::Acquire) {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            // Data left over from a flooding connection: look at events without sleeping.
+            let wait = if self.backlog.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -135,6 +146,11 @@ impl Worker {
                         self.accept_clients(LISTEN_BASE - t)
                     }
                     Token(slot) => self.conn_event(slot, ev),
+                }
+            }
+            for slot in std::mem::take(&mut self.backlog) {
+                if self.read_rounds(slot) {
+                    self.mark_dirty(slot);
                 }
             }
             self.finish_batch();
@@ -298,31 +314,8 @@ impl Worker {
     }
 
     fn conn_event(&mut self, slot: usize, ev: &Event) {
-        if ev.is_readable() {
-            // Read in bounded rounds: a peer that floods us cannot grow the buffer past the cap,
-            // and going on until nothing waits keeps edge-triggered readiness correct.
-            let cap = self.shared.cfg.max_message_bytes + READ_SLACK;
-            loop {
-                let Some(c) = self.slots.get_mut(slot) else { return };
-                let was_handshaking = c.stream.is_handshaking();
-                match c.stream.read(cap) {
-                    Ok(n) => self.m.bytes_in += n as u64,
-                    Err(e) => {
-                        self.read_failed(slot, was_handshaking, &e);
-                        return;
-                    }
-                }
-                let Some(c) = self.slots.get_mut(slot) else { return };
-                c.last_active = Instant::now();
-                let (kind, more) = (c.kind, c.stream.more);
-                if was_handshaking && !c.stream.is_handshaking() && !self.on_handshake(slot, kind) {
-                    return;
-                }
-                self.process(slot);
-                if !more || self.slots.get(slot).is_none() || self.doomed.iter().any(|&(s, _)| s == slot) {
-                    break;
-                }
-            }
+        if ev.is_readable() && !self.read_rounds(slot) {
+            return;
         }
         let Some(c) = self.slots.get(slot) else { return };
         let why = match (ev.is_error(), c.stream.unclean_close) {
@@ -334,6 +327,41 @@ impl Worker {
             self.doomed.push((slot, why));
         }
         self.mark_dirty(slot);
+    }
+
+    /// Reads and handles at most `READ_ROUNDS` bounded buffers of one connection. A connection with
+    /// more waiting goes on the backlog for the next turn, so a flooding peer neither grows our
+    /// buffers past the cap nor starves the others; the backlog also keeps edge-triggered readiness
+    /// correct (no new event comes for data already waiting). False if the connection is gone.
+    fn read_rounds(&mut self, slot: usize) -> bool {
+        let cap = self.shared.cfg.max_message_bytes + READ_SLACK;
+        for _ in 0..READ_ROUNDS {
+            let Some(c) = self.slots.get_mut(slot) else {
+                return false;
+            };
+            let was_handshaking = c.stream.is_handshaking();
+            match c.stream.read(cap) {
+                Ok(n) => self.m.bytes_in += n as u64,
+                Err(e) => {
+                    self.read_failed(slot, was_handshaking, &e);
+                    return false;
+                }
+            }
+            let Some(c) = self.slots.get_mut(slot) else {
+                return false;
+            };
+            c.last_active = Instant::now();
+            let (kind, more) = (c.kind, c.stream.more);
+            if was_handshaking && !c.stream.is_handshaking() && !self.on_handshake(slot, kind) {
+                return false;
+            }
+            self.process(slot);
+            if !more || self.doomed.iter().any(|&(s, _)| s == slot) {
+                return self.slots.get(slot).is_some();
+            }
+        }
+        self.backlog.push(slot);
+        true
     }
 
     /// A read failed: count and log it as what it was, then close.
