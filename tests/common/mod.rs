@@ -135,17 +135,18 @@ pub fn start_backend(
 
 /// Starts siplb with `workers` workers in front of `backends`, plus `extra` flags.
 pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extra: &[String]) -> Balancer {
-    let mut args: Vec<String> = vec![
-        "siplb".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
+    let mut args: Vec<String> = vec!["siplb".into()];
+    if !extra.iter().any(|a| a == "--listen") {
+        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    }
+    args.extend::<Vec<String>>(vec![
         "--cert".into(),
         pki.lb.cert.display().to_string(),
         "--key".into(),
         pki.lb.key.display().to_string(),
         "--workers".into(),
         workers.to_string(),
-    ];
+    ]);
     if !extra.iter().any(|a| a == "--backend-ca") {
         args.extend(["--backend-ca".into(), pki.ca_path.display().to_string()]);
     }
