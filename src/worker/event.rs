@@ -8,18 +8,16 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use rustls::{Connection, ServerConnection};
 
 use super::health::PendingInvites;
 use super::pool::PoolEntry;
-use super::slots::{Conn, IpText, Kind, Slots};
+use super::slots::{Kind, Slots};
 use super::{Handoff, HandoffRx, Runtime, Shared};
 use crate::metrics::Metrics;
 use crate::sip::response::{Extra, write_response};
-use crate::sip::{FrameError, Read, Rewrite, Status, Token as SipToken, TokenCache};
-use crate::tls::stream::{StreamError, TlsStream};
+use crate::sip::{FrameError, Read, Rewrite, Status, TokenCache};
 
 pub const WAKER: Token = Token(usize::MAX);
 /// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
@@ -27,7 +25,7 @@ pub const WAKER: Token = Token(usize::MAX);
 const READ_SLACK: usize = 16 * 1024;
 /// Bounded reads one connection gets per event-loop turn before the others' turn.
 const READ_ROUNDS: usize = 4;
-const SHUTTING_DOWN: &str = "shutting down";
+pub(super) const SHUTTING_DOWN: &str = "shutting down";
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How often a worker hands its counters to the metrics reader.
@@ -43,8 +41,8 @@ pub struct Worker {
     /// The TLS configurations and back ends this worker uses (see `Runtime`).
     pub(super) rt: Arc<Runtime>,
     pub(super) rt_gen: u64,
-    listeners: Vec<TcpListener>,
-    peer_listener: Option<TcpListener>,
+    pub(super) listeners: Vec<TcpListener>,
+    pub(super) peer_listener: Option<TcpListener>,
     rx: HandoffRx,
     pub(super) slots: Slots,
     pub(super) pool: Vec<PoolEntry>,
@@ -207,112 +205,6 @@ impl Worker {
         }
     }
 
-    fn accept_clients(&mut self, i: usize) {
-        loop {
-            let (sock, peer) = match self.listeners[i].accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!(worker = self.id, error = %e, "accept failed");
-                    return;
-                }
-            };
-            if !self.admit_ip(peer.ip()) {
-                *self.m.refused.entry("max-connections-per-ip".into()).or_default() += 1;
-                tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
-                continue;
-            }
-            let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
-            if open >= self.shared.cfg.max_connections {
-                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                *self.m.refused.entry("max-connections".into()).or_default() += 1;
-                tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
-                continue;
-            }
-            self.m.accepted += 1;
-            let tls = match ServerConnection::new(Arc::clone(&self.rt.tls.front)) {
-                Ok(t) => Connection::Server(t),
-                Err(e) => {
-                    self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                    tracing::warn!(%peer, error = %e, "cannot start TLS");
-                    continue;
-                }
-            };
-            self.add_conn(sock, peer, tls, Kind::Client);
-        }
-    }
-
-    fn accept_peer(&mut self) {
-        let Some(peer_tls) = self.rt.tls.peer.clone() else {
-            return;
-        };
-        loop {
-            let Some(l) = self.peer_listener.as_mut() else {
-                return;
-            };
-            let (sock, peer) = match l.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!(worker = self.id, error = %e, "peer accept failed");
-                    return;
-                }
-            };
-            match ServerConnection::new(Arc::clone(&peer_tls)) {
-                Ok(t) => {
-                    self.add_conn(sock, peer, Connection::Server(t), Kind::Peer(None));
-                }
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot start TLS"),
-            }
-        }
-    }
-
-    /// Registers a new connection and gives it its token.
-    pub(super) fn add_conn(
-        &mut self,
-        sock: TcpStream,
-        peer: std::net::SocketAddr,
-        tls: Connection,
-        kind: Kind,
-    ) -> Option<usize> {
-        let _ = sock.set_nodelay(true);
-        let (slot, generation) = self.slots.vacant();
-        let token = self.shared.key.encode(SipToken {
-            worker: self.id,
-            slot: slot as u32,
-            generation,
-            pin: 0,
-        });
-        let stream = TlsStream::new(sock, tls);
-        let interest = stream.interest();
-        let now = Instant::now();
-        let mut conn = Conn {
-            kind,
-            stream,
-            peer,
-            peer_ip: IpText::new(peer),
-            token,
-            rr_tokens: Vec::new(),
-            interest,
-            opened: now,
-            last_active: now,
-            dirty: false,
-        };
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut conn.stream.sock, Token(slot), interest)
-        {
-            tracing::warn!(%peer, error = %e, "cannot register connection");
-            if kind == Kind::Client {
-                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-            }
-            return None;
-        }
-        tracing::debug!(worker = self.id, slot, %peer, ?kind, "connection open");
-        Some(self.slots.insert(conn))
-    }
-
     fn conn_event(&mut self, slot: usize, ev: &Event) {
         if ev.is_readable() && !self.read_rounds(slot) {
             return;
@@ -362,81 +254,6 @@ impl Worker {
         }
         self.backlog.push(slot);
         true
-    }
-
-    /// A read failed: count and log it as what it was, then close.
-    fn read_failed(&mut self, slot: usize, was_handshaking: bool, e: &StreamError) {
-        let Some(c) = self.slots.get(slot) else { return };
-        let (kind, peer) = (c.kind, c.peer);
-        match kind {
-            Kind::Client if was_handshaking => {
-                *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
-                tracing::info!(%peer, error = %e, "client TLS handshake failed");
-            }
-            Kind::Client => tracing::debug!(%peer, error = %e, "client connection failed"),
-            Kind::Backend(b) => self.pool_failure(b, e.to_string()),
-            Kind::Peer(_) => {
-                if was_handshaking {
-                    *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
-                }
-                tracing::warn!(%peer, error = %e, "peer connection failed");
-            }
-        }
-        self.close(slot, tls_reason(e));
-    }
-
-    /// Called once when a connection's handshake completes; false if it was closed.
-    fn on_handshake(&mut self, slot: usize, kind: Kind) -> bool {
-        match kind {
-            Kind::Backend(b) => {
-                self.pool_up(b, slot);
-                true
-            }
-            Kind::Peer(_) => {
-                let names = &self.rt.backend_name_strings;
-                let Some(c) = self.slots.get_mut(slot) else {
-                    return false;
-                };
-                let allowed = c
-                    .stream
-                    .tls
-                    .peer_certificates()
-                    .and_then(|certs| certs.first())
-                    .and_then(|cert| crate::tls::peer_name_allowed(cert, names))
-                    .map(|name| names.iter().position(|n| n == name));
-                match allowed {
-                    Some(idx) => {
-                        c.kind = Kind::Peer(idx);
-                        tracing::info!(peer = %c.peer, backend = ?idx.map(|i| &names[i]), "peer server connected");
-                        true
-                    }
-                    None => {
-                        let peer = c.peer;
-                        tracing::warn!(%peer, "peer refused: certificate names no configured back end");
-                        self.close(slot, "peer certificate names no configured back end");
-                        false
-                    }
-                }
-            }
-            Kind::Client => {
-                let Some(c) = self.slots.get(slot) else {
-                    return false;
-                };
-                let chain = c.stream.tls.peer_certificates().unwrap_or(&[]);
-                let verified = self.rt.tls.client_verified(chain);
-                let sni = match &c.stream.tls {
-                    Connection::Server(s) => s.server_name().map(str::to_string),
-                    Connection::Client(_) => None,
-                };
-                if verified {
-                    self.m.clients_verified += 1;
-                } else {
-                    self.m.clients_unverified += 1;
-                }
-                tracing::info!(worker = self.id, peer = %c.peer, verified, sni = ?sni, "client connected");
-                true
-            }
-        }
     }
 
     /// Frames and routes every complete message in the connection's read buffer.
@@ -547,25 +364,6 @@ impl Worker {
         }
     }
 
-    pub(super) fn close(&mut self, slot: usize, why: &'static str) {
-        let Some(mut c) = self.slots.remove(slot) else {
-            return;
-        };
-        c.stream.close();
-        let _ = self.poll.registry().deregister(&mut c.stream.sock);
-        match c.kind {
-            Kind::Client => {
-                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                self.release_ip(c.peer.ip());
-                tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
-            }
-            // Closing our own pool on the way out is not a back end going down.
-            Kind::Backend(_) if why == SHUTTING_DOWN => {}
-            Kind::Backend(b) => self.pool_down(b, slot, why),
-            Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
-        }
-    }
-
     /// Timers: pool reconnects, readiness, handshake and idle timeouts.
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
@@ -646,60 +444,6 @@ impl Worker {
     }
 }
 
-impl Worker {
-    /// Counts a new client against `--max-connections-per-ip`; false if it is over the cap.
-    fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
-        let cap = self.shared.cfg.max_connections_per_ip;
-        if cap == 0 {
-            return true;
-        }
-        let Ok(mut map) = self.shared.per_ip.lock() else {
-            return true;
-        };
-        let n = map.entry(ip).or_insert(0);
-        if *n >= cap {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn release_ip(&self, ip: std::net::IpAddr) {
-        if self.shared.cfg.max_connections_per_ip == 0 {
-            return;
-        }
-        if let Ok(mut map) = self.shared.per_ip.lock()
-            && let Some(n) = map.get_mut(&ip)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&ip);
-            }
-        }
-    }
-}
-
 fn is_request(msg: &[u8]) -> bool {
     !msg.starts_with(b"SIP/")
-}
-
-/// A short reason for the metrics label of a failed handshake or connection.
-pub(super) fn failure_label(e: &StreamError) -> String {
-    match e {
-        StreamError::Tls(t) => {
-            let mut s = t.to_string();
-            s.truncate(80);
-            s
-        }
-        StreamError::Io(io) => format!("i/o: {:?}", io.kind()),
-        StreamError::Backlog => "peer not reading".into(),
-    }
-}
-
-fn tls_reason(e: &crate::tls::stream::StreamError) -> &'static str {
-    match e {
-        crate::tls::stream::StreamError::Tls(_) => "TLS error",
-        crate::tls::stream::StreamError::Io(_) => "i/o error",
-        crate::tls::stream::StreamError::Backlog => "peer not reading",
-    }
 }

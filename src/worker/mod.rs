@@ -4,6 +4,7 @@
 //! message for a connection another worker owns, sent over a crossbeam channel with that worker's
 //! `mio::Waker`. [`Balancer`] starts, watches and stops the workers.
 
+mod conn;
 mod event;
 mod health;
 mod pool;

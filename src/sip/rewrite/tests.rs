@@ -1,3 +1,6 @@
+//! Unit tests of the rewrite edits: forwarding a request, popping Vias, Max-Forwards,
+//! received/rport, and the edit list's limits.
+
 use super::*;
 use crate::sip::frame::{Status, frame};
 use crate::sip::message::Message;

@@ -1,0 +1,270 @@
+//! A worker's connections over their life: accepting clients (with the connection limits) and
+//! servers on the peer listener, registering a connection and giving it its token, what happens
+//! when a handshake completes (pool up, peer name, verified client), read failures and closing.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mio::Token;
+use mio::net::TcpStream;
+use rustls::{Connection, ServerConnection};
+
+use super::event::{SHUTTING_DOWN, Worker};
+use super::slots::{Conn, IpText, Kind};
+use crate::sip::Token as SipToken;
+use crate::tls::stream::{StreamError, TlsStream};
+
+impl Worker {
+    pub(super) fn accept_clients(&mut self, i: usize) {
+        loop {
+            let (sock, peer) = match self.listeners[i].accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "accept failed");
+                    return;
+                }
+            };
+            if !self.admit_ip(peer.ip()) {
+                *self.m.refused.entry("max-connections-per-ip".into()).or_default() += 1;
+                tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
+                continue;
+            }
+            let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
+            if open >= self.shared.cfg.max_connections {
+                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                *self.m.refused.entry("max-connections".into()).or_default() += 1;
+                tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
+                continue;
+            }
+            self.m.accepted += 1;
+            let tls = match ServerConnection::new(Arc::clone(&self.rt.tls.front)) {
+                Ok(t) => Connection::Server(t),
+                Err(e) => {
+                    self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(%peer, error = %e, "cannot start TLS");
+                    continue;
+                }
+            };
+            self.add_conn(sock, peer, tls, Kind::Client);
+        }
+    }
+
+    pub(super) fn accept_peer(&mut self) {
+        let Some(peer_tls) = self.rt.tls.peer.clone() else {
+            return;
+        };
+        loop {
+            let Some(l) = self.peer_listener.as_mut() else {
+                return;
+            };
+            let (sock, peer) = match l.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "peer accept failed");
+                    return;
+                }
+            };
+            match ServerConnection::new(Arc::clone(&peer_tls)) {
+                Ok(t) => {
+                    self.add_conn(sock, peer, Connection::Server(t), Kind::Peer(None));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot start TLS"),
+            }
+        }
+    }
+
+    /// Registers a new connection and gives it its token.
+    pub(super) fn add_conn(
+        &mut self,
+        sock: TcpStream,
+        peer: std::net::SocketAddr,
+        tls: Connection,
+        kind: Kind,
+    ) -> Option<usize> {
+        let _ = sock.set_nodelay(true);
+        let (slot, generation) = self.slots.vacant();
+        let token = self.shared.key.encode(SipToken {
+            worker: self.id,
+            slot: slot as u32,
+            generation,
+            pin: 0,
+        });
+        let stream = TlsStream::new(sock, tls);
+        let interest = stream.interest();
+        let now = Instant::now();
+        let mut conn = Conn {
+            kind,
+            stream,
+            peer,
+            peer_ip: IpText::new(peer),
+            token,
+            rr_tokens: Vec::new(),
+            interest,
+            opened: now,
+            last_active: now,
+            dirty: false,
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut conn.stream.sock, Token(slot), interest)
+        {
+            tracing::warn!(%peer, error = %e, "cannot register connection");
+            if kind == Kind::Client {
+                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+            }
+            return None;
+        }
+        tracing::debug!(worker = self.id, slot, %peer, ?kind, "connection open");
+        Some(self.slots.insert(conn))
+    }
+
+    /// A read failed: count and log it as what it was, then close.
+    pub(super) fn read_failed(&mut self, slot: usize, was_handshaking: bool, e: &StreamError) {
+        let Some(c) = self.slots.get(slot) else { return };
+        let (kind, peer) = (c.kind, c.peer);
+        match kind {
+            Kind::Client if was_handshaking => {
+                *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
+                tracing::info!(%peer, error = %e, "client TLS handshake failed");
+            }
+            Kind::Client => tracing::debug!(%peer, error = %e, "client connection failed"),
+            Kind::Backend(b) => self.pool_failure(b, e.to_string()),
+            Kind::Peer(_) => {
+                if was_handshaking {
+                    *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
+                }
+                tracing::warn!(%peer, error = %e, "peer connection failed");
+            }
+        }
+        self.close(slot, tls_reason(e));
+    }
+
+    /// Called once when a connection's handshake completes; false if it was closed.
+    pub(super) fn on_handshake(&mut self, slot: usize, kind: Kind) -> bool {
+        match kind {
+            Kind::Backend(b) => {
+                self.pool_up(b, slot);
+                true
+            }
+            Kind::Peer(_) => {
+                let names = &self.rt.backend_name_strings;
+                let Some(c) = self.slots.get_mut(slot) else {
+                    return false;
+                };
+                let allowed = c
+                    .stream
+                    .tls
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| crate::tls::peer_name_allowed(cert, names))
+                    .map(|name| names.iter().position(|n| n == name));
+                match allowed {
+                    Some(idx) => {
+                        c.kind = Kind::Peer(idx);
+                        tracing::info!(peer = %c.peer, backend = ?idx.map(|i| &names[i]), "peer server connected");
+                        true
+                    }
+                    None => {
+                        let peer = c.peer;
+                        tracing::warn!(%peer, "peer refused: certificate names no configured back end");
+                        self.close(slot, "peer certificate names no configured back end");
+                        false
+                    }
+                }
+            }
+            Kind::Client => {
+                let Some(c) = self.slots.get(slot) else {
+                    return false;
+                };
+                let chain = c.stream.tls.peer_certificates().unwrap_or(&[]);
+                let verified = self.rt.tls.client_verified(chain);
+                let sni = match &c.stream.tls {
+                    Connection::Server(s) => s.server_name().map(str::to_string),
+                    Connection::Client(_) => None,
+                };
+                if verified {
+                    self.m.clients_verified += 1;
+                } else {
+                    self.m.clients_unverified += 1;
+                }
+                tracing::info!(worker = self.id, peer = %c.peer, verified, sni = ?sni, "client connected");
+                true
+            }
+        }
+    }
+
+    pub(super) fn close(&mut self, slot: usize, why: &'static str) {
+        let Some(mut c) = self.slots.remove(slot) else {
+            return;
+        };
+        c.stream.close();
+        let _ = self.poll.registry().deregister(&mut c.stream.sock);
+        match c.kind {
+            Kind::Client => {
+                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                self.release_ip(c.peer.ip());
+                tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
+            }
+            // Closing our own pool on the way out is not a back end going down.
+            Kind::Backend(_) if why == SHUTTING_DOWN => {}
+            Kind::Backend(b) => self.pool_down(b, slot, why),
+            Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
+        }
+    }
+
+    /// Counts a new client against `--max-connections-per-ip`; false if it is over the cap.
+    pub(super) fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
+        let cap = self.shared.cfg.max_connections_per_ip;
+        if cap == 0 {
+            return true;
+        }
+        let Ok(mut map) = self.shared.per_ip.lock() else {
+            return true;
+        };
+        let n = map.entry(ip).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub(super) fn release_ip(&self, ip: std::net::IpAddr) {
+        if self.shared.cfg.max_connections_per_ip == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.shared.per_ip.lock()
+            && let Some(n) = map.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A short reason for the metrics label of a failed handshake or connection.
+pub(super) fn failure_label(e: &StreamError) -> String {
+    match e {
+        StreamError::Tls(t) => {
+            let mut s = t.to_string();
+            s.truncate(80);
+            s
+        }
+        StreamError::Io(io) => format!("i/o: {:?}", io.kind()),
+        StreamError::Backlog => "peer not reading".into(),
+    }
+}
+
+fn tls_reason(e: &crate::tls::stream::StreamError) -> &'static str {
+    match e {
+        crate::tls::stream::StreamError::Tls(_) => "TLS error",
+        crate::tls::stream::StreamError::Io(_) => "i/o error",
+        crate::tls::stream::StreamError::Backlog => "peer not reading",
+    }
+}
