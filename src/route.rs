@@ -111,11 +111,7 @@ impl Router<'_> {
             Err(d) => return d,
         };
         let method = m.method().unwrap_or(Method::Options);
-        let in_dialog = m
-            .value(m.to)
-            .and_then(|v| NameAddr::parse(v).ok())
-            .is_some_and(|a| a.tag().is_some());
-        if self.draining && !in_dialog && !matches!(method, Method::Ack | Method::Cancel) {
+        if self.draining && m.to_tag().is_none() && !matches!(method, Method::Ack | Method::Cancel) {
             return Decision::Answer {
                 code: 503,
                 reason: "Service Unavailable (shutting down)".into(),
@@ -337,10 +333,7 @@ fn forms_dialog(m: &Message, method: Method) -> bool {
     matches!(
         method,
         Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
-    ) && m
-        .value(m.to)
-        .and_then(|v| NameAddr::parse(v).ok())
-        .is_none_or(|a| a.tag().is_none())
+    ) && m.to_tag().is_none()
 }
 
 pub mod exercise;

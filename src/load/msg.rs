@@ -37,10 +37,6 @@ pub fn uri_of(v: &str) -> String {
     NameAddr::parse(v.as_bytes()).map_or_else(|_| v.to_string(), |a| text(a.uri))
 }
 
-pub fn tag_of(v: &[u8]) -> Option<String> {
-    NameAddr::parse(v).ok()?.tag().map(text)
-}
-
 /// A response to `req`: its Via values, From, To (with `to_tag` if it has none), Call-ID, CSeq;
 /// `record_route` copies Record-Route too (2xx and 1xx to dialog-forming requests).
 pub fn response(
@@ -63,7 +59,7 @@ pub fn response(
     let get = |f| req.value(f).map(text).unwrap_or_default();
     s.push_str(&format!("From: {}\r\n", get(req.from)));
     let to = get(req.to);
-    match (to_tag, req.value(req.to).and_then(tag_of)) {
+    match (to_tag, req.to_tag()) {
         (Some(t), None) => s.push_str(&format!("To: {to};tag={t}\r\n")),
         _ => s.push_str(&format!("To: {to}\r\n")),
     }

@@ -170,7 +170,7 @@ impl Uas {
         let to_tag = unique("t");
         let reply = |code, reason| msg::response(m, code, reason, None, false, "");
         match method {
-            Method::Invite if m.value(m.to).and_then(msg::tag_of).is_some() => {
+            Method::Invite if m.to_tag().is_some() => {
                 out.send(
                     conn,
                     msg::response(

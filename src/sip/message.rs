@@ -311,6 +311,11 @@ impl<'a> Message<'a> {
         f.map(|f| self.at(f.value))
     }
 
+    /// The To tag; a request that has one belongs to a dialog (RFC 3261 §12.2).
+    pub fn to_tag(&self) -> Option<&'a [u8]> {
+        NameAddr::parse(self.value(self.to)?).ok()?.tag()
+    }
+
     pub fn call_id(&self) -> Option<&'a [u8]> {
         self.value(self.call_id)
     }

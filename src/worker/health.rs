@@ -122,7 +122,7 @@ impl Worker {
         let (Some(call_id), Some((_, cseq, Method::Invite))) = (m.call_id(), m.cseq) else {
             return;
         };
-        if m.value(m.to).and_then(crate::load::msg::tag_of).is_some() {
+        if m.to_tag().is_some() {
             return; // re-INVITE: part of a dialog, not a new call
         }
         let p = Pending {
