@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::balance::{Backend, BalanceKey};
+use crate::tls::trust::TlsFiles;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -185,20 +186,13 @@ fn flag(flag: &'static str, why: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub sni: Vec<(PathBuf, PathBuf)>,
-    pub client_ca: Option<PathBuf>,
-    pub require_client_cert: bool,
-    pub crls: Vec<PathBuf>,
+    /// Every certificate, key, CA and CRL file (read again on reload).
+    pub tls: TlsFiles,
     /// Back ends as started: `--backend` flags, then the `--backends-file` lines.
     pub backends: Vec<Backend>,
     /// The `--backend` flags alone (a reload re-reads only the file).
     pub flag_backends: Vec<Backend>,
     pub backends_file: Option<PathBuf>,
-    pub backend_ca: PathBuf,
-    pub backend_cert: PathBuf,
-    pub backend_key: PathBuf,
     pub peer_listen: Option<SocketAddr>,
     /// `host:port` as written into Via / Record-Route / Path.
     pub advertise: String,
@@ -216,21 +210,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn tls_files(&self) -> crate::tls::trust::TlsFiles {
-        crate::tls::trust::TlsFiles {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            sni: self.sni.clone(),
-            client_ca: self.client_ca.clone(),
-            require_client_cert: self.require_client_cert,
-            crls: self.crls.clone(),
-            backend_ca: self.backend_ca.clone(),
-            backend_cert: self.backend_cert.clone(),
-            backend_key: self.backend_key.clone(),
-            peer: self.peer_listen.is_some(),
-        }
-    }
-
     /// The back ends now: the flags, plus the back-ends file read again.
     pub fn current_backends(&self) -> Result<Vec<Backend>, ConfigError> {
         let mut all = self.flag_backends.clone();
@@ -321,18 +300,21 @@ impl RunArgs {
         };
         Ok(Config {
             listen,
-            backend_cert: self.backend_cert.unwrap_or_else(|| cert.clone()),
-            backend_key: self.backend_key.unwrap_or_else(|| key.clone()),
-            cert,
-            key,
-            sni,
-            client_ca: self.client_ca,
-            require_client_cert: self.require_client_cert,
-            crls: self.crl,
+            tls: TlsFiles {
+                backend_cert: self.backend_cert.unwrap_or_else(|| cert.clone()),
+                backend_key: self.backend_key.unwrap_or_else(|| key.clone()),
+                cert,
+                key,
+                sni,
+                client_ca: self.client_ca,
+                require_client_cert: self.require_client_cert,
+                crls: self.crl,
+                backend_ca,
+                peer: self.peer_listen.is_some(),
+            },
             backends,
             flag_backends,
             backends_file: self.backends_file,
-            backend_ca,
             peer_listen: self.peer_listen,
             advertise,
             workers,
@@ -448,7 +430,7 @@ mod tests {
         assert_eq!(c.backends[0].name, "b1.example");
         assert_eq!(c.backends[0].weight, 5);
         assert_eq!(c.advertise, "127.0.0.1:5071");
-        assert_eq!(c.backend_cert, PathBuf::from("c.pem"));
+        assert_eq!(c.tls.backend_cert, PathBuf::from("c.pem"));
         assert_eq!(c.pool_size, 1);
     }
 

@@ -86,7 +86,7 @@ impl Runtime {
             .map(|b| tls::server_name(&b.name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let tls = tls::trust::build(&cfg.tls_files(), &backend_name_strings).map_err(|e| e.to_string())?;
+        let tls = tls::trust::build(&cfg.tls, &backend_name_strings).map_err(|e| e.to_string())?;
         Ok(Runtime {
             tls,
             backends,
