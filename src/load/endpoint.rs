@@ -174,7 +174,8 @@ impl Endpoint {
                     true
                 }
             };
-            let buf = std::mem::take(&mut c.stream.rbuf);
+            let rbuf = std::mem::take(&mut c.stream.rbuf);
+            let buf = rbuf.filled();
             let mut pos = 0;
             loop {
                 match crate::sip::read(&buf[pos..], MAX_MESSAGE) {
@@ -196,7 +197,7 @@ impl Endpoint {
                 }
             }
             if let Some(c) = self.conns.get_mut(&id) {
-                c.stream.rbuf = buf;
+                c.stream.rbuf = rbuf;
                 c.stream.consume(pos);
                 if c.stream.closed {
                     tracing::debug!(conn = id, "sipload: peer closed");

@@ -10,6 +10,43 @@ use mio::Interest;
 use mio::net::TcpStream;
 use rustls::Connection;
 
+/// Decrypted bytes waiting for framing. Its storage stays initialised, so reading into the spare
+/// room needs no zero-fill per read (only when it grows); `filled` is what framing sees.
+#[derive(Debug, Default)]
+pub struct ReadBuf {
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl ReadBuf {
+    pub fn filled(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+
+    /// At least `min` bytes of room after the filled part, growing by `grow` when short.
+    fn spare(&mut self, min: usize, grow: usize) -> &mut [u8] {
+        if self.data.len() - self.len < min {
+            self.data.resize(self.data.len() + grow, 0);
+        }
+        &mut self.data[self.len..]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Drops the first `n` filled bytes; an emptied large buffer is released, so an idle
+    /// connection keeps little memory.
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.data.copy_within(n..self.len, 0);
+        self.len -= n;
+        if self.len == 0 && self.data.len() > 4 * READ_CHUNK {
+            *self = ReadBuf::default();
+        }
+    }
+}
+
 /// Plaintext bytes queued for a peer that is not reading, beyond which it is cut off.
 pub const MAX_PENDING: usize = 4 << 20;
 const READ_CHUNK: usize = 16 * 1024;
@@ -28,7 +65,7 @@ pub struct TlsStream {
     pub sock: TcpStream,
     pub tls: Connection,
     /// Decrypted bytes not yet consumed by framing.
-    pub rbuf: Vec<u8>,
+    pub rbuf: ReadBuf,
     /// Plaintext rustls did not accept yet.
     pending: Vec<u8>,
     /// The peer closed (TCP EOF or close_notify).
@@ -44,7 +81,7 @@ impl TlsStream {
         TlsStream {
             sock,
             tls,
-            rbuf: Vec::new(),
+            rbuf: ReadBuf::default(),
             pending: Vec::new(),
             closed: false,
             unclean_close: false,
@@ -58,12 +95,12 @@ impl TlsStream {
     /// drained after every batch of records, because rustls stops reading once its own plaintext
     /// buffer is full. Returns the number of plaintext bytes added.
     pub fn read(&mut self, limit: usize) -> Result<usize, StreamError> {
-        let before = self.rbuf.len();
+        let before = self.rbuf.filled().len();
         self.more = false;
         loop {
-            if self.rbuf.len() >= limit {
+            if self.rbuf.filled().len() >= limit {
                 self.more = true;
-                return Ok(self.rbuf.len() - before);
+                return Ok(self.rbuf.filled().len() - before);
             }
             match self.tls.read_tls(&mut self.sock) {
                 Ok(0) => {
@@ -80,56 +117,42 @@ impl TlsStream {
             }
         }
         self.drain_plaintext(limit)?;
-        Ok(self.rbuf.len() - before)
+        Ok(self.rbuf.filled().len() - before)
     }
 
     /// Moves decrypted bytes from rustls into `rbuf`.
     fn drain_plaintext(&mut self, limit: usize) -> Result<(), StreamError> {
         loop {
-            let len = self.rbuf.len();
-            if len >= limit {
+            if self.rbuf.filled().len() >= limit {
                 self.more = true;
                 return Ok(());
             }
-            if self.rbuf.capacity() - len < READ_CHUNK / 4 {
-                self.rbuf.reserve(READ_CHUNK);
-            }
-            self.rbuf.resize(self.rbuf.capacity(), 0);
-            let got = self.tls.reader().read(&mut self.rbuf[len..]);
-            match got {
+            match self
+                .tls
+                .reader()
+                .read(self.rbuf.spare(READ_CHUNK / 4, READ_CHUNK))
+            {
                 Ok(0) => {
-                    self.rbuf.truncate(len);
                     self.closed = true;
                     return Ok(());
                 }
-                Ok(n) => self.rbuf.truncate(len + n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rbuf.truncate(len);
-                    return Ok(());
-                }
+                Ok(n) => self.rbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 // TCP closed without close_notify: what arrived before still counts (a peer
                 // that answers and hangs up at once must have its answer delivered).
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.rbuf.truncate(len);
                     self.closed = true;
                     self.unclean_close = true;
                     return Ok(());
                 }
-                Err(e) => {
-                    self.rbuf.truncate(len);
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
     /// Drops the first `n` bytes of the read buffer (the messages handled).
     pub fn consume(&mut self, n: usize) {
-        self.rbuf.drain(..n.min(self.rbuf.len()));
-        // An idle connection should not keep a large buffer around.
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_CHUNK {
-            self.rbuf = Vec::new();
-        }
+        self.rbuf.consume(n);
     }
 
     /// Queues a message given as slices (the rewritten original plus our inserts).

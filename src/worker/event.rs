@@ -261,7 +261,8 @@ impl Worker {
         let Some(c) = self.slots.get_mut(slot) else { return };
         // Routing needs `&mut self` for other connections while the message borrows this
         // buffer: move the buffer out (a pointer move, not a copy) and put it back after.
-        let buf = std::mem::take(&mut c.stream.rbuf);
+        let rbuf = std::mem::take(&mut c.stream.rbuf);
+        let buf = rbuf.filled();
         let max = self.shared.cfg.max_message_bytes;
         let mut pos = 0;
         loop {
@@ -314,7 +315,7 @@ impl Worker {
             }
         }
         if let Some(c) = self.slots.get_mut(slot) {
-            c.stream.rbuf = buf;
+            c.stream.rbuf = rbuf;
             c.stream.consume(pos);
         }
     }
