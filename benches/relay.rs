@@ -13,9 +13,9 @@ use rustls::{ClientConnection, Connection, ServerConnection};
 use siplb::balance::{Backend, BalanceKey};
 use siplb::certs::Ca;
 use siplb::load::msg;
-use siplb::route::{Decision, Origin, Router};
+use siplb::route::{Decision, Origin, PathMode, RouteTokens, Router};
 use siplb::sip::token::TOKEN_LEN;
-use siplb::sip::{Read, Rewrite, Token, TokenCache, TokenKey, read};
+use siplb::sip::{Read, Rewrite, Role, Token, TokenCache, TokenKey, read};
 use siplb::tls::{self, Identity};
 
 /// Moves every TLS byte `from` has for `to`.
@@ -59,7 +59,7 @@ struct Relay {
     backends: Vec<Backend>,
     tokens: TokenCache,
     rw: Rewrite,
-    rr: Vec<Option<[u8; TOKEN_LEN]>>,
+    rr: Vec<Option<RouteTokens>>,
     front_token: [u8; TOKEN_LEN],
     back_token: [u8; TOKEN_LEN],
     wire: Vec<u8>,
@@ -102,12 +102,14 @@ impl Relay {
                 slot: 1,
                 generation: 0,
                 pin: 0,
+                role: Role::ClientVia,
             }),
             back_token: key.encode(Token {
                 worker: 0,
                 slot: 2,
                 generation: 0,
                 pin: 0,
+                role: Role::ServerVia,
             }),
             key,
             backends: vec![Backend::new(
@@ -151,8 +153,10 @@ impl Relay {
             key: &self.key,
             advertise: "127.0.0.1:5061",
             adv_host: "127.0.0.1",
+            server_side: None,
             backends: &self.backends,
             balance: BalanceKey::CallId,
+            path: PathMode::Supported,
             draining: false,
         };
         let token = if to_server {
@@ -169,6 +173,7 @@ impl Relay {
             peer_port: 40000,
             from_server: !to_server,
             backend: (!to_server).then_some(0),
+            follow: None,
             rr_cache: &mut self.rr,
         };
         let d = router.decide(&m, &mut origin, |_| true, &mut self.tokens, &mut self.rw);

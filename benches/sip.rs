@@ -25,6 +25,7 @@ fn ok_200(key: &TokenKey) -> Vec<u8> {
         slot: 42,
         generation: 7,
         pin: 0,
+        role: siplb::sip::Role::ClientVia,
     });
     format!(
         "SIP/2.0 200 OK\r\n\
@@ -63,9 +64,19 @@ fn forward_request(
         sent_by: ADVERTISED,
         branch: &branch,
         token: conn_token,
-        pop_route: m.route,
+        pop_route: m.route.map(|r| (r, false)),
+        alias: true,
+        require_path: false,
         max_forwards: m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1)),
-        record: Some(("Record-Route", rr)),
+        record: [
+            Some(siplb::sip::rewrite::Record {
+                name: "Record-Route",
+                host: ADVERTISED,
+                token: rr,
+                sips: false,
+            }),
+            None,
+        ],
     };
     rw.forward_request(&m, &via, &fwd).expect("rewrite");
     rw.slices(m.buf).as_slice().iter().map(|s| s.len()).sum()
@@ -93,12 +104,14 @@ fn bench(c: &mut Criterion) {
         slot: 42,
         generation: 7,
         pin: 0,
+        role: siplb::sip::Role::ClientRoute,
     });
     let rr = key.encode(Token {
         worker: 1,
         slot: 42,
         generation: 7,
         pin: 0x1234,
+        role: siplb::sip::Role::ClientRoute,
     });
     let mut cache = TokenCache::new();
     let inv = invite();
@@ -126,6 +139,7 @@ fn bench(c: &mut Criterion) {
                 slot: 2,
                 generation: 3,
                 pin: 4,
+                role: siplb::sip::Role::ClientRoute,
             }))
         })
     });

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::balance::pool::{HealthCheck, Policy};
 use crate::balance::{Backend, BalanceKey};
+use crate::route::PathMode;
 use crate::tls::trust::TlsFiles;
 
 #[derive(Debug, Parser)]
@@ -76,9 +78,19 @@ pub struct RunArgs {
     /// Address where back-end servers may open MTLS connections of their own to siplb.
     #[arg(long, value_name = "ADDR")]
     pub peer_listen: Option<SocketAddr>,
-    /// HOST[:PORT] siplb writes into Via, Record-Route and Path (default: the first --listen).
+    /// HOST[:PORT] clients reach siplb at, written into Via and Record-Route towards clients
+    /// (default: the first --listen).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub advertise: Option<String>,
+    /// HOST[:PORT] servers reach siplb at (the --peer-listen side): written into the Via, the
+    /// server-facing Record-Route and the Path of requests to servers (default: the --advertise
+    /// host with the --peer-listen port).
+    #[arg(long, value_name = "HOST[:PORT]", requires = "peer_listen")]
+    pub peer_advertise: Option<String>,
+    /// When a REGISTER gets a Path (with Require: path): only if the UA says Supported: path
+    /// (RFC 3327), or always.
+    #[arg(long, value_enum, default_value_t = PathMode::Supported)]
+    pub path: PathMode,
     /// Worker threads, each with its own event loop, listener and back-end pool.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -88,10 +100,23 @@ pub struct RunArgs {
     /// What keeps a dialog on one back end: the hash key for new dialogs.
     #[arg(long, value_enum, default_value_t = BalanceKey::CallId)]
     pub balance: BalanceKey,
-    /// Seconds between SIP OPTIONS health probes to each back end; 2 failures in a row take it out
-    /// of new dialogs, 2 passes bring it back.
+    /// Seconds between SIP OPTIONS health probes to each back end.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub health_interval: u64,
+    /// Seconds between probes while a back end is coming back (after a (re)connection).
+    #[arg(long, value_name = "SECS", default_value_t = 0.25)]
+    pub health_fast_interval: f64,
+    /// Passed probes in a row that bring a back end back (a back end never seen up is admitted
+    /// on its first).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub health_rise: u32,
+    /// Failed probes in a row that take a back end out of new dialogs.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub health_fall: u32,
+    /// The health check: SIP OPTIONS (any final answer below 500 passes), or tls (an accepted MTLS
+    /// connection is the check, for servers that do not answer OPTIONS).
+    #[arg(long, value_enum, default_value_t = HealthCheck::Options)]
+    pub health_check: HealthCheck,
     /// Seconds SIGTERM/SIGINT waits for dialogs in flight to end before siplb exits.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub drain_timeout: u64,
@@ -194,12 +219,17 @@ pub struct Config {
     pub flag_backends: Vec<Backend>,
     pub backends_file: Option<PathBuf>,
     pub peer_listen: Option<SocketAddr>,
-    /// `host:port` as written into Via / Record-Route / Path.
+    /// `host:port` as written into Via / Record-Route towards clients.
     pub advertise: String,
+    /// `host:port` written towards servers (with a peer listener); `None`: `advertise` with the
+    /// peer listener's port, once bound.
+    pub peer_advertise: Option<String>,
+    pub path: PathMode,
     pub workers: usize,
     pub pool_size: usize,
     pub balance: BalanceKey,
-    pub health_interval: Duration,
+    /// Health checks and pool size (`--health-*`, `--pool-size`).
+    pub health: Policy,
     pub drain_timeout: Duration,
     pub max_message_bytes: usize,
     pub handshake_timeout: Duration,
@@ -285,6 +315,22 @@ impl RunArgs {
         if self.health_interval == 0 {
             return Err(flag("--health-interval", "must be at least 1 second"));
         }
+        if !(0.01..=3600.0).contains(&self.health_fast_interval) {
+            return Err(flag(
+                "--health-fast-interval",
+                "must be between 0.01 and 3600 seconds",
+            ));
+        }
+        if self.health_rise == 0 {
+            return Err(flag("--health-rise", "must be at least 1"));
+        }
+        if self.health_fall == 0 {
+            return Err(flag("--health-fall", "must be at least 1"));
+        }
+        let peer_advertise = match self.peer_advertise {
+            Some(a) => Some(normalise_advertise(&a).map_err(|why| flag("--peer-advertise", why))?),
+            None => None,
+        };
         let advertise = match self.advertise {
             Some(a) => normalise_advertise(&a).map_err(|why| flag("--advertise", why))?,
             None => {
@@ -317,10 +363,19 @@ impl RunArgs {
             backends_file: self.backends_file,
             peer_listen: self.peer_listen,
             advertise,
+            peer_advertise,
+            path: self.path,
             workers,
             pool_size: self.pool_size,
             balance: self.balance,
-            health_interval: Duration::from_secs(self.health_interval),
+            health: Policy {
+                check: self.health_check,
+                interval: Duration::from_secs(self.health_interval),
+                fast_interval: Duration::from_secs_f64(self.health_fast_interval),
+                rise: self.health_rise,
+                fall: self.health_fall,
+                size: self.pool_size,
+            },
             drain_timeout: Duration::from_secs(self.drain_timeout),
             max_message_bytes: self.max_message_bytes,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),

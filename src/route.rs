@@ -12,10 +12,11 @@ use std::borrow::Cow;
 use crate::balance::{self, Backend, BalanceKey};
 use crate::sip::addr::{NameAddr, Uri};
 use crate::sip::header::Name;
-use crate::sip::rewrite::{Forward, MAGIC};
+use crate::sip::rewrite::{Forward, MAGIC, Record};
+use crate::sip::scan;
 use crate::sip::token::TOKEN_LEN;
 use crate::sip::via::Via;
-use crate::sip::{Field, Message, Method, Rewrite, Token, TokenCache, TokenKey};
+use crate::sip::{Field, Message, Method, Rewrite, Role, Token, TokenCache, TokenKey};
 
 /// Length of our branch after the magic cookie and before `-<token>`: 16 hex characters of
 /// transaction hash (RFC 3261 §16.11) and 8 of loop hash (§16.3).
@@ -24,15 +25,49 @@ pub const BRANCH_HASH: usize = 24;
 /// Seconds a 503 asks the client to wait.
 pub const RETRY_AFTER: u32 = 5;
 
+/// When a REGISTER gets a Path (`--path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PathMode {
+    /// Only when the UA says `Supported: path` (RFC 3327 §5.2).
+    #[default]
+    Supported,
+    /// Always (for registrars known to support Path and UAs that do not announce it).
+    Always,
+}
+
+/// What a back end can take in this worker now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Avail {
+    /// No usable connection.
+    Down,
+    /// Connected but failing its health checks (or draining): its own dialogs and transactions
+    /// only.
+    Connected,
+    /// Takes new dialogs too.
+    Up,
+}
+
+impl From<bool> for Avail {
+    fn from(up: bool) -> Avail {
+        if up { Avail::Up } else { Avail::Down }
+    }
+}
+
 /// What stays the same for every message a worker routes.
 pub struct Router<'a> {
     pub key: &'a TokenKey,
-    /// `host:port` written into Via, Record-Route and Path.
+    /// `host:port` clients see: our Via on requests to clients, the client-facing Record-Route.
     pub advertise: &'a str,
     /// Its host part, to recognise our own Route and Via.
     pub adv_host: &'a str,
+    /// `host:port` and host that servers see (the peer listener): our Via on requests to
+    /// servers, the server-facing Record-Route entry and Path. `None` without a peer listener:
+    /// then servers reach clients over the connections siplb opened (RFC 5923 alias) and
+    /// Record-Route has one entry.
+    pub server_side: Option<(&'a str, &'a str)>,
     pub backends: &'a [Backend],
     pub balance: BalanceKey,
+    pub path: PathMode,
     /// Shutting down: new dialogs and transactions get 503, dialogs in flight go on.
     pub draining: bool,
 }
@@ -42,7 +77,8 @@ pub struct Origin<'a> {
     pub worker: u16,
     pub slot: u32,
     pub generation: u32,
-    /// Our Via token naming this connection.
+    /// Our Via token naming this connection (role `ClientVia` on a client connection,
+    /// `ServerVia` on a server's).
     pub token: &'a [u8; TOKEN_LEN],
     pub peer_ip: &'a [u8],
     pub peer_port: u16,
@@ -50,16 +86,23 @@ pub struct Origin<'a> {
     pub from_server: bool,
     /// Which back end, when the connection is a server's and it is known.
     pub backend: Option<usize>,
+    /// The back end that has this request's INVITE transaction, for a CANCEL or the ACK of a
+    /// non-2xx answer (the worker remembers where each INVITE went).
+    pub follow: Option<usize>,
     /// Record-Route / Path tokens of this (client) connection per back end, made on first use.
-    pub rr_cache: &'a mut Vec<Option<[u8; TOKEN_LEN]>>,
+    pub rr_cache: &'a mut Vec<Option<RouteTokens>>,
 }
+
+/// A client connection's Record-Route tokens for one back end: client-facing, server-facing.
+pub type RouteTokens = [[u8; TOKEN_LEN]; 2];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Write the prepared rewrite to one of this worker's connections to back end `0`.
     ToBackend(usize),
     /// Write the prepared rewrite to the connection `to` names (here or on another worker);
-    /// `request` says whether a missing connection is answered (430) or only counted.
+    /// `request` says whether a missing connection is answered (430) or only counted. The
+    /// token's role says which kind of connection it must be.
     ToConnection { to: Token, request: bool },
     /// Answer the request ourselves.
     Answer {
@@ -79,21 +122,37 @@ fn answer(code: u16, reason: impl Into<Cow<'static, str>>) -> Decision {
     }
 }
 
+fn unavailable() -> Decision {
+    Decision::Answer {
+        code: 503,
+        reason: "Service Unavailable".into(),
+        retry_after: Some(RETRY_AFTER),
+    }
+}
+
+/// Our Route on top of a request: where it is, the token it carries (if valid), and whether the
+/// value after it is ours too (the other half of our double Record-Route).
+struct OurRoute {
+    field: Field,
+    token: Option<Token>,
+    second: bool,
+}
+
 impl Router<'_> {
-    /// Decides what happens to `m`; when it is forwarded, `rw` holds its rewrite. `usable` says
-    /// whether a back end can take messages now (in this worker).
-    pub fn decide(
+    /// Decides what happens to `m`; when it is forwarded, `rw` holds its rewrite. `avail` says
+    /// what a back end can take now (in this worker); a `bool` means "up or down".
+    pub fn decide<A: Into<Avail>>(
         &self,
         m: &Message,
         from: &mut Origin,
-        usable: impl Fn(usize) -> bool,
+        avail: impl Fn(usize) -> A,
         tokens: &mut TokenCache,
         rw: &mut Rewrite,
     ) -> Decision {
         match (m.is_request(), from.from_server) {
-            (true, false) => self.client_request(m, from, usable, tokens, rw),
+            (true, false) => self.client_request(m, from, |b| avail(b).into(), tokens, rw),
             (true, true) => self.server_request(m, from, tokens, rw),
-            (false, _) => self.response(m, tokens, rw),
+            (false, from_server) => self.response(m, from_server, tokens, rw),
         }
     }
 
@@ -102,11 +161,11 @@ impl Router<'_> {
         &self,
         m: &Message,
         from: &mut Origin,
-        usable: impl Fn(usize) -> bool,
+        avail: impl Fn(usize) -> Avail,
         tokens: &mut TokenCache,
         rw: &mut Rewrite,
     ) -> Decision {
-        let (via, mf) = match self.check_request(m) {
+        let (via, mf, lh) = match self.check_request(m, false) {
             Ok(v) => v,
             Err(d) => return d,
         };
@@ -119,40 +178,56 @@ impl Router<'_> {
             };
         }
         let ours = self.our_route(m, tokens);
-        let pin = ours.and_then(|(_, t)| t).map(|t| t.pin).filter(|&p| p != 0);
-        let chosen = match pin {
-            // A pinned dialog stays on its back end, or fails there: never re-hashed onto a server
-            // that does not have it (nor onto none, when the pin names a back end since removed).
-            Some(p) => balance::by_pin(p, self.backends).filter(|&b| usable(b)),
-            None => balance::choose(self.balance.key(m), self.backends, &usable),
+        let pin = match ours.as_ref().and_then(|r| r.token) {
+            // A Route meant for servers (our Path or server-facing Record-Route) arriving from a
+            // client side: never turned around to a server on siplb's own say-so.
+            Some(t) if t.role == Role::ServerRoute => {
+                return answer(403, "Server-Facing Route Used By A Client");
+            }
+            Some(t) if t.role == Role::ClientRoute && t.pin != 0 => Some(t.pin),
+            _ => None,
+        };
+        let connected = |b: usize| avail(b) != Avail::Down;
+        let chosen = match (from.follow, pin) {
+            // CANCEL and the ACK of a non-2xx go where their INVITE went.
+            (Some(b), _) if connected(b) => Some(b),
+            // A pinned dialog stays on its back end while any connection to it is up, whatever
+            // its probes say, and is never re-hashed onto a server that does not have it (nor
+            // onto none, when the pin names a back end since removed).
+            (_, Some(p)) => balance::by_pin(p, self.backends).filter(|&b| connected(b)),
+            _ => balance::choose(self.balance.key(m), self.backends, |b| avail(b) == Avail::Up),
         };
         let Some(be) = chosen else {
-            return Decision::Answer {
-                code: 503,
-                reason: "Service Unavailable".into(),
-                retry_after: Some(RETRY_AFTER),
-            };
+            return unavailable();
         };
-        let record = forms_dialog(m, method) || method == Method::Register;
-        let rr = record.then(|| self.rr_token(from, be));
-        let branch = self.branch(m, &via);
+        let sips = is_sips(m);
+        let dialog = forms_dialog(m, method);
+        let path = !dialog && method == Method::Register && self.wants_path(m);
+        let t = (dialog || path).then(|| self.rr_tokens(from, be));
+        let rr = match &t {
+            Some(t) if dialog => {
+                let client = self.record("Record-Route", self.advertise, &t[0], sips);
+                match self.server_side {
+                    // Topmost the entry the server follows, then the one the client will
+                    // (RFC 5658).
+                    Some((side, _)) => [Some(self.record("Record-Route", side, &t[1], sips)), Some(client)],
+                    None => [Some(client), None],
+                }
+            }
+            Some(t) => [Some(self.record("Path", self.server_addr(), &t[1], sips)), None],
+            None => [None, None],
+        };
+        let branch = self.branch(m, &via, lh);
         let fwd = Forward {
             received: Some((from.peer_ip, from.peer_port)),
-            sent_by: self.advertise.as_bytes(),
+            sent_by: self.server_addr().as_bytes(),
+            alias: true,
             branch: &branch,
             token: from.token,
-            pop_route: ours.map(|(f, _)| f),
+            pop_route: ours.map(|r| (r.field, r.second)),
             max_forwards: mf,
-            record: rr.as_ref().map(|t| {
-                (
-                    if method == Method::Register {
-                        "Path"
-                    } else {
-                        "Record-Route"
-                    },
-                    t,
-                )
-            }),
+            require_path: path,
+            record: rr,
         };
         match rw.forward_request(m, &via, &fwd) {
             Ok(()) => Decision::ToBackend(be),
@@ -168,50 +243,99 @@ impl Router<'_> {
         tokens: &mut TokenCache,
         rw: &mut Rewrite,
     ) -> Decision {
-        let (via, mf) = match self.check_request(m) {
+        let (via, mf, lh) = match self.check_request(m, true) {
             Ok(v) => v,
             Err(d) => return d,
         };
         let method = m.method().unwrap_or(Method::Options);
-        let Some((route, Some(t))) = self.our_route(m, tokens) else {
+        let Some(OurRoute {
+            field,
+            token: Some(t),
+            second,
+        }) = self.our_route(m, tokens)
+        else {
             return answer(404, "No siplb Route To A Client");
         };
+        if !matches!(t.role, Role::ServerRoute | Role::ClientRoute) {
+            return answer(404, "No siplb Route To A Client");
+        }
+        let sips = is_sips(m);
         // A new dialog from the server (an INVITE to a registered client, say) is record-routed
         // too, pinned to this server, so the client's in-dialog requests come back to it.
-        let rr = match from.backend {
-            Some(b) if forms_dialog(m, method) => Some(self.key.encode(Token {
-                pin: self.backends[b].pin,
+        let pinned = |role| {
+            self.key.encode(Token {
+                role,
+                pin: from.backend.map_or(0, |b| self.backends[b].pin),
                 ..t
-            })),
-            _ => None,
+            })
         };
-        let branch = self.branch(m, &via);
+        let (client_tok, server_tok);
+        let rr = match from.backend {
+            Some(_) if forms_dialog(m, method) => {
+                client_tok = pinned(Role::ClientRoute);
+                server_tok = pinned(Role::ServerRoute);
+                let client = self.record("Record-Route", self.advertise, &client_tok, sips);
+                // Topmost the entry the client follows, then the one servers do.
+                match self.server_side {
+                    Some((side, _)) => [
+                        Some(client),
+                        Some(self.record("Record-Route", side, &server_tok, sips)),
+                    ],
+                    None => [Some(client), None],
+                }
+            }
+            _ => [None, None],
+        };
+        let branch = self.branch(m, &via, lh);
         let fwd = Forward {
             received: None,
             sent_by: self.advertise.as_bytes(),
+            alias: false,
             branch: &branch,
             token: from.token,
-            pop_route: Some(route),
+            pop_route: Some((field, second)),
             max_forwards: mf,
-            record: rr.as_ref().map(|t| ("Record-Route", t)),
+            record: rr,
+            require_path: false,
         };
         match rw.forward_request(m, &via, &fwd) {
             Ok(()) => Decision::ToConnection {
-                to: Token { pin: 0, ..t },
+                to: Token {
+                    pin: 0,
+                    role: Role::ClientRoute,
+                    ..t
+                },
                 request: true,
             },
             Err(e) => answer(400, format!("Cannot Forward: {e}")),
         }
     }
 
-    /// Rule 2: a response goes where our top Via's token says; anything else is dropped.
-    fn response(&self, m: &Message, tokens: &mut TokenCache, rw: &mut Rewrite) -> Decision {
+    /// Rule 2: a response goes where our top Via's token says, if that token was minted for the
+    /// direction the response travels; anything else is dropped.
+    fn response(
+        &self,
+        m: &Message,
+        from_server: bool,
+        tokens: &mut TokenCache,
+        rw: &mut Rewrite,
+    ) -> Decision {
         let Some(top) = m.via else {
             return Decision::Drop("response without Via");
         };
         let Some(to) = m.top_via().ok().and_then(|v| self.our_via_token(&v, tokens)) else {
             return Decision::Drop("response whose top Via is not ours");
         };
+        // A server answers what we sent it on a client's behalf, a client what we sent it on a
+        // server's: a client replaying the Via siplb wrote towards a server is refused here.
+        let expected = if from_server {
+            Role::ClientVia
+        } else {
+            Role::ServerVia
+        };
+        if to.role != expected {
+            return Decision::Drop("response whose Via token is for the other direction");
+        }
         rw.clear();
         match rw.pop_top(top) {
             Ok(()) => Decision::ToConnection { to, request: false },
@@ -220,34 +344,68 @@ impl Router<'_> {
     }
 
     /// Checks of every request: well-formed (400), not looping (482), Max-Forwards (483).
-    /// Returns the top Via and the Max-Forwards to send on.
-    fn check_request<'a>(&self, m: &Message<'a>) -> Result<(Via<'a>, u32), Decision> {
+    /// Returns the top Via, the Max-Forwards to send on and the loop hash.
+    fn check_request<'a>(
+        &self,
+        m: &Message<'a>,
+        from_server: bool,
+    ) -> Result<(Via<'a>, u32, [u8; 8]), Decision> {
         let via = m.validate_request().map_err(|why| answer(400, why.to_string()))?;
-        if self.looped(m) {
+        let lh = self.loop_hash(m, from_server);
+        if self.looped(m, &lh) {
             return Err(answer(482, "Loop Detected"));
         }
         match m.max_forwards {
             Some((_, 0)) => Err(answer(483, "Too Many Hops")),
-            Some((_, n)) => Ok((via, n - 1)),
-            None => Ok((via, 70)),
+            Some((_, n)) => Ok((via, n - 1, lh)),
+            None => Ok((via, 70, lh)),
         }
     }
 
-    /// The top Route, if it names siplb, with its token if it carries a valid one.
-    fn our_route(&self, m: &Message, tokens: &mut TokenCache) -> Option<(Field, Option<Token>)> {
-        let f = m.route?;
-        let addr = NameAddr::parse(m.at(f.top)).ok()?;
+    /// Whether `host` names siplb (either side).
+    fn is_us(&self, host: &[u8]) -> bool {
+        host.eq_ignore_ascii_case(self.adv_host.as_bytes())
+            || self
+                .server_side
+                .is_some_and(|(_, h)| host.eq_ignore_ascii_case(h.as_bytes()))
+    }
+
+    /// The `host:port` servers see.
+    fn server_addr(&self) -> &str {
+        self.server_side.map_or(self.advertise, |(a, _)| a)
+    }
+
+    /// A Route value naming siplb, and the token it carries if valid. A Route whose host is not
+    /// ours is somebody else's, whatever parameters it carries.
+    fn route_token(&self, v: &[u8], tokens: &mut TokenCache) -> Option<Option<Token>> {
+        let addr = NameAddr::parse(v).ok()?;
         let uri = Uri::parse(addr.uri).ok()?;
-        let param = uri.params.get(b"siplb").flatten();
-        if param.is_none() && !uri.host.eq_ignore_ascii_case(self.adv_host.as_bytes()) {
+        if !self.is_us(uri.host) {
             return None;
         }
-        Some((f, param.and_then(|p| tokens.decode(self.key, p).ok())))
+        let param = uri.params.get(b"siplb").flatten();
+        Some(param.and_then(|p| tokens.decode(self.key, p).ok()))
+    }
+
+    /// The top Route, if it names siplb, with its token, and whether the next value is ours too.
+    fn our_route(&self, m: &Message, tokens: &mut TokenCache) -> Option<OurRoute> {
+        let field = m.route?;
+        let token = self.route_token(m.at(field.top), tokens)?;
+        let second_value = match field.next {
+            Some(n) => scan::Values::new(&m.buf[n as usize..field.value.end as usize]).next(),
+            None => m.route_line2.map(|f| m.at(f.top)),
+        };
+        let second = token.is_some()
+            && second_value
+                .and_then(|v| self.route_token(v, tokens))
+                .flatten()
+                .is_some_and(|s| matches!(s.role, Role::ClientRoute | Role::ServerRoute));
+        Some(OurRoute { field, token, second })
     }
 
     /// The token in a Via we wrote: `branch=z9hG4bK<16 hex tx><8 hex loop>-<token>`, our host.
     fn our_via_token(&self, via: &Via, tokens: &mut TokenCache) -> Option<Token> {
-        if !via.host.eq_ignore_ascii_case(self.adv_host.as_bytes()) {
+        if !self.is_us(via.host) {
             return None;
         }
         let rest = via.branch()?.strip_prefix(MAGIC)?;
@@ -258,37 +416,46 @@ impl Router<'_> {
     }
 
     /// RFC 3261 §16.3 step 4: a Via of ours further down whose loop part equals what this request
-    /// gives now means it came back unchanged — a loop, not a spiral (a spiral changes the
-    /// Request-URI). Only requests that carry more than one Via are looked at.
-    fn looped(&self, m: &Message) -> bool {
+    /// gives now means it came back unchanged — a loop. A spiral (the same request back with a
+    /// new Request-URI, another Route set, or from the other side) passes. Only requests that
+    /// carry more than one Via are looked at.
+    fn looped(&self, m: &Message, lh: &[u8; 8]) -> bool {
         // Our Via can only be there if our host is: one memmem over the head spares the re-lexing
         // for the common multi-Via request (a client behind an SBC).
-        if m.via_count < 2 || memchr::memmem::find(m.head(), self.adv_host.as_bytes()).is_none() {
+        if m.via_count < 2
+            || memchr::memmem::find(m.head(), self.adv_host.as_bytes()).is_none()
+                && self
+                    .server_side
+                    .is_none_or(|(_, h)| memchr::memmem::find(m.head(), h.as_bytes()).is_none())
+        {
             return false;
         }
-        let lh = self.loop_hash(m);
-        let adv = self.adv_host.as_bytes();
         m.values_of(Name::Via)
             .skip(1)
             .filter_map(|v| Via::parse(v).ok())
             .any(|v| {
-                v.host.eq_ignore_ascii_case(adv)
+                self.is_us(v.host)
                     && v.branch()
                         .and_then(|b| b.strip_prefix(MAGIC))
                         .is_some_and(|r| r.get(16..BRANCH_HASH) == Some(&lh[..]))
             })
     }
 
-    /// What a loop leaves unchanged and CANCEL / ACK share with their INVITE.
-    fn loop_hash(&self, m: &Message) -> [u8; 8] {
+    /// What a loop leaves unchanged and what decides where the request goes (RFC 3261 §16.6
+    /// step 8): Request-URI, Call-ID, From, CSeq number, the Route set and the side it came
+    /// from. CANCEL and ACK share it with their INVITE.
+    fn loop_hash(&self, m: &Message, from_server: bool) -> [u8; 8] {
         let cseq_num = m.cseq.map(|(_, n, _)| n.to_be_bytes()).unwrap_or_default();
-        let parts: [&[u8]; 4] = [
+        let side: &[u8] = if from_server { b"s" } else { b"c" };
+        let fixed: [&[u8]; 5] = [
             m.request_uri().unwrap_or(b""),
             m.call_id().unwrap_or(b""),
             m.value(m.from).unwrap_or(b""),
             &cseq_num,
+            side,
         ];
-        let h = self.key.branch(&parts);
+        let routes = m.route.map(|_| m.values_of(Name::Route)).into_iter().flatten();
+        let h = self.key.branch_of(fixed.into_iter().chain(routes));
         let mut out = [0u8; 8];
         out.copy_from_slice(&h[..8]);
         out
@@ -296,7 +463,7 @@ impl Router<'_> {
 
     /// RFC 3261 §16.11: the same for a retransmission, and for the CANCEL and non-2xx ACK that
     /// share their INVITE's branch, so the server matches them to its transaction.
-    fn branch(&self, m: &Message, via: &Via) -> [u8; BRANCH_HASH] {
+    fn branch(&self, m: &Message, via: &Via, lh: [u8; 8]) -> [u8; BRANCH_HASH] {
         let tx = match via.branch() {
             Some(b) if b.starts_with(MAGIC) => self.key.branch(&[b, via.host]),
             // RFC 2543 peers: derive it from what CANCEL and ACK share with their INVITE.
@@ -308,12 +475,12 @@ impl Router<'_> {
         };
         let mut out = [0u8; BRANCH_HASH];
         out[..16].copy_from_slice(&tx);
-        out[16..].copy_from_slice(&self.loop_hash(m));
+        out[16..].copy_from_slice(&lh);
         out
     }
 
-    /// The Record-Route / Path token of a client connection for back end `be`, made once.
-    fn rr_token(&self, from: &mut Origin, be: usize) -> [u8; TOKEN_LEN] {
+    /// The Record-Route / Path tokens of a client connection for back end `be`, made once.
+    fn rr_tokens(&self, from: &mut Origin, be: usize) -> RouteTokens {
         if from.rr_cache.len() != self.backends.len() {
             *from.rr_cache = vec![None; self.backends.len()];
         }
@@ -322,9 +489,54 @@ impl Router<'_> {
             slot: from.slot,
             generation: from.generation,
             pin: self.backends[be].pin,
+            role: Role::ClientRoute,
         };
-        *from.rr_cache[be].get_or_insert_with(|| self.key.encode(t))
+        *from.rr_cache[be].get_or_insert_with(|| {
+            [
+                self.key.encode(t),
+                self.key.encode(Token {
+                    role: Role::ServerRoute,
+                    ..t
+                }),
+            ]
+        })
     }
+
+    fn record<'t>(
+        &self,
+        name: &'static str,
+        host: &'t str,
+        token: &'t [u8; TOKEN_LEN],
+        sips: bool,
+    ) -> Record<'t> {
+        Record {
+            name,
+            host: host.as_bytes(),
+            token,
+            sips,
+        }
+    }
+
+    /// RFC 3327 §5.2: Path only for a UA that supports it, unless `--path always`.
+    fn wants_path(&self, m: &Message) -> bool {
+        self.path == PathMode::Always || supports_path(m)
+    }
+}
+
+/// Whether a request says `Supported: path` (or `k: path`).
+fn supports_path(m: &Message) -> bool {
+    let head = m.head();
+    scan::Lines::new(&head[m.headers_start.min(head.len())..])
+        .map_while(Result::ok)
+        .filter(|h| h.name.eq_ignore_ascii_case(b"supported") || h.name.eq_ignore_ascii_case(b"k"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| scan::trim(t).eq_ignore_ascii_case(b"path"))
+}
+
+/// A request for a `sips:` URI: what siplb writes in Record-Route and Path is `sips:` too.
+fn is_sips(m: &Message) -> bool {
+    m.request_uri()
+        .is_some_and(|u| u.len() > 5 && u[..5].eq_ignore_ascii_case(b"sips:"))
 }
 
 /// Dialog-forming requests (RFC 3261 §12) that siplb record-routes: INVITE, SUBSCRIBE, REFER and
@@ -337,6 +549,7 @@ fn forms_dialog(m: &Message, method: Method) -> bool {
 }
 
 pub mod exercise;
+pub mod invites;
 
 #[cfg(test)]
 mod tests;

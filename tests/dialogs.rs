@@ -127,7 +127,7 @@ fn register_then_the_registrar_calls_the_client() {
         "REGISTER",
         None,
         None,
-        "Contact: <sip:callback@client.invalid;transport=tls>\r\nExpires: 3600\r\n",
+        "Contact: <sip:callback@client.invalid;transport=tls>\r\nExpires: 3600\r\nSupported: path\r\n",
     ));
     c.wait_for("200 for REGISTER", |m| is_response(m, 200, Method::Register));
     // The registrar now calls the registered contact through siplb (Route from the Path).

@@ -4,6 +4,8 @@
 //! only its own dialogs and every siplb instance makes the same choice without talking to the
 //! others. The hash is a fixed function (FNV-1a, splitmix64 finaliser), stable across processes.
 
+pub mod pool;
+
 use std::net::SocketAddr;
 
 use crate::sip::Message;

@@ -7,11 +7,12 @@
 
 use std::net::SocketAddr;
 
-use super::{Decision, Origin, Router};
+use super::{Decision, Origin, PathMode, RouteTokens, Router};
 use crate::balance::{Backend, BalanceKey};
+use crate::sip::header::Name;
 use crate::sip::response::{Extra, write_response};
 use crate::sip::token::TOKEN_LEN;
-use crate::sip::{Read, Rewrite, Status, Token, TokenCache, TokenKey, read};
+use crate::sip::{Read, Rewrite, Role, Status, Token, TokenCache, TokenKey, read};
 
 pub fn exercise(data: &[u8]) {
     let Some((&ctl, stream)) = data.split_first() else {
@@ -27,12 +28,16 @@ pub fn exercise(data: &[u8]) {
             )
         })
         .collect();
+    // Bit 4: a peer listener, so double Record-Route and a server-facing Via.
+    let server_side = (ctl >> 4 & 1 == 1).then_some(("lb-s.test:5062", "lb-s.test"));
     let router = Router {
         key: &key,
         advertise: "lb.test:5061",
         adv_host: "lb.test",
+        server_side,
         backends: &backends,
         balance: BalanceKey::CallId,
+        path: PathMode::Supported,
         draining: false,
     };
     let me = Token {
@@ -40,12 +45,13 @@ pub fn exercise(data: &[u8]) {
         slot: 9,
         generation: 4,
         pin: 0,
+        role: Role::ClientVia,
     };
     let my_token = key.encode(me);
     let up = move |b: usize| ctl >> (1 + b) & 1 == 1;
     let mut tokens = TokenCache::new();
     let mut rw = Rewrite::new();
-    let mut rr_cache: Vec<Option<[u8; TOKEN_LEN]>> = Vec::new();
+    let mut rr_cache: Vec<Option<RouteTokens>> = Vec::new();
     let mut pos = 0;
     while pos < stream.len() {
         let (f, m) = match read(&stream[pos..], 8192) {
@@ -95,7 +101,8 @@ pub fn exercise(data: &[u8]) {
         let Read::Message(_, out) = read(&fwd, 1 << 20) else {
             panic!("forwarded request does not parse")
         };
-        assert_eq!(out.top_via().expect("our Via").host, b"lb.test");
+        let side = server_side.map_or(&b"lb.test"[..], |(_, h)| h.as_bytes());
+        assert_eq!(out.top_via().expect("our Via").host, side);
         // A server's answer to it comes back here.
         let mut resp = Vec::new();
         write_response(out.head(), 200, "OK", Extra::default(), &mut resp);
@@ -119,15 +126,18 @@ pub fn exercise(data: &[u8]) {
         );
         // An in-dialog request carrying our Record-Route stays on the back end the pin names.
         let Decision::ToBackend(be) = d else { continue };
-        if let (Some(rr), false) = (
-            out.record_route,
-            out.method() == Some(crate::sip::Method::Register),
-        ) {
+        if out.record_route.is_some() && out.method() != Some(crate::sip::Method::Register) {
+            // The client's route set: the Record-Route list reversed (RFC 3261 §12.1.2).
+            let mut set: Vec<String> = out
+                .values_of(Name::RecordRoute)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            set.reverse();
             let bye = format!(
                 "BYE sip:uas@b.test SIP/2.0\r\nVia: SIP/2.0/TLS c.invalid;branch=z9hG4bKbye\r\nRoute: {}\r\n\
 Max-Forwards: 70\r\nFrom: <sip:a@a.test>;tag=1\r\nTo: <sip:b@b.test>;tag=2\r\nCall-ID: other\r\n\
 CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
-                String::from_utf8_lossy(out.at(rr.top))
+                set.join(", ")
             );
             let Read::Message(_, b) = read(bye.as_bytes(), 1 << 20) else {
                 continue;
@@ -140,6 +150,13 @@ CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
                 &mut rw,
             );
             assert_eq!(pinned, Decision::ToBackend(be), "a pinned dialog moved");
+            // None of our Route entries is left for the back end to follow.
+            let mut fwd = Vec::new();
+            rw.write_to(b.buf, &mut fwd);
+            assert!(
+                !String::from_utf8_lossy(&fwd).contains("siplb="),
+                "our Route entries must all be popped"
+            );
         }
     }
 }
@@ -148,7 +165,7 @@ fn origin<'a>(
     me: Token,
     token: &'a [u8; TOKEN_LEN],
     from_server: bool,
-    rr_cache: &'a mut Vec<Option<[u8; TOKEN_LEN]>>,
+    rr_cache: &'a mut Vec<Option<RouteTokens>>,
 ) -> Origin<'a> {
     Origin {
         worker: me.worker,
@@ -159,6 +176,7 @@ fn origin<'a>(
         peer_port: 5061,
         from_server,
         backend: from_server.then_some(0),
+        follow: None,
         rr_cache,
     }
 }
@@ -172,7 +190,7 @@ mod tests {
         let invite = b"INVITE sip:bob@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS c.invalid;branch=z9hG4bK1\r\nMax-Forwards: 70\r\n\
 From: <sip:a@a.test>;tag=1\r\nTo: <sip:bob@pool.test>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let mut rng = 0x2545_f491_4f6c_dd1du64;
-        for ctl in 0..16u8 {
+        for ctl in 0..32u8 {
             let mut data = vec![ctl];
             data.extend_from_slice(invite);
             exercise(&data);

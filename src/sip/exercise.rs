@@ -6,7 +6,7 @@
 
 use super::frame::{Read, Status, read};
 use super::response::{Extra, write_response};
-use super::rewrite::{Forward, MAGIC, Rewrite};
+use super::rewrite::{Forward, MAGIC, Record, Rewrite};
 use super::token::{TOKEN_LEN, Token, TokenCache, TokenKey};
 
 /// Feeds `data` through the SIP layer as a stream of messages.
@@ -17,6 +17,7 @@ pub fn exercise(data: &[u8]) {
         slot: 2,
         generation: 3,
         pin: 4,
+        role: super::Role::ClientRoute,
     });
     let mut cache = TokenCache::new();
     let mut rw = Rewrite::new();
@@ -42,11 +43,26 @@ pub fn exercise(data: &[u8]) {
                             let fwd = Forward {
                                 received: Some((b"192.0.2.1", 5061)),
                                 sent_by: b"lb.example:5061",
+                                alias: true,
                                 branch: &branch,
                                 token: &token,
-                                pop_route: m.route,
+                                pop_route: m.route.map(|r| (r, m.route_line2.is_some())),
                                 max_forwards: m.max_forwards.map_or(70, |(_, n)| n.saturating_sub(1)),
-                                record: Some(("Record-Route", &token)),
+                                record: [
+                                    Some(Record {
+                                        name: "Record-Route",
+                                        host: b"lb-s.example:5062",
+                                        token: &token,
+                                        sips: false,
+                                    }),
+                                    Some(Record {
+                                        name: "Record-Route",
+                                        host: b"lb.example:5061",
+                                        token: &token,
+                                        sips: true,
+                                    }),
+                                ],
+                                require_path: m.path.is_some(),
                             };
                             let _ = rw.forward_request(&m, &via, &fwd);
                         }

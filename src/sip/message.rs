@@ -127,6 +127,9 @@ pub struct Message<'a> {
     /// Number of Via values in the whole message.
     pub via_count: u32,
     pub route: Option<Field>,
+    /// The second Route line, when there is one: where the second Route value lies if the first
+    /// line holds only one (popping siplb's double Record-Route needs it).
+    pub route_line2: Option<Field>,
     pub record_route: Option<Field>,
     pub path: Option<Field>,
     pub contact: Option<Field>,
@@ -171,6 +174,7 @@ impl<'a> Message<'a> {
             via: None,
             via_count: 0,
             route: None,
+            route_line2: None,
             record_route: None,
             path: None,
             contact: None,
@@ -226,7 +230,17 @@ impl<'a> Message<'a> {
                         _ => &mut self.contact,
                     };
                     if slot.is_some() {
-                        // A later line: its positions are never needed; Via values are counted.
+                        // A later line: only the second Route line's positions are needed; Via
+                        // values are counted.
+                        if name == Name::Route && self.route_line2.is_none() {
+                            let mut vals = scan::Values::new(h.value);
+                            if let Some(top) = vals.next() {
+                                let toff = from + scan::offset_in(block, top);
+                                field.top = Span::new(toff, toff + top.len());
+                                field.next = vals.next().map(|s| (from + scan::offset_in(block, s)) as u32);
+                                self.route_line2 = Some(field);
+                            }
+                        }
                         if name == Name::Via {
                             let n = scan::Values::new(h.value).count() as u32;
                             if n == 0 {

@@ -22,7 +22,7 @@ pub use frame::{FrameError, Framed, Read, Status, frame, read};
 pub use message::{Field, Message, ParseError, Rejection, Span, StartLine};
 pub use method::Method;
 pub use rewrite::{Forward, Rewrite};
-pub use token::{Token, TokenCache, TokenKey};
+pub use token::{Role, Token, TokenCache, TokenKey};
 
 #[cfg(test)]
 mod torture;

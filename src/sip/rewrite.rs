@@ -10,9 +10,9 @@ use super::scan;
 use super::token::TOKEN_LEN;
 use super::via::{Via, ViaError};
 
-/// Edits one message can carry: Via push, Route pop, Max-Forwards, received + rport,
-/// Record-Route or Path, with room to spare.
-pub const MAX_EDITS: usize = 8;
+/// Edits one message can carry: Via push, two Route pops, Max-Forwards, received + rport, two
+/// Record-Routes or a Path, Require, with room to spare.
+pub const MAX_EDITS: usize = 12;
 /// Slices a rewritten message can need: the original bytes around each edit, plus the inserts.
 pub const MAX_SLICES: usize = 2 * MAX_EDITS + 1;
 
@@ -59,17 +59,34 @@ impl Default for Rewrite {
 pub struct Forward<'a> {
     /// The sender's address for `received` / `rport` (requests from clients).
     pub received: Option<(&'a [u8], u16)>,
-    /// Our `host:port`, in our Via and in Record-Route / Path.
+    /// Our `host:port` in our Via: the side of siplb the next hop sees.
     pub sent_by: &'a [u8],
+    /// Adds `;alias` to our Via (RFC 5923): the next hop may send its own requests for siplb
+    /// over this connection instead of opening one.
+    pub alias: bool,
     /// Our branch after the magic cookie (transaction and loop hashes).
     pub branch: &'a [u8],
     /// Names the connection the request came from (for its responses).
     pub token: &'a [u8; TOKEN_LEN],
-    /// Our Route, to remove.
-    pub pop_route: Option<Field>,
+    /// Our Route, to remove; `true` when the value after it is ours too (the other half of our
+    /// double Record-Route, RFC 5658) and goes as well.
+    pub pop_route: Option<(Field, bool)>,
     pub max_forwards: u32,
-    /// `("Record-Route" | "Path", token)` to add.
-    pub record: Option<(&'static str, &'a [u8; TOKEN_LEN])>,
+    /// Record-Route or Path entries to add, the first one topmost.
+    pub record: [Option<Record<'a>>; 2],
+    /// Adds `Require: path` (RFC 3327 §5.2), with a Path.
+    pub require_path: bool,
+}
+
+/// One Record-Route or Path entry siplb writes: `<sip:HOST;transport=tls;lr;siplb=TOKEN>`, or
+/// `<sips:HOST;lr;siplb=TOKEN>` when the request was for a `sips:` URI (RFC 3261 §16.6 step 4).
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// `"Record-Route"` or `"Path"`.
+    pub name: &'static str,
+    pub host: &'a [u8],
+    pub token: &'a [u8; TOKEN_LEN],
+    pub sips: bool,
 }
 
 /// The rewritten message as slices, ready for `write_vectored`.
@@ -185,13 +202,18 @@ impl Rewrite {
         if let Some((ip, port)) = f.received {
             self.via_received(m, via, ip, port)?;
         }
-        self.push_via(m, f.sent_by, f.branch, f.token)?;
-        if let Some(r) = f.pop_route {
-            self.pop_top(r)?;
+        self.push_via(m, f.sent_by, f.branch, f.token, f.alias)?;
+        match f.pop_route {
+            Some((r, true)) => self.pop_two(m, r)?,
+            Some((r, false)) => self.pop_top(r)?,
+            None => {}
         }
         self.set_max_forwards(m, f.max_forwards)?;
-        if let Some((name, t)) = f.record {
-            self.insert_route_header(m, name, f.sent_by, t)?;
+        for r in f.record.iter().flatten() {
+            self.insert_route_header(m, r)?;
+        }
+        if f.require_path {
+            self.insert_header(m, |s| s.extend_from_slice(b"Require: path"))?;
         }
         Ok(())
     }
@@ -208,13 +230,14 @@ impl Rewrite {
         })
     }
 
-    /// Pushes our Via: `Via: SIP/2.0/TLS <sent_by>;branch=z9hG4bK<hash>-<token>`.
+    /// Pushes our Via: `Via: SIP/2.0/TLS <sent_by>;branch=z9hG4bK<hash>-<token>[;alias]`.
     pub fn push_via(
         &mut self,
         msg: &Message,
         sent_by: &[u8],
         hash: &[u8],
         token: &[u8; TOKEN_LEN],
+        alias: bool,
     ) -> Result<(), RewriteError> {
         self.insert_header(msg, |s| {
             s.extend_from_slice(b"Via: SIP/2.0/TLS ");
@@ -224,25 +247,48 @@ impl Rewrite {
             s.extend_from_slice(hash);
             s.push(b'-');
             s.extend_from_slice(token);
+            if alias {
+                s.extend_from_slice(b";alias");
+            }
         })
     }
 
-    /// Adds `Record-Route: <sip:HOST;transport=tls;lr;siplb=TOKEN>` (or Path, with `name`).
-    pub fn insert_route_header(
-        &mut self,
-        msg: &Message,
-        name: &str,
-        host: &[u8],
-        token: &[u8; TOKEN_LEN],
-    ) -> Result<(), RewriteError> {
+    /// Adds one Record-Route or Path entry (see [`Record`]).
+    pub fn insert_route_header(&mut self, msg: &Message, r: &Record) -> Result<(), RewriteError> {
         self.insert_header(msg, |s| {
-            s.extend_from_slice(name.as_bytes());
-            s.extend_from_slice(b": <sip:");
-            s.extend_from_slice(host);
-            s.extend_from_slice(b";transport=tls;lr;siplb=");
-            s.extend_from_slice(token);
+            s.extend_from_slice(r.name.as_bytes());
+            s.extend_from_slice(if r.sips { b": <sips:" } else { b": <sip:" });
+            s.extend_from_slice(r.host);
+            s.extend_from_slice(if r.sips {
+                &b";lr;siplb="[..]
+            } else {
+                b";transport=tls;lr;siplb="
+            });
+            s.extend_from_slice(r.token);
             s.push(b'>');
         })
+    }
+
+    /// Removes the first two Route values, wherever the second one stands: on the first Route
+    /// line, or first on the second line.
+    pub fn pop_two(&mut self, msg: &Message, first: Field) -> Result<(), RewriteError> {
+        match first.next {
+            Some(second) => {
+                let rest = &msg.buf[second as usize..first.value.end as usize];
+                match scan::Values::new(rest).nth(1) {
+                    Some(third) => {
+                        let third = scan::offset_in(msg.buf, third);
+                        self.edit(first.top.start as usize, third - first.top.start as usize, |_| {})
+                    }
+                    None => self.pop_top(Field { next: None, ..first }),
+                }
+            }
+            None => {
+                let line2 = msg.route_line2.ok_or(RewriteError::Missing("second Route"))?;
+                self.pop_top(first)?;
+                self.pop_top(line2)
+            }
+        }
     }
 
     /// Removes the top value of a list header (Via, Route): the whole line when it holds one

@@ -1,6 +1,6 @@
 //! Routing tokens: the only state siplb needs to route a message travels inside it. A token names
-//! a connection (worker, slot, generation) and, in Record-Route and Path URIs, the back end a
-//! dialog is pinned to. It is hex text (valid in a Via branch and a URI parameter) with a
+//! a connection (worker, slot, generation), the [`Role`] it was minted for (which side of siplb it
+//! may steer a message to) and, in Record-Route and Path URIs, the back end a dialog is pinned to. It is hex text (valid in a Via branch and a URI parameter) with a
 //! truncated HMAC-SHA256 (ring) over a version byte and the fields, so a forged or altered token
 //! is refused instead of steering a message to somebody else's connection.
 //!
@@ -13,19 +13,55 @@ use std::hash::{DefaultHasher, Hasher};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// Encoded token length: 15 payload bytes and 8 MAC bytes, as hex.
-pub const TOKEN_LEN: usize = 46;
-const PAYLOAD: usize = 15;
+/// Encoded token length: 16 payload bytes and 8 MAC bytes, as hex.
+pub const TOKEN_LEN: usize = 48;
+const PAYLOAD: usize = 16;
 const MAC: usize = 8;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
-/// A connection of a worker, and optionally the back end a dialog is pinned to (0: none).
+/// What a token was minted for. The role is covered by the MAC, so a token written for one
+/// direction can never steer a message the other way (a client cannot answer in a server's place
+/// by copying the Via siplb put on the server's request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Role {
+    /// Our Via on a request sent to a server; names the client connection its responses go to.
+    #[default]
+    ClientVia = 1,
+    /// Our Via on a request sent to a client; names the server connection its responses go to.
+    ServerVia = 2,
+    /// The client-facing Record-Route entry: what clients put in their Route (pin + client).
+    ClientRoute = 3,
+    /// The server-facing Record-Route entry and Path: what servers put in their Route to reach
+    /// the client connection it names.
+    ServerRoute = 4,
+}
+
+impl Role {
+    fn from_byte(b: u8) -> Option<Role> {
+        Some(match b {
+            1 => Role::ClientVia,
+            2 => Role::ServerVia,
+            3 => Role::ClientRoute,
+            4 => Role::ServerRoute,
+            _ => return None,
+        })
+    }
+
+    /// Whether the connection a token of this role names is a client's (else a server's).
+    pub fn names_client(self) -> bool {
+        !matches!(self, Role::ServerVia)
+    }
+}
+
+/// A connection of a worker, what the token is for, and optionally the back end a dialog is
+/// pinned to (0: none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Token {
     pub worker: u16,
     pub slot: u32,
     pub generation: u32,
     pub pin: u32,
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +74,8 @@ pub enum TokenError {
     BadMac,
     #[error("token version {0} is not understood")]
     Version(u8),
+    #[error("token role {0} is not understood")]
+    Role(u8),
     #[error("the system random generator failed")]
     Random,
 }
@@ -104,11 +142,17 @@ impl TokenKey {
             slot: u32_at(3),
             generation: u32_at(7),
             pin: u32_at(11),
+            role: Role::from_byte(payload[15]).ok_or(TokenError::Role(payload[15]))?,
         })
     }
 
     /// 16 hex characters derived from `parts`: the same inputs always give the same branch.
     pub fn branch(&self, parts: &[&[u8]]) -> [u8; 16] {
+        self.branch_of(parts.iter().copied())
+    }
+
+    /// As [`TokenKey::branch`], over parts given one by one.
+    pub fn branch_of<'p>(&self, parts: impl IntoIterator<Item = &'p [u8]>) -> [u8; 16] {
         let mut h = DefaultHasher::new();
         h.write(&self.branch_seed);
         for p in parts {
@@ -169,6 +213,7 @@ fn payload(t: Token) -> [u8; PAYLOAD] {
     p[3..7].copy_from_slice(&t.slot.to_be_bytes());
     p[7..11].copy_from_slice(&t.generation.to_be_bytes());
     p[11..15].copy_from_slice(&t.pin.to_be_bytes());
+    p[15] = t.role as u8;
     p
 }
 
@@ -224,6 +269,7 @@ mod tests {
             slot: 70_000,
             generation: u32::MAX,
             pin: pin_of("b1"),
+            role: Role::ServerRoute,
         };
         let k = key();
         let enc = k.encode(t);
@@ -239,6 +285,7 @@ mod tests {
             slot: 2,
             generation: 3,
             pin: 0,
+            role: Role::ClientVia,
         });
         // Flip each character in turn: every alteration must be caught.
         for i in 0..TOKEN_LEN {
@@ -256,6 +303,29 @@ mod tests {
         if upper != enc {
             assert_eq!(k.decode(&upper), Err(TokenError::NotHex));
         }
+    }
+
+    #[test]
+    fn the_role_is_part_of_what_the_mac_covers() {
+        let k = key();
+        let t = Token {
+            worker: 1,
+            slot: 2,
+            generation: 3,
+            pin: 4,
+            role: Role::ClientVia,
+        };
+        let a = k.encode(t);
+        let b = k.encode(Token {
+            role: Role::ServerVia,
+            ..t
+        });
+        assert_ne!(a, b);
+        // Splicing the role byte of one token into the MAC of another is caught.
+        let mut spliced = a;
+        spliced[30..32].copy_from_slice(&b[30..32]);
+        assert_eq!(k.decode(&spliced), Err(TokenError::BadMac));
+        assert_eq!(k.decode(&b).map(|t| t.role), Ok(Role::ServerVia));
     }
 
     #[test]
@@ -281,6 +351,7 @@ mod tests {
                 slot,
                 generation: 1,
                 pin: 0,
+                role: Role::ServerVia,
             };
             let enc = k.encode(t);
             assert_eq!(cache.decode(&k, &enc), Ok(t));

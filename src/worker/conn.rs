@@ -10,9 +10,9 @@ use mio::Token;
 use mio::net::TcpStream;
 use rustls::{Connection, ServerConnection};
 
-use super::event::{SHUTTING_DOWN, Worker};
+use super::event::Worker;
 use super::slots::{Conn, IpText, Kind};
-use crate::sip::Token as SipToken;
+use crate::sip::{Role, Token as SipToken};
 use crate::tls::stream::{StreamError, TlsStream};
 
 impl Worker {
@@ -86,11 +86,18 @@ impl Worker {
     ) -> Option<usize> {
         let _ = sock.set_nodelay(true);
         let (slot, generation) = self.slots.vacant();
+        // The Via token of requests this connection sends through siplb: their responses come
+        // back from the other side.
         let token = self.shared.key.encode(SipToken {
             worker: self.id,
             slot: slot as u32,
             generation,
             pin: 0,
+            role: if kind.is_server() {
+                Role::ServerVia
+            } else {
+                Role::ClientVia
+            },
         });
         let stream = TlsStream::new(sock, tls);
         let interest = stream.interest();
@@ -147,8 +154,8 @@ impl Worker {
     pub(super) fn on_handshake(&mut self, slot: usize, kind: Kind) -> bool {
         match kind {
             Kind::Backend(b) => {
-                self.pool_up(b, slot);
-                true
+                self.pool_handshake_done(b, slot);
+                self.slots.get(slot).is_some()
             }
             Kind::Peer(_) => {
                 let names = &self.rt.backend_name_strings;
@@ -210,8 +217,7 @@ impl Worker {
                 tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
             }
             // Closing our own pool on the way out is not a back end going down.
-            Kind::Backend(_) if why == SHUTTING_DOWN => {}
-            Kind::Backend(b) => self.pool_down(b, slot, why),
+            Kind::Backend(b) => self.pool_closed(b, slot, why),
             Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
         }
     }

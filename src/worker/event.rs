@@ -11,11 +11,12 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use super::health::PendingInvites;
-use super::pool::PoolEntry;
+use super::pool::Counters;
 use super::slots::{Kind, Slots};
 use super::{Handoff, HandoffRx, Runtime, Shared};
+use crate::balance::pool::{Action, Pool};
 use crate::metrics::Metrics;
+use crate::route::invites::Invites;
 use crate::sip::response::{Extra, write_response};
 use crate::sip::{FrameError, Read, Rewrite, Status, TokenCache};
 
@@ -45,7 +46,11 @@ pub struct Worker {
     pub(super) peer_listener: Option<TcpListener>,
     rx: HandoffRx,
     pub(super) slots: Slots,
-    pub(super) pool: Vec<PoolEntry>,
+    /// Connections and health of the back ends (the state machine), its pending actions, and
+    /// what this worker counts per back end.
+    pub(super) pool: Pool,
+    pub(super) actions: Vec<Action>,
+    pub(super) counters: Vec<Counters>,
     pub(super) rw: Rewrite,
     pub(super) tokens: TokenCache,
     /// Scratch for answers siplb generates and for hand-off copies.
@@ -58,8 +63,8 @@ pub struct Worker {
     pub(super) doomed: Vec<(usize, &'static str)>,
     /// This worker's counters (published to `Shared::published` by `publish`).
     pub(super) m: Metrics,
-    /// Initial INVITEs not yet answered by their back end (for failover).
-    pub(super) pending: PendingInvites,
+    /// Initial INVITEs until their transaction is over (CANCEL / ACK routing, failover).
+    pub(super) invites: Invites,
     /// When draining ends at the latest (set when the drain starts).
     drain_until: Option<Instant>,
     ready: bool,
@@ -85,9 +90,8 @@ impl Worker {
             poll.registry().register(l, PEER, Interest::READABLE)?;
         }
         let rt = shared.runtime.load_full();
-        let pool = (0..rt.backends.len())
-            .map(|_| PoolEntry::new(shared.cfg.pool_size))
-            .collect();
+        let pool = Pool::new(shared.cfg.health, rt.backends.len(), Instant::now());
+        let counters = vec![Counters::default(); rt.backends.len()];
         Ok(Worker {
             id,
             poll,
@@ -99,6 +103,8 @@ impl Worker {
             rx,
             slots: Slots::default(),
             pool,
+            actions: Vec::new(),
+            counters,
             rw: Rewrite::new(),
             tokens: TokenCache::new(),
             out: Vec::with_capacity(1024),
@@ -106,7 +112,7 @@ impl Worker {
             backlog: Vec::new(),
             doomed: Vec::new(),
             m: Metrics::default(),
-            pending: PendingInvites::new(),
+            invites: Invites::default(),
             drain_until: None,
             ready: false,
             started: Instant::now(),
@@ -117,7 +123,7 @@ impl Worker {
 
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        self.connect_pool(Instant::now());
+        self.pool_tick(Instant::now());
         while !self.shared.stop.load(Ordering::Acquire) {
             // Data left over from a flooding connection: look at events without sleeping.
             let wait = if self.backlog.is_empty() {
@@ -151,8 +157,11 @@ impl Worker {
                     self.mark_dirty(slot);
                 }
             }
-            self.finish_batch();
             let now = Instant::now();
+            // The pool's timers are a few back ends' worth of comparisons: every turn, so fast
+            // probes and reconnects keep their pace.
+            self.pool_tick(now);
+            self.finish_batch();
             self.m.loop_busy += now.duration_since(busy);
             self.m.loop_turns += 1;
             if now.duration_since(self.last_sweep) >= SWEEP_EVERY || !self.ready {
@@ -232,13 +241,16 @@ impl Worker {
                 return false;
             };
             let was_handshaking = c.stream.is_handshaking();
-            match c.stream.read(cap) {
-                Ok(n) => self.m.bytes_in += n as u64,
+            let got = match c.stream.read(cap) {
+                Ok(n) => {
+                    self.m.bytes_in += n as u64;
+                    n
+                }
                 Err(e) => {
                     self.read_failed(slot, was_handshaking, &e);
                     return false;
                 }
-            }
+            };
             let Some(c) = self.slots.get_mut(slot) else {
                 return false;
             };
@@ -246,6 +258,10 @@ impl Worker {
             let (kind, more) = (c.kind, c.stream.more);
             if was_handshaking && !c.stream.is_handshaking() && !self.on_handshake(slot, kind) {
                 return false;
+            }
+            // The server sent something after the handshake: it accepted our certificate.
+            if let (Kind::Backend(b), false, true) = (kind, was_handshaking, got > 0) {
+                self.pool_event(|p, acts| p.data_read(b, slot, acts));
             }
             self.process(slot);
             if !more || self.doomed.iter().any(|&(s, _)| s == slot) {
@@ -347,18 +363,26 @@ impl Worker {
         while let Ok(Handoff {
             slot,
             generation,
+            to_client,
             bytes,
         }) = self.rx.try_recv()
         {
+            if to_client
+                && bytes.starts_with(b"SIP/")
+                && !self.invites.is_empty()
+                && let Ok(m) = crate::sip::Message::parse(&bytes)
+            {
+                self.invite_progress(slot, generation, &m);
+            }
             let slot = slot as usize;
             match self.slots.get_checked(slot, generation) {
-                Some(c) => {
+                Some(c) if c.kind.is_server() != to_client => {
                     if c.stream.write_all(&bytes).is_err() {
                         self.doomed.push((slot, "peer not reading"));
                     }
                     self.mark_dirty(slot);
                 }
-                None => {
+                _ => {
                     self.m.dropped_responses += 1;
                 }
             }
@@ -368,10 +392,8 @@ impl Worker {
     /// Timers: pool reconnects, readiness, handshake and idle timeouts.
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
-        self.connect_pool(now);
-        self.probe_backends(now);
-        self.expire_pending(now);
-        if !self.ready && (self.pool_all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
+        self.invites.expire(now);
+        if !self.ready && (self.pool.all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
             self.ready = true;
             self.shared.ready.fetch_add(1, Ordering::AcqRel);
         }
@@ -408,7 +430,7 @@ impl Worker {
                 t
             }
         };
-        let idle = self.shared.active_dialogs.load(Ordering::Acquire) <= 0 && self.pending.is_empty();
+        let idle = self.shared.active_dialogs.load(Ordering::Acquire) <= 0 && self.invites.in_progress() == 0;
         if idle || now >= until {
             tracing::info!(worker = self.id, timed_out = !idle, "drained");
             return true;
@@ -431,7 +453,7 @@ impl Worker {
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| self.pool[i].metrics(&b.name))
+            .map(|(i, _)| self.backend_metrics(i))
             .collect();
         if let Some(Ok(mut p)) = self.shared.published.get(usize::from(self.id)).map(|p| p.lock()) {
             *p = snap;

@@ -6,7 +6,7 @@
 
 mod conn;
 mod event;
-mod health;
+mod failover;
 mod pool;
 mod route;
 pub mod slots;
@@ -36,6 +36,8 @@ use crate::tls::{self, trust::TlsSet};
 pub struct Handoff {
     pub slot: u32,
     pub generation: u32,
+    /// The connection must be a client's (else a server's).
+    pub to_client: bool,
     pub bytes: Vec<u8>,
 }
 
@@ -105,6 +107,8 @@ pub struct Shared {
     pub runtime_gen: AtomicU64,
     /// Host part of `cfg.advertise`, for recognising our own Route and Via.
     pub adv_host: String,
+    /// `host:port` and host servers reach siplb at (with a peer listener).
+    pub peer_advertise: Option<(String, String)>,
     pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
     pub stop: AtomicBool,
     /// SIGTERM: stop accepting, answer new dialogs 503, wait for dialogs in flight.
@@ -123,6 +127,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The server-facing `host:port` and host, if siplb has a peer listener.
+    pub fn server_side(&self) -> Option<(&str, &str)> {
+        self.peer_advertise
+            .as_ref()
+            .map(|(a, h)| (a.as_str(), h.as_str()))
+    }
+
+    /// The `host:port` servers see.
+    pub fn server_advertise(&self) -> &str {
+        self.server_side().map_or(&self.cfg.advertise, |(a, _)| a)
+    }
+
     /// Sends `h` to worker `w` and wakes it. A full or closed channel drops the message (the
     /// worker is stopping); SIP over TLS end points recover by their own timers.
     pub fn hand_off(&self, w: usize, h: Handoff) -> bool {
@@ -183,10 +199,15 @@ impl Balancer {
             let host = cfg.advertise.trim_end_matches(":0").to_string();
             cfg.advertise = format!("{host}:{}", listen_addrs[0].port());
         }
-        let adv_host = match cfg.advertise.rfind(':') {
-            Some(i) => cfg.advertise[..i].to_string(),
-            None => cfg.advertise.clone(),
-        };
+        let adv_host = host_of(&cfg.advertise);
+        let peer_advertise = peer_addr.map(|p| {
+            let a = cfg
+                .peer_advertise
+                .clone()
+                .unwrap_or_else(|| format!("{adv_host}:{}", p.port()));
+            let h = host_of(&a);
+            (a, h)
+        });
 
         let mut polls = Vec::new();
         let mut handoff = Vec::new();
@@ -208,6 +229,7 @@ impl Balancer {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             adv_host,
+            peer_advertise,
             handoff,
             stop: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -371,6 +393,14 @@ fn reload(shared: &Shared) -> Result<(), String> {
             tracing::error!(error = %e, "reload failed; the running configuration stays");
             Err(e)
         }
+    }
+}
+
+/// The host part of `host:port`.
+fn host_of(a: &str) -> String {
+    match a.rfind(':') {
+        Some(i) if !a[i..].contains(']') => a[..i].to_string(),
+        _ => a.to_string(),
     }
 }
 

@@ -1,117 +1,164 @@
-//! A worker's MTLS connections to the back ends: `--pool-size` per back end, each verified
-//! against `--backend-ca` and the back end's configured NAME (SNI and SAN). A connection that
-//! fails is retried with doubling back-off; rustls resumes the TLS session. A back end takes new
-//! dialogs in this worker while at least one of its connections has finished its handshake.
-//! State changes are logged once, not on every retry.
+//! A worker's MTLS connections to the back ends, carried out: the decisions are the pure
+//! [`Pool`](crate::balance::pool::Pool)'s (when to connect, when a connection counts, health,
+//! back-off); this file does what they ask — opens connections verified against `--backend-ca`
+//! and the back end's NAME (SNI and SAN), sends OPTIONS probes, logs each state change once and
+//! counts failures by reason — and adopts a reloaded back-end set.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use rustls::{ClientConnection, Connection};
 
-use super::event::Worker;
+use super::event::{SHUTTING_DOWN, Worker};
 use super::slots::Kind;
+use crate::balance::pool::{Action, Closed, ConnId, Pool};
 use crate::metrics::BackendMetrics;
+use crate::route::Avail;
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Why siplb closed a pool connection itself after a reload.
+pub(super) const REMOVED: &str = "removed from the back-end set";
+/// Call-ID prefix of siplb's own probes; their answers never leave siplb.
+pub const PROBE_PREFIX: &[u8] = b"siplb-probe-";
 
-pub struct PoolEntry {
-    /// Slot of each pool connection, if open (connecting or up).
-    conns: Vec<Option<usize>>,
-    up: Vec<bool>,
-    retry_at: Vec<Instant>,
-    backoff: Vec<Duration>,
-    next: usize,
-    /// Last state logged ("up", or why it is down), so each change is reported once.
-    logged: Option<String>,
-    /// The detailed reason of the last failure, used when the connection is closed.
-    failure: Option<String>,
+/// What a worker counts per back end.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
     pub requests: u64,
     pub responses: u64,
     pub dialogs: u64,
     pub failures: BTreeMap<String, u64>,
-    /// Passes its health probes (a fresh back end starts healthy; after a failure it must pass
-    /// `HEALTHY_AFTER` probes in a row).
-    pub healthy: bool,
-    pub probe_fails: u32,
-    pub probe_oks: u32,
-    /// The probe waiting for its answer: sequence number and when it left.
-    pub outstanding: Option<(u32, Instant)>,
-    pub probe_seq: u32,
-    pub next_probe: Instant,
-    pub probe_rtt: Option<Duration>,
-    pub probes_failed: u64,
-}
-
-impl PoolEntry {
-    pub fn new(size: usize) -> PoolEntry {
-        PoolEntry {
-            conns: vec![None; size],
-            up: vec![false; size],
-            retry_at: vec![Instant::now(); size],
-            backoff: vec![FIRST_BACKOFF; size],
-            next: 0,
-            logged: None,
-            failure: None,
-            requests: 0,
-            responses: 0,
-            dialogs: 0,
-            failures: BTreeMap::new(),
-            healthy: true,
-            probe_fails: 0,
-            probe_oks: 0,
-            outstanding: None,
-            probe_seq: 0,
-            next_probe: Instant::now(),
-            probe_rtt: None,
-            probes_failed: 0,
-        }
-    }
-
-    pub fn metrics(&self, name: &str) -> BackendMetrics {
-        BackendMetrics {
-            name: name.to_string(),
-            up: self.is_up(),
-            requests: self.requests,
-            responses: self.responses,
-            dialogs: self.dialogs,
-            probe_rtt: self.probe_rtt,
-            probes_failed: self.probes_failed,
-            failures: self.failures.clone(),
-        }
-    }
-
-    /// Takes new messages: a connection has finished its handshake and the health probes pass.
-    pub fn is_up(&self) -> bool {
-        self.healthy && self.connected()
-    }
-
-    pub fn connected(&self) -> bool {
-        self.up.iter().any(|&u| u)
-    }
-
-    /// A connection that has finished its handshake, round-robin over the pool.
-    pub fn pick(&mut self) -> Option<usize> {
-        let n = self.conns.len();
-        for i in 0..n {
-            let j = (self.next + i) % n;
-            if self.up[j] {
-                self.next = j + 1;
-                return self.conns[j];
-            }
-        }
-        None
-    }
+    /// The detailed reason of the last connection failure (a TLS alert, say), for the close
+    /// that follows.
+    pub failure: Option<String>,
 }
 
 impl Worker {
-    /// Takes a reloaded configuration: pool entries follow their back end by name (connections
-    /// to back ends that stay are kept, whatever their position now), connections to back ends
-    /// that left are closed, new back ends get fresh entries and are connected by the sweep.
+    /// Runs the pool's timers and carries out what they ask.
+    pub(super) fn pool_tick(&mut self, now: Instant) {
+        let mut acts = std::mem::take(&mut self.actions);
+        self.pool.tick(now, &mut acts);
+        self.carry_out(&mut acts);
+        self.actions = acts;
+    }
+
+    /// Feeds one event to the pool and carries out what follows.
+    pub(super) fn pool_event(&mut self, event: impl FnOnce(&mut Pool, &mut Vec<Action>)) {
+        let mut acts = std::mem::take(&mut self.actions);
+        event(&mut self.pool, &mut acts);
+        self.carry_out(&mut acts);
+        self.actions = acts;
+    }
+
+    fn carry_out(&mut self, acts: &mut Vec<Action>) {
+        let mut i = 0;
+        while i < acts.len() {
+            let a = acts[i].clone();
+            i += 1;
+            match a {
+                Action::Connect { backend, index } => match self.open_backend(backend) {
+                    Ok(slot) => self.pool.connecting(backend, index, slot),
+                    Err(why) => self
+                        .pool
+                        .connect_failed(backend, index, &why, Instant::now(), acts),
+                },
+                Action::Probe { backend, conn, seq } => self.send_probe(backend, conn, seq),
+                Action::Up { backend } => {
+                    tracing::info!(worker = self.id, backend = %self.rt.backends[backend].name, "back end up");
+                }
+                Action::Down { backend, why } => {
+                    let why = self.counters[backend].failure.take().unwrap_or(why);
+                    *self.counters[backend].failures.entry(why.clone()).or_default() += 1;
+                    tracing::warn!(worker = self.id, backend = %self.rt.backends[backend].name, why, "back end down");
+                }
+                Action::FailOver { backend, conn } => self.fail_over(conn, backend),
+            }
+        }
+        acts.clear();
+    }
+
+    fn open_backend(&mut self, b: usize) -> Result<ConnId, String> {
+        let addr = self.rt.backends[b].addr;
+        let sock = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        let name = self.rt.backend_names[b].clone();
+        let tls =
+            ClientConnection::new(Arc::clone(&self.rt.tls.backend), name).map_err(|e| format!("TLS: {e}"))?;
+        self.add_conn(sock, addr, Connection::Client(tls), Kind::Backend(b))
+            .ok_or_else(|| "cannot register the connection".to_string())
+    }
+
+    /// An OPTIONS a stock registrar answers: Request-URI the back end's own NAME (no user part),
+    /// From siplb. Its Call-ID and branch carry the worker, back end and sequence number, so the
+    /// answer is matched to the probe and the connection it left on.
+    fn send_probe(&mut self, b: usize, conn: ConnId, seq: u32) {
+        let adv = self.shared.server_advertise();
+        let host = &self.shared.adv_host;
+        let name = &self.rt.backends[b].name;
+        let id = self.id;
+        let probe = format!(
+            "OPTIONS sip:{name} SIP/2.0\r\nVia: SIP/2.0/TLS {adv};branch=z9hG4bK-siplb-probe-{id}-{b}-{seq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:siplb@{host}>;tag=siplb-probe-{id}\r\nTo: <sip:{name}>\r\n\
+             Call-ID: siplb-probe-{id}-{b}-{seq}@{host}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        self.send_raw(conn, probe.as_bytes());
+    }
+
+    /// A pool connection finished our side of its handshake.
+    pub(super) fn pool_handshake_done(&mut self, b: usize, slot: usize) {
+        let tls13 = self.slots.get(slot).and_then(|c| c.stream.tls.protocol_version())
+            == Some(rustls::ProtocolVersion::TLSv1_3);
+        self.pool_event(|p, acts| p.handshake_done(b, slot, tls13, Instant::now(), acts));
+    }
+
+    /// A pool connection closed (or never came up).
+    pub(super) fn pool_closed(&mut self, b: usize, slot: usize, why: &'static str) {
+        let how = match why {
+            SHUTTING_DOWN | REMOVED => Closed::Ours,
+            "TLS error" => Closed::Tls,
+            _ => Closed::Io,
+        };
+        self.pool_event(|p, acts| p.closed(b, slot, how, why, Instant::now(), acts));
+    }
+
+    /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
+    pub(super) fn pool_failure(&mut self, b: usize, why: String) {
+        self.counters[b].failure = Some(why);
+    }
+
+    /// Takes the answer to a probe (a response from a server whose Call-ID is a probe's); false if
+    /// it is not one. A probe answer never goes further, whether it is the one awaited or not.
+    pub(super) fn probe_answer(&mut self, b: usize, slot: usize, m: &crate::sip::Message) -> bool {
+        if !m.call_id().is_some_and(|c| c.starts_with(PROBE_PREFIX)) {
+            return false;
+        }
+        if let (Some(code), Some((_, seq, _))) = (m.status(), m.cseq) {
+            self.pool_event(|p, acts| {
+                p.probe_answer(b, slot, seq, code, Instant::now(), acts);
+            });
+        }
+        true
+    }
+
+    pub(super) fn backend_metrics(&self, b: usize) -> BackendMetrics {
+        let c = &self.counters[b];
+        let m = self.pool.member(b);
+        BackendMetrics {
+            name: self.rt.backends[b].name.clone(),
+            up: self.pool.avail(b) == Avail::Up,
+            requests: c.requests,
+            responses: c.responses,
+            dialogs: c.dialogs,
+            probe_rtt: m.probe_rtt,
+            probes_failed: m.probes_failed,
+            failures: c.failures.clone(),
+        }
+    }
+
+    /// Takes a reloaded configuration: pool state follows its back end by name (connections to
+    /// back ends that stay are kept, whatever their position now), connections to back ends that
+    /// left are closed, new back ends get fresh state and are connected by the next tick.
     pub(super) fn adopt_runtime(&mut self) {
         let new = self.shared.runtime.load_full();
         self.rt_gen = self.shared.runtime_gen.load(Ordering::Acquire);
@@ -126,25 +173,20 @@ impl Worker {
             })
             .collect();
         for slot in self.slots.occupied() {
-            let Some(kind) = self.slots.get(slot).map(|c| c.kind) else {
-                continue;
-            };
-            if let Kind::Backend(b) = kind
+            if let Some(Kind::Backend(b)) = self.slots.get(slot).map(|c| c.kind)
                 && map[b].is_none()
             {
-                self.close(slot, "removed from the back-end set");
+                self.close(slot, REMOVED);
             }
         }
-        let mut pool: Vec<PoolEntry> = new
-            .backends
-            .iter()
-            .map(|_| PoolEntry::new(self.shared.cfg.pool_size))
-            .collect();
-        for (old, entry) in std::mem::take(&mut self.pool).into_iter().enumerate() {
+        self.pool.remap(&map, new.backends.len(), Instant::now());
+        let mut counters = vec![Counters::default(); new.backends.len()];
+        for (old, c) in std::mem::take(&mut self.counters).into_iter().enumerate() {
             if let Some(n) = map[old] {
-                pool[n] = entry;
+                counters[n] = c;
             }
         }
+        self.counters = counters;
         for slot in self.slots.occupied() {
             let Some(c) = self.slots.get_mut(slot) else {
                 continue;
@@ -157,118 +199,13 @@ impl Worker {
             // Record-Route tokens are cached per back-end position, which may have changed.
             c.rr_tokens.clear();
         }
-        self.pool = pool;
+        self.invites.remap(&map);
         self.rt = new;
-        self.connect_pool(Instant::now());
+        self.pool_tick(Instant::now());
         tracing::info!(
             worker = self.id,
             backends = self.rt.backends.len(),
             "worker took the new configuration"
         );
-    }
-
-    /// Logs that back end `b` takes traffic again.
-    pub(super) fn log_up(&mut self, b: usize) {
-        let e = &mut self.pool[b];
-        if e.logged.as_deref() != Some("up") {
-            e.logged = Some("up".into());
-            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, "back end up");
-        }
-    }
-
-    pub(super) fn pool_all_up(&self) -> bool {
-        self.pool.iter().all(PoolEntry::is_up)
-    }
-
-    /// Opens every pool connection that is missing and due.
-    pub(super) fn connect_pool(&mut self, now: Instant) {
-        for b in 0..self.pool.len() {
-            for i in 0..self.pool[b].conns.len() {
-                if self.pool[b].conns[i].is_some() || self.pool[b].retry_at[i] > now {
-                    continue;
-                }
-                let slot = self.open_backend(b);
-                let e = &mut self.pool[b];
-                e.conns[i] = slot;
-                if slot.is_none() {
-                    e.retry_at[i] = now + e.backoff[i];
-                    e.backoff[i] = (e.backoff[i] * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    }
-
-    fn open_backend(&mut self, b: usize) -> Option<usize> {
-        let be = &self.rt.backends[b];
-        let addr = be.addr;
-        let sock = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                self.log_down(b, &format!("connect: {e}"));
-                return None;
-            }
-        };
-        let name = self.rt.backend_names[b].clone();
-        let tls = match ClientConnection::new(Arc::clone(&self.rt.tls.backend), name) {
-            Ok(t) => Connection::Client(t),
-            Err(e) => {
-                self.log_down(b, &format!("TLS: {e}"));
-                return None;
-            }
-        };
-        self.add_conn(sock, addr, tls, Kind::Backend(b))
-    }
-
-    /// A pool connection finished its handshake.
-    pub(super) fn pool_up(&mut self, b: usize, slot: usize) {
-        let e = &mut self.pool[b];
-        if let Some(i) = e.conns.iter().position(|&s| s == Some(slot)) {
-            e.up[i] = true;
-            e.backoff[i] = FIRST_BACKOFF;
-        }
-        e.failure = None;
-        if !e.healthy {
-            // Reconnected after a failure: probe now rather than at the next interval.
-            e.next_probe = Instant::now();
-            return;
-        }
-        self.log_up(b);
-    }
-
-    /// A pool connection closed (or never came up): schedule its retry.
-    pub(super) fn pool_down(&mut self, b: usize, slot: usize, why: &str) {
-        let now = Instant::now();
-        let e = &mut self.pool[b];
-        if let Some(i) = e.conns.iter().position(|&s| s == Some(slot)) {
-            e.conns[i] = None;
-            e.up[i] = false;
-            e.retry_at[i] = now + e.backoff[i];
-            e.backoff[i] = (e.backoff[i] * 2).min(MAX_BACKOFF);
-        }
-        let detail = e.failure.take();
-        if !e.connected() {
-            // Back from a lost connection only after passing health probes again.
-            e.healthy = false;
-            e.probe_oks = 0;
-            e.outstanding = None;
-            e.next_probe = now;
-            self.log_down(b, detail.as_deref().unwrap_or(why));
-        }
-        self.fail_over(slot, b);
-    }
-
-    /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
-    pub(super) fn pool_failure(&mut self, b: usize, why: String) {
-        self.pool[b].failure = Some(why);
-    }
-
-    /// Logs that back end `b` is down, once per reason (no flood while it stays down).
-    pub(super) fn log_down(&mut self, b: usize, why: &str) {
-        let e = &mut self.pool[b];
-        *e.failures.entry(why.to_string()).or_default() += 1;
-        if e.logged.as_deref() != Some(why) {
-            e.logged = Some(why.to_string());
-            tracing::warn!(worker = self.id, backend = %self.rt.backends[b].name, why, "back end down");
-        }
     }
 }

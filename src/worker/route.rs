@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use super::Handoff;
 use super::event::Worker;
 use crate::metrics::method_index;
-use crate::route::{Decision, Origin, RETRY_AFTER, Router};
+use crate::route::invites::Stage;
+use crate::route::{Avail, Decision, Origin, RETRY_AFTER, Router};
 use crate::sip::response::Extra;
 use crate::sip::{Message, Method, Token};
 
@@ -18,25 +19,45 @@ impl Worker {
     }
 
     /// Routes `m` from connection `src`; `exclude` is a back end not to use (failover of an INVITE
-    /// whose back end was lost, which is then not remembered again: one retry only).
-    pub(super) fn route_excluding(&mut self, src: usize, m: &Message, exclude: Option<usize>) {
+    /// whose back end was lost, which is then remembered as retried: one retry only). True if it
+    /// went to a back end.
+    pub(super) fn route_excluding(&mut self, src: usize, m: &Message, exclude: Option<usize>) -> bool {
         let generation = self.slots.generation(src);
         let Some(kind) = self.slots.get(src).map(|c| c.kind) else {
-            return;
+            return false;
         };
         let from_backend = kind.backend().filter(|_| kind.is_server());
         if let (None, Some(b)) = (m.method(), from_backend)
-            && self.probe_answer(b, m)
+            && self.probe_answer(b, src, m)
         {
-            return;
+            return false;
         }
-        let Some(c) = self.slots.get_mut(src) else { return };
+        let mut follow = None;
+        if !kind.is_server()
+            && matches!(m.method(), Some(Method::Cancel | Method::Ack))
+            && let (Some(call_id), Some((_, cseq, _))) = (m.call_id(), m.cseq)
+            && let Some(inv) = self.invites.get((src as u32, generation), call_id, cseq)
+        {
+            if inv.stage == Stage::AnsweredByUs {
+                // siplb gave the final answer: the ACK stops here, a CANCEL is answered.
+                if m.method() == Some(Method::Cancel) {
+                    self.answer(src, m.head(), 200, "OK", Extra::default());
+                }
+                return false;
+            }
+            follow = Some(inv.backend);
+        }
+        let Some(c) = self.slots.get_mut(src) else {
+            return false;
+        };
         let router = Router {
             key: &self.shared.key,
             advertise: &self.shared.cfg.advertise,
             adv_host: &self.shared.adv_host,
+            server_side: self.shared.server_side(),
             backends: &self.rt.backends,
             balance: self.shared.cfg.balance,
+            path: self.shared.cfg.path,
             draining: self.shared.draining.load(Ordering::Relaxed),
         };
         let mut origin = Origin {
@@ -48,24 +69,30 @@ impl Worker {
             peer_port: c.peer.port(),
             from_server: c.kind.is_server(),
             backend: c.kind.backend(),
+            follow,
             rr_cache: &mut c.rr_tokens,
         };
         let pool = &self.pool;
-        let usable = |b: usize| Some(b) != exclude && pool[b].is_up();
-        let decision = router.decide(m, &mut origin, usable, &mut self.tokens, &mut self.rw);
+        let avail = |b: usize| {
+            if Some(b) == exclude {
+                Avail::Down
+            } else {
+                pool.avail(b)
+            }
+        };
+        let decision = router.decide(m, &mut origin, avail, &mut self.tokens, &mut self.rw);
         match m.method() {
             Some(meth) => self.m.requests_by_method[method_index(meth)] += 1,
             None => self.count_response(m, from_backend),
         }
         match decision {
-            Decision::ToBackend(be) => match self.pool[be].pick() {
+            Decision::ToBackend(be) => match self.pool.pick(be) {
                 Some(dst) => {
                     self.write_local(dst, m);
                     self.m.forwarded_requests += 1;
-                    self.pool[be].requests += 1;
-                    if exclude.is_none() {
-                        self.remember_invite(m, (src, generation), dst, be);
-                    }
+                    self.counters[be].requests += 1;
+                    self.remember_invite(m, (src as u32, generation), dst, be, exclude.is_some());
+                    return true;
                 }
                 None => self.answer(
                     src,
@@ -77,7 +104,7 @@ impl Worker {
                     },
                 ),
             },
-            Decision::ToConnection { to, request } => match (self.deliver(to, m), request) {
+            Decision::ToConnection { to, request } => match (self.deliver(to, m, request), request) {
                 (true, true) => self.m.forwarded_requests += 1,
                 (true, false) => self.m.forwarded_responses += 1,
                 (false, false) => self.m.dropped_responses += 1,
@@ -93,14 +120,14 @@ impl Worker {
                 self.m.dropped_responses += 1;
             }
         }
+        false
     }
 
     /// Counts a response; INVITE and BYE 2xx move the dialog gauge draining waits on.
     fn count_response(&mut self, m: &Message, from_backend: Option<usize>) {
         self.m.responses += 1;
         if let Some(b) = from_backend {
-            self.pool[b].responses += 1;
-            self.invite_answered(m);
+            self.counters[b].responses += 1;
         }
         let (Some(code), Some((_, _, method))) = (m.status(), m.cseq) else {
             return;
@@ -111,7 +138,7 @@ impl Worker {
         match method {
             Method::Invite => {
                 if let Some(b) = from_backend {
-                    self.pool[b].dialogs += 1;
+                    self.counters[b].dialogs += 1;
                 }
                 self.shared.active_dialogs.fetch_add(1, Ordering::AcqRel);
             }
@@ -136,12 +163,18 @@ impl Worker {
         true
     }
 
-    /// Sends the rewritten message to the connection `t` names, here or on its worker.
-    fn deliver(&mut self, t: Token, m: &Message) -> bool {
+    /// Sends the rewritten message to the connection `t` names, here or on its worker — only if
+    /// that connection is of the kind the token's role names (a client's or a server's).
+    fn deliver(&mut self, t: Token, m: &Message, request: bool) -> bool {
+        let to_client = t.role.names_client();
         if t.worker == self.id {
             let slot = t.slot as usize;
-            if self.slots.get_checked(slot, t.generation).is_none() {
-                return false;
+            match self.slots.get_checked(slot, t.generation) {
+                Some(c) if c.kind.is_server() != to_client => {}
+                _ => return false,
+            }
+            if !request && to_client {
+                self.invite_progress(t.slot, t.generation, m);
             }
             return self.write_local(slot, m);
         }
@@ -152,6 +185,7 @@ impl Worker {
             Handoff {
                 slot: t.slot,
                 generation: t.generation,
+                to_client,
                 bytes,
             },
         );

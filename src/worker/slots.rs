@@ -66,7 +66,7 @@ pub struct Conn {
     /// Our Via token naming this connection (computed once).
     pub token: [u8; TOKEN_LEN],
     /// Record-Route / Path tokens for this (client) connection, per back end, made on first use.
-    pub rr_tokens: Vec<Option<[u8; TOKEN_LEN]>>,
+    pub rr_tokens: Vec<Option<crate::route::RouteTokens>>,
     pub interest: Interest,
     pub opened: Instant,
     pub last_active: Instant,

@@ -4,7 +4,7 @@
 use super::*;
 use crate::sip::frame::{Status, frame};
 use crate::sip::message::Message;
-use crate::sip::token::{Token, TokenKey};
+use crate::sip::token::{Role, Token, TokenKey};
 
 fn crlf(s: &str) -> Vec<u8> {
     s.replace('\n', "\r\n").into_bytes()
@@ -42,16 +42,27 @@ fn forward_a_request() {
         slot: 2,
         generation: 3,
         pin: 4,
+        role: Role::ClientRoute,
     });
     let mut rw = Rewrite::new();
     let fwd = Forward {
         received: Some((b"192.0.2.7", 40000)),
         sent_by: b"lb.example:5061",
+        alias: false,
         branch: &[b'a'; 16],
         token: &tok,
-        pop_route: m.route,
+        pop_route: m.route.map(|r| (r, false)),
         max_forwards: 69,
-        record: Some(("Record-Route", &tok)),
+        record: [
+            Some(Record {
+                name: "Record-Route",
+                host: b"lb.example:5061",
+                token: &tok,
+                sips: false,
+            }),
+            None,
+        ],
+        require_path: false,
     };
     rw.forward_request(&m, &m.top_via().unwrap(), &fwd).unwrap();
     let out = apply(&rw, &buf);

@@ -1,0 +1,231 @@
+//! What a worker remembers about the initial INVITEs it forwarded, until their transaction is
+//! over: which back end and connection each went to, and how far it got. No I/O; the worker
+//! feeds it and acts on what it says.
+//!
+//! - CANCEL and the ACK of a non-2xx answer carry no pin; they go where their INVITE went (not to
+//!   whatever the hash says after a weight change, a health flap, a reload or a failover).
+//! - When a back end's connection dies before the final answer: an INVITE that got nothing or only
+//!   `100 Trying` never reached a point where a server owns the call, so it is sent once more to
+//!   the next back end; one that got a provisional answer gets `503` from siplb at once (the caller
+//!   would otherwise wait for its own timers, minutes), and the ACK to that 503 stops here.
+//!
+//! Entries are keyed by client connection, Call-ID and CSeq number (what CANCEL and ACK share with
+//! their INVITE), through a fixed 64-bit hash so a look-up allocates nothing.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How far an INVITE transaction got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Sent; no answer yet.
+    Sent,
+    /// Only `100 Trying`: safe to send to another server.
+    Trying,
+    /// A provisional answer from the server (it owns the call now).
+    Ringing,
+    /// The server sent a non-2xx final answer; kept to route its ACK.
+    Completed,
+    /// siplb sent the final answer itself (the server was lost); its ACK stops here.
+    AnsweredByUs,
+}
+
+impl Stage {
+    /// The transaction is still waiting for a final answer.
+    pub fn in_progress(self) -> bool {
+        matches!(self, Stage::Sent | Stage::Trying | Stage::Ringing)
+    }
+}
+
+/// One initial INVITE.
+#[derive(Debug, Clone)]
+pub struct Invite {
+    pub backend: usize,
+    /// The pool connection it went out on.
+    pub conn: usize,
+    /// The client connection (slot, generation).
+    pub client: (u32, u32),
+    pub call_id: Vec<u8>,
+    pub cseq: u32,
+    pub stage: Stage,
+    /// Sent once more after a lost back end: never a third time.
+    pub retried: bool,
+    /// The INVITE as the client sent it, while a final answer may still have to be made for it.
+    pub bytes: Vec<u8>,
+    pub since: Instant,
+}
+
+/// RFC 3261 Timer B: an INVITE with no answer at all is given up after this.
+const NO_ANSWER_FOR: Duration = Duration::from_secs(32);
+/// Timer C: a ringing INVITE is given up after this.
+const RINGING_FOR: Duration = Duration::from_secs(200);
+/// Timer D: how long a completed transaction is kept for its ACK.
+const COMPLETED_FOR: Duration = Duration::from_secs(32);
+
+/// The INVITEs of one worker.
+#[derive(Debug, Default)]
+pub struct Invites {
+    map: HashMap<u64, Invite>,
+}
+
+/// The key: client slot, generation, Call-ID and CSeq number.
+pub fn key(client: (u32, u32), call_id: &[u8], cseq: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&client.0.to_be_bytes());
+    eat(&client.1.to_be_bytes());
+    eat(&cseq.to_be_bytes());
+    eat(call_id);
+    h
+}
+
+impl Invites {
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// INVITEs still waiting for a final answer (what draining waits for).
+    pub fn in_progress(&self) -> usize {
+        self.map.values().filter(|i| i.stage.in_progress()).count()
+    }
+
+    pub fn insert(&mut self, inv: Invite) {
+        self.map.insert(key(inv.client, &inv.call_id, inv.cseq), inv);
+    }
+
+    pub fn get(&self, client: (u32, u32), call_id: &[u8], cseq: u32) -> Option<&Invite> {
+        self.map
+            .get(&key(client, call_id, cseq))
+            .filter(|i| i.call_id == call_id && i.client == client && i.cseq == cseq)
+    }
+
+    /// A response from the server to the INVITE, on its way to the client.
+    pub fn answered(&mut self, client: (u32, u32), call_id: &[u8], cseq: u32, code: u16, now: Instant) {
+        let k = key(client, call_id, cseq);
+        let Some(inv) = self.map.get_mut(&k).filter(|i| i.call_id == call_id) else {
+            return;
+        };
+        match code {
+            100 if inv.stage == Stage::Sent => inv.stage = Stage::Trying,
+            101..=199 => inv.stage = Stage::Ringing,
+            200..=299 => {
+                // The ACK of a 2xx is in the dialog, routed by its pin.
+                self.map.remove(&k);
+            }
+            300.. => {
+                inv.stage = Stage::Completed;
+                inv.bytes = Vec::new();
+                inv.since = now;
+            }
+            _ => {}
+        }
+    }
+
+    /// The in-progress INVITEs that went out on connection `conn`, taken out of the table.
+    pub fn lost_on(&mut self, conn: usize) -> Vec<Invite> {
+        let keys: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, i)| i.conn == conn && i.stage.in_progress())
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter().filter_map(|k| self.map.remove(&k)).collect()
+    }
+
+    /// A reload moved back ends (`map[old] = new`): entries follow theirs; those of a back end
+    /// that left are forgotten.
+    pub fn remap(&mut self, map: &[Option<usize>]) {
+        self.map
+            .retain(|_, i| match map.get(i.backend).copied().flatten() {
+                Some(n) => {
+                    i.backend = n;
+                    true
+                }
+                None => false,
+            });
+    }
+
+    /// Forgets what is over: unanswered, ringing too long, or completed long enough ago.
+    pub fn expire(&mut self, now: Instant) {
+        self.map.retain(|_, i| {
+            let limit = match i.stage {
+                Stage::Sent | Stage::Trying => NO_ANSWER_FOR,
+                Stage::Ringing => RINGING_FOR,
+                Stage::Completed | Stage::AnsweredByUs => COMPLETED_FOR,
+            };
+            now.duration_since(i.since) < limit
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(stage: Stage) -> Invite {
+        Invite {
+            backend: 1,
+            conn: 4,
+            client: (7, 2),
+            call_id: b"c1".to_vec(),
+            cseq: 1,
+            stage,
+            retried: false,
+            bytes: b"INVITE".to_vec(),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn follows_the_transaction_to_its_end() {
+        let now = Instant::now();
+        let mut t = Invites::default();
+        t.insert(inv(Stage::Sent));
+        assert_eq!(t.get((7, 2), b"c1", 1).map(|i| i.backend), Some(1));
+        assert!(t.get((7, 3), b"c1", 1).is_none(), "another connection's");
+        assert!(t.get((7, 2), b"c1", 2).is_none());
+        t.answered((7, 2), b"c1", 1, 100, now);
+        assert_eq!(t.get((7, 2), b"c1", 1).unwrap().stage, Stage::Trying);
+        t.answered((7, 2), b"c1", 1, 180, now);
+        assert_eq!(t.get((7, 2), b"c1", 1).unwrap().stage, Stage::Ringing);
+        t.answered((7, 2), b"c1", 1, 486, now);
+        let done = t.get((7, 2), b"c1", 1).unwrap();
+        assert_eq!(done.stage, Stage::Completed);
+        assert!(done.bytes.is_empty());
+        assert_eq!(t.in_progress(), 0);
+        t.expire(now + COMPLETED_FOR);
+        assert!(t.is_empty());
+        t.insert(inv(Stage::Sent));
+        t.answered((7, 2), b"c1", 1, 200, now);
+        assert!(t.is_empty(), "a 2xx ends it");
+    }
+
+    #[test]
+    fn a_lost_connection_gives_back_only_its_unfinished_invites() {
+        let mut t = Invites::default();
+        t.insert(inv(Stage::Ringing));
+        t.insert(Invite {
+            call_id: b"c2".to_vec(),
+            stage: Stage::Completed,
+            ..inv(Stage::Sent)
+        });
+        t.insert(Invite {
+            call_id: b"c3".to_vec(),
+            conn: 5,
+            ..inv(Stage::Sent)
+        });
+        let lost = t.lost_on(4);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].call_id, b"c1");
+        assert_eq!(t.len(), 2);
+    }
+}
