@@ -70,6 +70,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             bye_on: ByeOn::Same,
             silent: false,
             crash_on_invite: false,
+            faults: Default::default(),
         })
         .map_err(|e| format!("back end {name}: {e}"))?;
         println!("  back end {name} on {} (sipload server, MTLS)", h.addr);

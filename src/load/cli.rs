@@ -189,6 +189,7 @@ fn run_server(a: ServerArgs) -> Result<i32, String> {
         bye_on: a.bye_on,
         silent: a.silent,
         crash_on_invite: false,
+        faults: Default::default(),
     })
     .map_err(|e| format!("{}: {e}", a.listen))?;
     eprintln!("sipload server {} listening on {}", a.name, handle.addr);

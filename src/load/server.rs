@@ -46,6 +46,17 @@ pub struct ServerOpts {
     pub silent: bool,
     /// Drop the connection an INVITE arrives on, unanswered (a crash, for failover tests).
     pub crash_on_invite: bool,
+    /// Faults a test can switch on (also while the server runs).
+    pub faults: Faults,
+}
+
+/// Ways a server misbehaves, for tests of health and failover.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Answer an INVITE with 100 and 180, then drop its connection (a crash mid-call).
+    pub crash_after_ringing: bool,
+    /// Leave OPTIONS unanswered (like SIPp's UAS and some B2BUAs); may be switched at run time.
+    pub ignore_options: Arc<AtomicBool>,
 }
 
 /// What one server saw.
@@ -379,6 +390,18 @@ impl Handler for Uas {
             return;
         }
         if self.opts.crash_on_invite && m.method() == Some(Method::Invite) {
+            out.drop.push(conn);
+            return;
+        }
+        if m.method() == Some(Method::Options) && self.opts.faults.ignore_options.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.opts.faults.crash_after_ringing && m.method() == Some(Method::Invite) {
+            out.send(conn, msg::response(m, 100, "Trying", None, false, ""));
+            out.send(
+                conn,
+                msg::response(m, 180, "Ringing", Some(&unique("t")), true, ""),
+            );
             out.drop.push(conn);
             return;
         }

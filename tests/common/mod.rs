@@ -12,7 +12,7 @@ use rustls::ClientConfig;
 use siplb::certs::{Ca, LeafFiles};
 use siplb::config::Args;
 use siplb::load::caller::{self, CallOpts, CallReport};
-use siplb::load::server::{self, ByeOn, ServerHandle, ServerOpts, ServerStats};
+use siplb::load::server::{self, ByeOn, Faults, ServerHandle, ServerOpts, ServerStats};
 use siplb::tls::{self, Identity};
 use siplb::worker::Balancer;
 
@@ -114,6 +114,27 @@ pub fn start_backend(
     opts: Backends,
     peer: Option<SocketAddr>,
 ) -> ServerHandle {
+    start_backend_at(
+        pki,
+        name,
+        id,
+        opts,
+        peer,
+        "127.0.0.1:0".parse().expect("addr"),
+        Faults::default(),
+    )
+}
+
+/// As `start_backend`, listening on `listen`, with `faults`.
+pub fn start_backend_at(
+    pki: &Pki,
+    name: &str,
+    id: Identity,
+    opts: Backends,
+    peer: Option<SocketAddr>,
+    listen: SocketAddr,
+    faults: Faults,
+) -> ServerHandle {
     let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
     let server_tls = tls::mtls_server_config(&id, roots.clone()).expect("server tls");
     let peer = peer.map(|addr| {
@@ -121,7 +142,7 @@ pub fn start_backend(
         (addr, client, tls::server_name(LB_NAME).expect("name"))
     });
     server::spawn(ServerOpts {
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen,
         name: name.to_string(),
         tls: server_tls,
         peer,
@@ -129,6 +150,7 @@ pub fn start_backend(
         bye_on: opts.bye_on,
         silent: opts.silent,
         crash_on_invite: opts.crash_on_invite,
+        faults,
     })
     .expect("start back end")
 }
