@@ -1,0 +1,455 @@
+//! Interop with a real registrar: two Kamailio instances (Debian's `kamailio` and
+//! `kamailio-tls-modules`) behind siplb, TLS only, client certificates required and verified,
+//! registrar with Path, `lookup` + `t_relay`, `record_route`. alice registers through siplb, bob
+//! calls her through siplb (siplb → Kamailio → siplb → alice, a spiral), the call is answered,
+//! ACKed and ended by each side in turn; then 200 calls to alice, who hangs up. Run twice:
+//! Kamailio configured the plain RFC way (it opens its own connection to the server-facing side
+//! siplb names in Path and Record-Route) and with connection reuse (`tcp_accept_aliases`).
+//! Skips, saying why, when Kamailio is not installed; `.ci/run` installs it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use siplb::load::caller::CallOpts;
+use siplb::load::endpoint::{Endpoint, Handler, Out};
+use siplb::load::msg::{self, Dialog, text};
+use siplb::sip::header::Name;
+use siplb::sip::{Message, Method};
+use siplb::tls;
+
+const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A Kamailio process group, stopped on drop.
+struct Kamailio {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM to the main process, which stops its children; SIGKILL if it lingers.
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Kamailio `name` on `port` with a registrar configured the plain RFC way, or with
+/// connection reuse.
+fn kamailio(pki: &Pki, name: &str, port: u16, reuse: bool) -> Kamailio {
+    let dir = pki.dir.path().join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let leaf = pki
+        .ca
+        .issue(&[name, "127.0.0.1"])
+        .expect("cert")
+        .write(&dir, "k")
+        .expect("write cert");
+    let tls_cfg = dir.join("tls.cfg");
+    let side = |s: &str| {
+        format!(
+            "[{s}:default]\nmethod = TLSv1.2+\nverify_certificate = yes\nrequire_certificate = yes\n\
+             private_key = {}\ncertificate = {}\nca_list = {}\n\n",
+            leaf.key.display(),
+            leaf.cert.display(),
+            pki.ca_path.display()
+        )
+    };
+    std::fs::write(&tls_cfg, side("server") + &side("client")).expect("tls.cfg");
+    let cfg = dir.join("kamailio.cfg");
+    std::fs::write(&cfg, config(name, port, reuse, &tls_cfg)).expect("kamailio.cfg");
+    let log = dir.join("kamailio.log");
+    // Its own session: Kamailio signals its whole process group when it stops.
+    // Readable by the unprivileged user Kamailio runs as (throwaway test keys).
+    for p in [pki.dir.path(), &dir] {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+    }
+    for p in [&leaf.key, &leaf.cert, &pki.ca_path, &tls_cfg, &cfg] {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
+    }
+    // Never as root, and in its own session: Kamailio signals its process group when it stops,
+    // and a child that crashes must not take anything of ours with it.
+    let child = Command::new("setsid")
+        .arg("kamailio")
+        .args([
+            "-f",
+            &cfg.display().to_string(),
+            "-DD",
+            "-E",
+            "-m",
+            "64",
+            "-M",
+            "16",
+        ])
+        .args(["-u", "nobody", "-g", "nogroup"])
+        .args(["-Y", &dir.display().to_string(), "-w", &dir.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("kamailio starts");
+    let k = Kamailio { child, log };
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < until,
+            "kamailio did not listen:\n{}",
+            k.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    k
+}
+
+impl Kamailio {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A registrar as the Kamailio documentation writes it: Path saved and used, loose routing,
+/// record-routing, OPTIONS to itself answered (siplb's health probe).
+fn config(name: &str, port: u16, reuse: bool, tls_cfg: &Path) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=1
+tcp_children=1
+auto_aliases=no
+alias="pool.test"
+alias="{name}"
+listen=tls:127.0.0.1:{port}
+enable_tls=yes
+tcp_accept_aliases={reuse}
+mpath="{MODULES}"
+loadmodule "tls.so"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "path.so"
+modparam("tls", "config", "{tls}")
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "use_path", 1)
+modparam("registrar", "path_mode", 0)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (is_method("OPTIONS") && uri==myself && $rU==$null) {{ sl_send_reply("200", "Keepalive"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    t_check_trans();
+    if (is_method("REGISTER")) {{ if (!save("location")) {{ sl_reply_error(); }} exit; }}
+    if (is_method("INVITE|SUBSCRIBE")) {{ record_route(); }}
+    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+    t_relay();
+}}
+"#,
+        reuse = if reuse { "yes" } else { "no" },
+        tls = tls_cfg.display(),
+    )
+}
+
+/// A user agent on one TLS connection to siplb: answers INVITEs (200 with Contact, Record-Route
+/// copied), answers BYEs, and hangs up each call it answered once it is ACKed when `hang_up`.
+struct Ua {
+    user: &'static str,
+    hang_up: bool,
+    /// Dialogs this UA answered, by Call-ID (its side: route set = Record-Route as received).
+    answered: std::collections::HashMap<String, Dialog>,
+    inbox: Vec<Vec<u8>>,
+    byes_sent: usize,
+    byes_ok: HashSet<String>,
+}
+
+impl Ua {
+    fn new(user: &'static str, hang_up: bool) -> Ua {
+        Ua {
+            user,
+            hang_up,
+            answered: Default::default(),
+            inbox: Vec::new(),
+            byes_sent: 0,
+            byes_ok: HashSet::new(),
+        }
+    }
+
+    fn contact(&self) -> String {
+        format!(
+            "Contact: <sip:{}@{}.invalid;transport=tls>\r\n",
+            self.user, self.user
+        )
+    }
+}
+
+impl Handler for Ua {
+    fn on_message(&mut self, out: &mut Out, conn: usize, m: &Message) {
+        self.inbox.push(m.buf.to_vec());
+        let call_id = m.call_id().map(text).unwrap_or_default();
+        match m.method() {
+            Some(Method::Invite) => {
+                let tag = msg::unique("u");
+                out.send(
+                    conn,
+                    msg::response(m, 200, "OK", Some(&tag), true, &self.contact()),
+                );
+                let remote_target = msg::values(m, Name::Contact)
+                    .first()
+                    .map(|c| msg::uri_of(c))
+                    .unwrap_or_default();
+                let d = Dialog {
+                    call_id: call_id.clone(),
+                    local: format!("{};tag={tag}", m.value(m.to).map(text).unwrap_or_default()),
+                    remote: m.value(m.from).map(text).unwrap_or_default(),
+                    remote_target,
+                    route: msg::values(m, Name::RecordRoute),
+                    cseq: 100,
+                    host: format!("{}.invalid", self.user),
+                };
+                self.answered.insert(call_id, d);
+            }
+            Some(Method::Ack) => {
+                if self.hang_up
+                    && let Some(d) = self.answered.get_mut(&call_id)
+                {
+                    out.send(conn, d.request("BYE", None, None, ""));
+                    self.byes_sent += 1;
+                }
+            }
+            Some(_) => out.send(conn, msg::response(m, 200, "OK", None, false, "")),
+            None => {
+                if m.status() == Some(200) && m.cseq.is_some_and(|c| c.2 == Method::Bye) {
+                    self.byes_ok.insert(call_id);
+                }
+            }
+        }
+    }
+}
+
+struct Phone {
+    ep: Endpoint,
+    conn: usize,
+    ua: Ua,
+}
+
+impl Phone {
+    fn connect(pki: &Pki, lb: SocketAddr, ua: Ua) -> Phone {
+        let mut ep = Endpoint::new().expect("endpoint");
+        let conn = ep
+            .connect(lb, pki.client_tls(None), tls::server_name(LB_NAME).expect("name"))
+            .expect("connect");
+        Phone { ep, conn, ua }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        assert!(self.ep.send(self.conn, bytes), "send failed");
+    }
+
+    /// Runs until a received message satisfies `pred` (looking at what came since `from`).
+    fn wait_for(&mut self, what: &str, from: &mut usize, pred: impl Fn(&Message) -> bool) -> Vec<u8> {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            while *from < self.ua.inbox.len() {
+                let m = self.ua.inbox[*from].clone();
+                *from += 1;
+                if Message::parse(&m).is_ok_and(|p| pred(&p)) {
+                    return m;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: timed out waiting for {what}",
+                self.ua.user
+            );
+            self.pump(Duration::from_millis(5));
+        }
+    }
+
+    fn pump(&mut self, d: Duration) {
+        self.ep.turn(&mut self.ua, d).expect("turn");
+    }
+
+    fn register(&mut self) {
+        let mut d = Dialog {
+            call_id: msg::unique("reg-"),
+            local: format!("<sip:{}@pool.test>;tag={}", self.ua.user, msg::unique("r")),
+            remote: format!("<sip:{}@pool.test>", self.ua.user),
+            remote_target: "sip:pool.test".into(),
+            route: vec![],
+            cseq: 0,
+            host: format!("{}.invalid", self.ua.user),
+        };
+        let extra = format!("{}Expires: 3600\r\nSupported: path\r\n", self.ua.contact());
+        self.send(&d.request("REGISTER", None, None, &extra));
+        let mut seen = 0;
+        self.wait_for("200 REGISTER", &mut seen, |m| {
+            is_response(m, 200, Method::Register)
+        });
+    }
+}
+
+/// Runs the whole scenario against two Kamailio instances in one mode.
+fn scenario(reuse: bool) {
+    if Command::new("sh")
+        .args(["-c", "command -v kamailio"])
+        .stdout(Stdio::null())
+        .status()
+        .map_or(true, |s| !s.success())
+        || !Path::new(MODULES).join("tls.so").exists()
+    {
+        eprintln!(
+            "SKIPPED kamailio interop: kamailio or its TLS module is not installed \
+             (apt-get install kamailio kamailio-tls-modules)"
+        );
+        return;
+    }
+    let pki = Pki::new();
+    let names = ["k1.pool.test", "k2.pool.test"];
+    let ports = [free_port(), free_port()];
+    let ks: Vec<Kamailio> = (0..2)
+        .map(|i| kamailio(&pki, names[i], ports[i], reuse))
+        .collect();
+    let mut extra: Vec<String> = vec![
+        "--peer-listen".into(),
+        "127.0.0.1:0".into(),
+        // Registrations and calls to a user go to the same registrar.
+        "--balance".into(),
+        "to-user".into(),
+    ];
+    for i in 0..2 {
+        extra.push("--backend".into());
+        extra.push(format!("{}=127.0.0.1:{}", names[i], ports[i]));
+    }
+    let lb = start_balancer(&pki, &[], 2, &extra);
+    let logs = || {
+        ks.iter()
+            .map(Kamailio::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert!(
+        lb.metrics().backends.iter().all(|b| b.up),
+        "siplb sees both Kamailio instances up: {:?}\n{}",
+        lb.metrics().backends,
+        logs()
+    );
+    let addr = lb.listen_addrs[0];
+
+    // (a) alice registers; bob calls her; each side ends one call.
+    let mut alice = Phone::connect(&pki, addr, Ua::new("alice", false));
+    alice.register();
+    let mut bob = Phone::connect(&pki, addr, Ua::new("bob", false));
+    for (round, bye_from_bob) in [(1, true), (2, false)] {
+        let call_id = msg::unique(&format!("ab{round}-"));
+        let mut d = new_dialog(&call_id, "sip:alice@pool.test");
+        d.host = "bob.invalid".into();
+        let contact = bob.ua.contact();
+        bob.send(&d.request("INVITE", None, None, &contact));
+        let (mut a_seen, mut b_seen) = (alice.ua.inbox.len(), bob.ua.inbox.len());
+        // alice answers from her pump; bob waits for the 200.
+        let until = Instant::now() + Duration::from_secs(5);
+        while !alice.ua.answered.contains_key(&call_id) {
+            assert!(Instant::now() < until, "alice never got the INVITE:\n{}", logs());
+            alice.pump(Duration::from_millis(5));
+            bob.pump(Duration::from_millis(1));
+        }
+        let ok = bob.wait_for("200 INVITE", &mut b_seen, |m| {
+            is_response(m, 200, Method::Invite) && m.call_id() == Some(call_id.as_bytes())
+        });
+        let ok = Message::parse(&ok).expect("200 parses");
+        d.remote = ok.value(ok.to).map(text).expect("To");
+        d.route = msg::values(&ok, Name::RecordRoute).into_iter().rev().collect();
+        d.remote_target = msg::values(&ok, Name::Contact)
+            .first()
+            .map(|c| msg::uri_of(c))
+            .expect("Contact");
+        bob.send(&d.request("ACK", Some(1), None, ""));
+        alice.wait_for("ACK", &mut a_seen, |m| m.method() == Some(Method::Ack));
+        if bye_from_bob {
+            bob.send(&d.request("BYE", None, None, ""));
+            alice.wait_for("BYE from bob", &mut a_seen, |m| m.method() == Some(Method::Bye));
+            bob.wait_for("200 BYE", &mut b_seen, |m| is_response(m, 200, Method::Bye));
+        } else {
+            let mut ad = alice.ua.answered[&call_id].clone();
+            alice.send(&ad.request("BYE", None, None, ""));
+            bob.wait_for("BYE from alice", &mut b_seen, |m| m.method() == Some(Method::Bye));
+            alice.wait_for("200 BYE", &mut a_seen, |m| is_response(m, 200, Method::Bye));
+        }
+    }
+
+    // (b) 200 calls to alice, who hangs up each one.
+    let mut callee = Phone::connect(&pki, addr, Ua::new("carol", true));
+    callee.register();
+    let opts = CallOpts {
+        ruri: "sip:carol@pool.test".into(),
+        remote_bye: true,
+        rate: 100.0,
+        calls: 200,
+        ..call_opts(&pki, &lb, 200)
+    };
+    let caller = std::thread::spawn(move || run_calls(opts));
+    while !caller.is_finished() {
+        callee.pump(Duration::from_millis(5));
+    }
+    let report = caller.join().expect("caller");
+    for _ in 0..40 {
+        callee.pump(Duration::from_millis(5));
+    }
+    assert_eq!(report.failed, 0, "{}\n{}", report.summary(), logs());
+    assert_eq!(callee.ua.byes_sent, 200);
+    assert_eq!(
+        callee.ua.byes_ok.len(),
+        200,
+        "every callee BYE answered by its caller"
+    );
+    lb.shutdown();
+}
+
+#[test]
+fn kamailio_registrar_plain_rfc_routing() {
+    scenario(false);
+}
+
+#[test]
+fn kamailio_registrar_with_connection_reuse() {
+    scenario(true);
+}
