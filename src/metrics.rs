@@ -87,6 +87,8 @@ pub struct Metrics {
     pub handshake_failures: BTreeMap<String, u64>,
     pub clients_verified: u64,
     pub clients_unverified: u64,
+    /// Servers that connected to the peer listener with an accepted certificate.
+    pub peer_connections: u64,
     pub handoffs: u64,
     pub failovers: u64,
     pub messages: u64,
@@ -137,6 +139,7 @@ impl Metrics {
         add_map(&mut self.refused, &o.refused);
         add_map(&mut self.handshake_failures, &o.handshake_failures);
         self.clients_verified += o.clients_verified;
+        self.peer_connections += o.peer_connections;
         self.clients_unverified += o.clients_unverified;
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
@@ -277,6 +280,12 @@ impl Metrics {
                 ("{verified=\"true\"}".into(), self.clients_verified.to_string()),
                 ("{verified=\"false\"}".into(), self.clients_unverified.to_string()),
             ],
+        );
+        put(
+            "peer_connections_total",
+            "counter",
+            "Connections servers opened to the peer listener and that passed the name check",
+            vec![(String::new(), self.peer_connections.to_string())],
         );
         let methods = METHODS
             .iter()

@@ -172,6 +172,7 @@ impl Worker {
                 match allowed {
                     Some(idx) => {
                         c.kind = Kind::Peer(idx);
+                        self.m.peer_connections += 1;
                         tracing::info!(peer = %c.peer, backend = ?idx.map(|i| &names[i]), "peer server connected");
                         true
                     }
