@@ -16,6 +16,30 @@ use siplb::load::msg;
 use siplb::load::server::Faults;
 use siplb::sip::Method;
 
+/// Back end `i` (as `backend_name(i)`) with `faults`, on a port of its own.
+fn backend_with(pki: &Pki, i: usize, faults: Faults) -> siplb::load::server::ServerHandle {
+    let name = backend_name(i);
+    start_backend_at(
+        pki,
+        &name,
+        pki.identity(&[&name]),
+        Backends::n(1),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+        faults,
+    )
+}
+
+/// The branch of a request's top Via (what its CANCEL and non-2xx ACK reuse).
+fn top_branch(request: &[u8]) -> String {
+    let m = siplb::sip::Message::parse(request).expect("request parses");
+    m.top_via()
+        .ok()
+        .and_then(|v| v.branch())
+        .map(msg::text)
+        .expect("branch")
+}
+
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -156,15 +180,7 @@ fn health_check_tls_keeps_a_server_that_never_answers_options() {
     let faults = Faults::default();
     faults.ignore_options.store(true, Ordering::Relaxed);
     let name = backend_name(0);
-    let mute = start_backend_at(
-        &pki,
-        &name,
-        pki.identity(&[&name]),
-        Backends::n(1),
-        None,
-        "127.0.0.1:0".parse().unwrap(),
-        faults,
-    );
+    let mute = backend_with(&pki, 0, faults);
     let lb = start_balancer(
         &pki,
         std::slice::from_ref(&mute),
@@ -193,20 +209,7 @@ fn health_check_tls_keeps_a_server_that_never_answers_options() {
 fn a_probe_failed_back_end_keeps_its_dialogs_and_gets_no_new_ones() {
     let pki = Pki::new();
     let faults: Vec<Faults> = (0..2).map(|_| Faults::default()).collect();
-    let servers: Vec<_> = (0..2)
-        .map(|i| {
-            let name = backend_name(i);
-            start_backend_at(
-                &pki,
-                &name,
-                pki.identity(&[&name]),
-                Backends::n(1),
-                None,
-                "127.0.0.1:0".parse().unwrap(),
-                faults[i].clone(),
-            )
-        })
-        .collect();
+    let servers: Vec<_> = (0..2).map(|i| backend_with(&pki, i, faults[i].clone())).collect();
     let lb = start_balancer(
         &pki,
         &servers,
@@ -287,13 +290,7 @@ fn cancel_after_a_weight_change_reaches_the_server_with_the_invite() {
     write(Some(owner));
     lb.reload().expect("reload");
     std::thread::sleep(Duration::from_millis(300));
-    let inv = siplb::sip::Message::parse(&invite).expect("INVITE parses");
-    let branch = inv
-        .top_via()
-        .ok()
-        .and_then(|v| v.branch())
-        .map(msg::text)
-        .expect("branch");
+    let branch = top_branch(&invite);
     c.send(&d.request("CANCEL", Some(1), Some(&branch), ""));
     c.wait_for("200 CANCEL", |m| is_response(m, 200, Method::Cancel));
     c.wait_for("487 INVITE", |m| is_response(m, 487, Method::Invite));
@@ -304,14 +301,9 @@ fn cancel_after_a_weight_change_reaches_the_server_with_the_invite() {
 #[test]
 fn a_server_that_dies_after_ringing_gets_the_caller_a_final_answer_at_once() {
     let pki = Pki::new();
-    let name = backend_name(0);
-    let dying = start_backend_at(
+    let dying = backend_with(
         &pki,
-        &name,
-        pki.identity(&[&name]),
-        Backends::n(1),
-        None,
-        "127.0.0.1:0".parse().unwrap(),
+        0,
         Faults {
             crash_after_ringing: true,
             ..Faults::default()
@@ -330,13 +322,7 @@ fn a_server_that_dies_after_ringing_gets_the_caller_a_final_answer_at_once() {
     assert!(r.to_tag().is_some(), "a final answer has a To tag");
     // The ACK for siplb's own 503 stops at siplb (the server never sees it).
     d.remote = r.value(r.to).map(msg::text).expect("To");
-    let inv = siplb::sip::Message::parse(&invite).expect("INVITE parses");
-    let branch = inv
-        .top_via()
-        .ok()
-        .and_then(|v| v.branch())
-        .map(msg::text)
-        .expect("branch");
+    let branch = top_branch(&invite);
     c.send(&d.request("ACK", Some(1), Some(&branch), ""));
     std::thread::sleep(Duration::from_millis(500));
     let stats = dying.stop();

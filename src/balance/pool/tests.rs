@@ -32,6 +32,19 @@ fn handshake(p: &mut Pool, id: ConnId, now: Instant, out: &mut Vec<Action>) {
     p.handshake_done(0, id, true, now, out);
 }
 
+/// A pool whose back end 0 is up on connection 1 (handshake, tickets, a passed probe).
+fn up_on_one_connection(t0: Instant) -> (Pool, Vec<Action>) {
+    let mut p = Pool::new(policy(HealthCheck::Options), 1, t0);
+    let mut out = Vec::new();
+    handshake(&mut p, 1, t0, &mut out);
+    p.data_read(0, 1, &mut out);
+    out.clear();
+    p.tick(t0, &mut out);
+    let (_, seq) = probe_seq(&out).unwrap();
+    p.probe_answer(0, 1, seq, 200, t0, &mut out);
+    (p, out)
+}
+
 #[test]
 fn a_refused_tls13_handshake_never_counts_as_up_and_backs_off() {
     let t0 = Instant::now();
@@ -106,14 +119,7 @@ fn a_new_back_end_is_admitted_on_its_first_passing_probe() {
 #[test]
 fn after_a_lost_connection_fast_probes_bring_it_back_after_rise_passes() {
     let t0 = Instant::now();
-    let mut p = Pool::new(policy(HealthCheck::Options), 1, t0);
-    let mut out = Vec::new();
-    handshake(&mut p, 1, t0, &mut out);
-    p.data_read(0, 1, &mut out);
-    out.clear();
-    p.tick(t0, &mut out);
-    let (_, seq) = probe_seq(&out).unwrap();
-    p.probe_answer(0, 1, seq, 200, t0, &mut out);
+    let (mut p, mut out) = up_on_one_connection(t0);
     assert_eq!(p.avail(0), Avail::Up);
     out.clear();
     p.closed(0, 1, Closed::Io, "closed by peer", t0, &mut out);
@@ -141,14 +147,7 @@ fn after_a_lost_connection_fast_probes_bring_it_back_after_rise_passes() {
 #[test]
 fn failed_probes_take_it_out_of_new_dialogs_but_not_of_its_own() {
     let t0 = Instant::now();
-    let mut p = Pool::new(policy(HealthCheck::Options), 1, t0);
-    let mut out = Vec::new();
-    handshake(&mut p, 1, t0, &mut out);
-    p.data_read(0, 1, &mut out);
-    out.clear();
-    p.tick(t0, &mut out);
-    let (_, seq) = probe_seq(&out).unwrap();
-    p.probe_answer(0, 1, seq, 200, t0, &mut out);
+    let (mut p, mut out) = up_on_one_connection(t0);
     let mut now = t0;
     for _ in 0..2 {
         now += Duration::from_secs(5);
