@@ -310,7 +310,7 @@ impl Pool {
         if let Some(c) = self.members.get_mut(b).and_then(|m| m.conns.get_mut(index)) {
             retry_later(c, MAX_BACKOFF_CONNECT, now);
         }
-        self.lost(b, why, out);
+        self.lost(b, why, now, out);
     }
 
     /// Our side of connection `id`'s handshake is done. TLS 1.2 ends with the server's Finished,
@@ -459,19 +459,19 @@ impl Pool {
         }
         if how != Closed::Ours {
             out.push(Action::FailOver { backend: b, conn: id });
-            self.lost(b, why, out);
+            self.lost(b, why, now, out);
         }
     }
 
     /// A connection failed: with none accepted left, the back end is down until it passes again.
-    fn lost(&mut self, b: usize, why: &str, out: &mut Vec<Action>) {
+    fn lost(&mut self, b: usize, why: &str, now: Instant, out: &mut Vec<Action>) {
         let m = &mut self.members[b];
         if m.accepted() {
             return;
         }
         m.passes = 0;
         m.outstanding = None;
-        m.next_probe = Instant::now().min(m.next_probe);
+        m.next_probe = now.min(m.next_probe);
         if m.healthy || m.logged.as_deref() != Some(why) {
             m.healthy = false;
             self.note_down(b, why, out);
