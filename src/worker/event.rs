@@ -1,7 +1,8 @@
 //! One worker's event loop: accept on its own listeners, read and frame every connection until
 //! WouldBlock, route each message, then flush every connection written to once per batch (one
-//! write syscall per connection per wake-up, not per message). Timers (reconnects, handshake and
-//! idle timeouts) run from a sweep once a second.
+//! write syscall per connection per wake-up, not per message). The pool's timers (reconnects,
+//! probes) run every turn; handshake and idle timeouts and INVITE expiry from a sweep four times a
+//! second.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
