@@ -91,6 +91,28 @@ pub enum ParseError {
     BadVia,
     #[error("Empty {0} Header")]
     Empty(&'static str),
+    /// A control character other than HTAB in a header line (RFC 3261 §25.1 allows none); `line`
+    /// is where that header line starts, so an answer can name it ([`ParseError::reason`]).
+    #[error("Control Character In Header")]
+    Control { line: u32 },
+}
+
+impl ParseError {
+    /// The reason phrase of a 400 for this error in `msg`: as `Display`, with the header named
+    /// for a control character.
+    pub fn reason(&self, msg: &[u8]) -> String {
+        match *self {
+            ParseError::Control { line } => {
+                let rest = msg.get(line as usize..).unwrap_or_default();
+                let name = rest
+                    .iter()
+                    .position(|&b| b == b':' || b < 0x21 || b == 0x7f)
+                    .map_or(&rest[..0], |n| &rest[..n.min(64)]);
+                format!("Control Character In Header {}", String::from_utf8_lossy(name))
+            }
+            ref e => e.to_string(),
+        }
+    }
 }
 
 /// Why a syntactically valid request cannot be forwarded; `Display` is a 400 reason phrase.
@@ -200,6 +222,11 @@ impl<'a> Message<'a> {
         let block = &self.buf[from..to];
         for h in Lines::new(block) {
             let h = h?;
+            if has_control(h.value) {
+                return Err(ParseError::Control {
+                    line: (from + h.line_start) as u32,
+                });
+            }
             self.header_count += 1;
             if self.header_count > MAX_HEADERS {
                 return Err(ParseError::TooManyHeaders);
@@ -387,6 +414,28 @@ impl<'a> Message<'a> {
         .into_iter()
         .find_map(|(miss, name)| miss.then_some(name))
     }
+}
+
+/// Whether a header value holds a control character other than HTAB (a folded value's CR LF
+/// aside) that is not escaped: RFC 3261's quoted-pair allows `\` before any byte but CR and LF,
+/// and RFC 4475's intmeth case uses it. Eight bytes at a time: the common value has none, and the
+/// check costs a few instructions per word.
+pub(crate) fn has_control(v: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below 0x20, or 0x7f (DEL: adding 1 sets its high bit).
+    let suspicious =
+        |w: u64| (w.wrapping_sub(LOW * 0x20) & !w & HIGH) != 0 || (w.wrapping_add(LOW) & !w & HIGH) != 0;
+    let mut chunks = v.chunks_exact(8);
+    let any = chunks.by_ref().any(|c| {
+        suspicious(u64::from_le_bytes([
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+        ]))
+    }) || chunks.remainder().iter().any(|&b| b < 0x20 || b == 0x7f);
+    any && v.iter().enumerate().any(|(i, &b)| {
+        let ctl = (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f;
+        ctl && (i == 0 || v[i - 1] != b'\\')
+    })
 }
 
 fn once(seen: bool, name: Name) -> Result<(), ParseError> {

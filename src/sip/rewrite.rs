@@ -315,9 +315,10 @@ impl Rewrite {
         }
     }
 
-    /// Adds `received` / fills `rport` on the sender's (top) Via, as RFC 3261 §18.2.1 and
-    /// RFC 3581 §4 say: `received` when sent-by differs from the source address or `rport` was
-    /// asked for, `rport=PORT` when `rport` is present without a value.
+    /// Writes what siplb saw into the sender's (top) Via, replacing whatever the sender wrote
+    /// there itself (RFC 3261 §18.2.1, RFC 3581 §4): `received` always, with the source address
+    /// (back ends see only siplb's address, so this is their one view of the client), and `rport`
+    /// with the source port when the Via has `rport`.
     pub fn via_received(
         &mut self,
         msg: &Message,
@@ -326,29 +327,31 @@ impl Rewrite {
         port: u16,
     ) -> Result<(), RewriteError> {
         let f = msg.via.ok_or(RewriteError::Missing("Via"))?;
-        let host = via
-            .host
-            .strip_prefix(b"[")
-            .and_then(|h| h.strip_suffix(b"]"))
-            .unwrap_or(via.host);
-        let rport_empty = match via.rport {
-            Some((name, None)) => Some(scan::offset_in(msg.buf, name) + name.len()),
-            _ => None,
+        let param_end = |name: &[u8], value: Option<&[u8]>| {
+            let start = scan::offset_in(msg.buf, name);
+            let end = value.map_or(start + name.len(), |v| scan::offset_in(msg.buf, v) + v.len());
+            (start, end)
         };
-        let has_received = via.has_received;
-        if let Some(at) = rport_empty {
-            self.edit(at, 0, |s| {
-                s.push(b'=');
+        if let Some((name, value)) = via.rport {
+            let (start, end) = param_end(name, value);
+            self.edit(start, end - start, |s| {
+                s.extend_from_slice(b"rport=");
                 push_u32(s, u32::from(port));
             })?;
         }
-        if !has_received && (host != ip || rport_empty.is_some()) {
-            self.edit(f.top.end as usize, 0, |s| {
+        match via.received {
+            Some((name, value)) => {
+                let (start, end) = param_end(name, value);
+                self.edit(start, end - start, |s| {
+                    s.extend_from_slice(b"received=");
+                    s.extend_from_slice(ip);
+                })
+            }
+            None => self.edit(f.top.end as usize, 0, |s| {
                 s.extend_from_slice(b";received=");
                 s.extend_from_slice(ip);
-            })?;
+            }),
         }
-        Ok(())
     }
 }
 

@@ -442,3 +442,25 @@ fn mutations_never_panic() {
         exercise(&buf);
     }
 }
+
+#[test]
+fn control_characters_are_refused_naming_the_header_unless_escaped() {
+    for (ctl, name) in [("\x00", "X-Evil"), ("\x1b", "Subject"), ("\x7f", "X-Evil")] {
+        let text = format!(
+            "OPTIONS sip:x@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h.example.com;branch=z9hG4bK1\r\n\
+{name}: a{ctl}b\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\n\
+CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let e = Message::parse(text.as_bytes()).expect_err("a control character is refused");
+        assert!(matches!(e, ParseError::Control { .. }), "{e:?}");
+        assert_eq!(
+            e.reason(text.as_bytes()),
+            format!("Control Character In Header {name}")
+        );
+    }
+    // HTAB and an escaped control character in a quoted string (RFC 4475 intmeth) are fine.
+    let ok = "OPTIONS sip:x@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h.example.com;branch=z9hG4bK1\r\n\
+To:\t\"NUL:\\\x00\" <sip:x@example.com>\r\nFrom: <sip:a@example.com>;tag=1\r\nCall-ID: c\r\n\
+CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    assert!(Message::parse(ok.as_bytes()).is_ok());
+}

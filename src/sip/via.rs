@@ -13,7 +13,8 @@ pub struct Via<'a> {
     branch: Option<&'a [u8]>,
     /// `rport`: its name (a slice of the message, to know where to write its value) and value.
     pub rport: Option<(&'a [u8], Option<&'a [u8]>)>,
-    pub has_received: bool,
+    /// `received`: its name and value (slices of the message), to replace what a client wrote.
+    pub received: Option<(&'a [u8], Option<&'a [u8]>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +74,7 @@ impl<'a> Via<'a> {
             params: Params::new(params),
             branch: None,
             rport: None,
-            has_received: false,
+            received: None,
         };
         for (name, value) in via.params.all() {
             if !scan::is_param_name(name) {
@@ -84,7 +85,7 @@ impl<'a> Via<'a> {
             } else if name.eq_ignore_ascii_case(b"rport") {
                 via.rport = via.rport.or(Some((name, value)));
             } else if name.eq_ignore_ascii_case(b"received") {
-                via.has_received = true;
+                via.received = via.received.or(Some((name, value)));
             }
         }
         Ok(via)

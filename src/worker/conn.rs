@@ -34,6 +34,7 @@ impl Worker {
             let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
             if open >= self.shared.cfg.max_connections {
                 self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                self.release_ip(peer.ip());
                 *self.m.refused.entry("max-connections".into()).or_default() += 1;
                 tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
                 continue;
@@ -43,6 +44,7 @@ impl Worker {
                 Ok(t) => Connection::Server(t),
                 Err(e) => {
                     self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                    self.release_ip(peer.ip());
                     tracing::warn!(%peer, error = %e, "cannot start TLS");
                     continue;
                 }
@@ -122,6 +124,7 @@ impl Worker {
             tracing::warn!(%peer, error = %e, "cannot register connection");
             if kind == Kind::Client {
                 self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+                self.release_ip(peer.ip());
             }
             return None;
         }

@@ -292,7 +292,7 @@ impl Worker {
                 Read::Unparsable(f, e) => {
                     let msg = &buf[pos..][f.range()];
                     if is_request(msg) {
-                        self.answer(slot, msg, 400, &e.to_string(), Extra::default());
+                        self.answer(slot, msg, 400, &e.reason(msg), Extra::default());
                     } else {
                         self.m.dropped_responses += 1;
                     }

@@ -83,7 +83,12 @@ impl Worker {
         let decision = router.decide(m, &mut origin, avail, &mut self.tokens, &mut self.rw);
         match m.method() {
             Some(meth) => self.m.requests_by_method[method_index(meth)] += 1,
-            None => self.count_response(m, from_backend),
+            None => {
+                self.m.responses += 1;
+                if let Some(b) = from_backend {
+                    self.counters[b].responses += 1;
+                }
+            }
         }
         match decision {
             Decision::ToBackend(be) => match self.pool.pick(be) {
@@ -106,7 +111,10 @@ impl Worker {
             },
             Decision::ToConnection { to, request } => match (self.deliver(to, m, request), request) {
                 (true, true) => self.m.forwarded_requests += 1,
-                (true, false) => self.m.forwarded_responses += 1,
+                (true, false) => {
+                    self.m.forwarded_responses += 1;
+                    self.count_dialogs(m, from_backend);
+                }
                 (false, false) => self.m.dropped_responses += 1,
                 (false, true) => self.answer(src, m.head(), 430, "Flow Failed", Extra::default()),
             },
@@ -123,12 +131,10 @@ impl Worker {
         false
     }
 
-    /// Counts a response; INVITE and BYE 2xx move the dialog gauge draining waits on.
-    fn count_response(&mut self, m: &Message, from_backend: Option<usize>) {
-        self.m.responses += 1;
-        if let Some(b) = from_backend {
-            self.counters[b].responses += 1;
-        }
+    /// A response siplb delivered (so its Via token was valid and minted for its direction):
+    /// INVITE and BYE 2xx move the dialog gauge draining waits on. Responses that are dropped never
+    /// do, so a client cannot talk a drain into ending early.
+    fn count_dialogs(&mut self, m: &Message, from_backend: Option<usize>) {
         let (Some(code), Some((_, _, method))) = (m.status(), m.cseq) else {
             return;
         };

@@ -117,26 +117,31 @@ fn pop_via_from_a_multi_value_line_and_a_whole_line() {
 }
 
 #[test]
-fn missing_max_forwards_is_added_and_received_only_when_needed() {
+fn missing_max_forwards_is_added_and_received_always_tells_the_truth() {
     let buf =
         crlf("OPTIONS sip:x SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.7:5061;branch=z9hG4bK1\nContent-Length: 0\n\n");
     let m = Message::parse(&buf).unwrap();
     let mut rw = Rewrite::new();
     rw.set_max_forwards(&m, 70).unwrap();
-    // Same address and no rport: RFC 3261 §18.2.1 adds nothing.
     rw.via_received(&m, &m.top_via().unwrap(), b"192.0.2.7", 5061)
         .unwrap();
     let out = apply(&rw, &buf);
     assert!(out.contains("Max-Forwards: 70\r\n"), "{out}");
-    assert!(!out.contains("received"), "{out}");
-    // IPv6 sent-by compared without brackets.
-    let buf =
-        crlf("OPTIONS sip:x SIP/2.0\nVia: SIP/2.0/TLS [2001:db8::1];branch=z9hG4bK1\nContent-Length: 0\n\n");
+    assert!(out.contains("branch=z9hG4bK1;received=192.0.2.7\r\n"), "{out}");
+    // What a client claims about itself is replaced by what siplb saw.
+    let buf = crlf(
+        "OPTIONS sip:x SIP/2.0\nVia: SIP/2.0/TLS h.invalid;received=203.0.113.9;rport=1;branch=z9hG4bK1\nContent-Length: 0\n\n",
+    );
     let m = Message::parse(&buf).unwrap();
     rw.clear();
-    rw.via_received(&m, &m.top_via().unwrap(), b"2001:db8::1", 5061)
+    rw.via_received(&m, &m.top_via().unwrap(), b"2001:db8::1", 40001)
         .unwrap();
-    assert!(rw.is_empty());
+    let out = apply(&rw, &buf);
+    assert!(
+        out.contains("Via: SIP/2.0/TLS h.invalid;received=2001:db8::1;rport=40001;branch=z9hG4bK1\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("203.0.113.9"), "{out}");
 }
 
 #[test]
