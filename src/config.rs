@@ -120,9 +120,15 @@ pub struct RunArgs {
     /// Seconds SIGTERM/SIGINT waits for dialogs in flight to end before siplb exits.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub drain_timeout: u64,
-    /// Largest SIP message accepted; larger ones get 513 and the connection is closed.
+    /// Largest SIP message accepted from a client; larger ones get 513 and the connection is
+    /// closed.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_message_bytes: usize,
+    /// Largest SIP message accepted from a server (pool and peer connections); a larger one is
+    /// skipped by its Content-Length and answered 513 (the request it answers gets 513 from
+    /// siplb); only bytes that cannot be framed close a server's connection.
+    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    pub max_backend_message_bytes: usize,
     /// Seconds a client may take to finish its TLS handshake.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
@@ -232,6 +238,7 @@ pub struct Config {
     pub health: Policy,
     pub drain_timeout: Duration,
     pub max_message_bytes: usize,
+    pub max_backend_message_bytes: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -240,6 +247,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The size limit for messages from a server or from a client.
+    pub fn message_limit(&self, from_server: bool) -> usize {
+        if from_server {
+            self.max_backend_message_bytes
+        } else {
+            self.max_message_bytes
+        }
+    }
+
     /// The back ends now: the flags, plus the back-ends file read again.
     pub fn current_backends(&self) -> Result<Vec<Backend>, ConfigError> {
         let mut all = self.flag_backends.clone();
@@ -312,6 +328,12 @@ impl RunArgs {
         if !(512..=u32::MAX as usize / 2).contains(&self.max_message_bytes) {
             return Err(flag("--max-message-bytes", "must be between 512 and 2147483647"));
         }
+        if !(512..=u32::MAX as usize / 2).contains(&self.max_backend_message_bytes) {
+            return Err(flag(
+                "--max-backend-message-bytes",
+                "must be between 512 and 2147483647",
+            ));
+        }
         if self.health_interval == 0 {
             return Err(flag("--health-interval", "must be at least 1 second"));
         }
@@ -378,6 +400,7 @@ impl RunArgs {
             },
             drain_timeout: Duration::from_secs(self.drain_timeout),
             max_message_bytes: self.max_message_bytes,
+            max_backend_message_bytes: self.max_backend_message_bytes,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             max_connections: self.max_connections,

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub clients_unverified: u64,
     /// Servers that connected to the peer listener with an accepted certificate.
     pub peer_connections: u64,
+    /// Messages from servers over `--max-backend-message-bytes`, skipped.
+    pub oversized_from_servers: u64,
     pub handoffs: u64,
     pub failovers: u64,
     pub messages: u64,
@@ -140,6 +142,7 @@ impl Metrics {
         add_map(&mut self.handshake_failures, &o.handshake_failures);
         self.clients_verified += o.clients_verified;
         self.peer_connections += o.peer_connections;
+        self.oversized_from_servers += o.oversized_from_servers;
         self.clients_unverified += o.clients_unverified;
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
@@ -286,6 +289,12 @@ impl Metrics {
             "counter",
             "Connections servers opened to the peer listener and that passed the name check",
             vec![(String::new(), self.peer_connections.to_string())],
+        );
+        put(
+            "oversized_server_messages_total",
+            "counter",
+            "Messages from servers over --max-backend-message-bytes, skipped (the connection stays)",
+            vec![(String::new(), self.oversized_from_servers.to_string())],
         );
         let methods = METHODS
             .iter()

@@ -17,7 +17,9 @@ use crate::sip::{Message, Read, Status};
 use crate::tls::stream::TlsStream;
 
 const LISTENER: Token = Token(usize::MAX);
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message the load tools read (siplb passes servers' answers up to its
+/// `--max-backend-message-bytes`).
+const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// What a handler wants written: `(connection, bytes)`.
 #[derive(Default)]
@@ -125,6 +127,11 @@ impl Endpoint {
             c.stream.close();
             let _ = self.poll.registry().deregister(&mut c.stream.sock);
         }
+    }
+
+    /// The local address of a connection (what the far end sees as its source).
+    pub fn local_addr(&self, conn: usize) -> Option<SocketAddr> {
+        self.conns.get(&conn)?.stream.sock.local_addr().ok()
     }
 
     pub fn is_open(&self, conn: usize) -> bool {

@@ -57,6 +57,9 @@ pub struct Faults {
     pub crash_after_ringing: bool,
     /// Leave OPTIONS unanswered (like SIPp's UAS and some B2BUAs); may be switched at run time.
     pub ignore_options: Arc<AtomicBool>,
+    /// Bytes of body added to the 200 for an OPTIONS to a user (a server that says a lot; the
+    /// balancer's own probes, to the server's name, are answered plainly).
+    pub pad_options: usize,
 }
 
 /// What one server saw.
@@ -64,10 +67,16 @@ pub struct Faults {
 pub struct ServerStats {
     /// Call-ID → every request method and response (`200 BYE`) seen for it, in order.
     pub calls: BTreeMap<String, Vec<String>>,
+    /// Call-ID → the last request seen for it, as it arrived (what the server was told).
+    pub last_request: BTreeMap<String, Vec<u8>>,
     pub connections: u64,
 }
 
 impl ServerStats {
+    pub fn last_request(&self, call_id: &str) -> Option<&[u8]> {
+        self.last_request.get(call_id).map(Vec::as_slice)
+    }
+
     pub fn saw(&self, call_id: &str, what: &str) -> bool {
         self.calls
             .get(call_id)
@@ -276,6 +285,13 @@ impl Uas {
                     ));
                 }
             }
+            Method::Options
+                if self.opts.faults.pad_options > 0
+                    && m.request_uri().and_then(|u| Uri::parse(u).ok()?.user).is_some() =>
+            {
+                let pad = msg::with_body("text/plain", &"p".repeat(self.opts.faults.pad_options));
+                out.send(conn, msg::response(m, 200, "OK", None, false, &pad));
+            }
             _ => out.send(conn, reply(200, "OK")),
         }
     }
@@ -386,6 +402,11 @@ impl Handler for Uas {
             _ => "?".into(),
         };
         self.record(&call_id, what);
+        if m.is_request()
+            && let Ok(mut s) = self.stats.lock()
+        {
+            s.last_request.insert(call_id.clone(), m.buf.to_vec());
+        }
         if self.opts.silent {
             return;
         }

@@ -115,6 +115,7 @@ impl Worker {
             opened: now,
             last_active: now,
             dirty: false,
+            skip: 0,
         };
         if let Err(e) = self
             .poll

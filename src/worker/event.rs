@@ -236,7 +236,8 @@ impl Worker {
     /// buffers past the cap nor starves the others; the backlog also keeps edge-triggered readiness
     /// correct (no new event comes for data already waiting). False if the connection is gone.
     fn read_rounds(&mut self, slot: usize) -> bool {
-        let cap = self.shared.cfg.max_message_bytes + READ_SLACK;
+        let server = self.slots.get(slot).is_some_and(|c| c.kind.is_server());
+        let cap = self.shared.cfg.message_limit(server) + READ_SLACK;
         for _ in 0..READ_ROUNDS {
             let Some(c) = self.slots.get_mut(slot) else {
                 return false;
@@ -280,8 +281,11 @@ impl Worker {
         // buffer: move the buffer out (a pointer move, not a copy) and put it back after.
         let rbuf = std::mem::take(&mut c.stream.rbuf);
         let buf = rbuf.filled();
-        let max = self.shared.cfg.max_message_bytes;
-        let mut pos = 0;
+        let server = c.kind.is_server();
+        let max = self.shared.cfg.message_limit(server);
+        // The rest of an oversized message from a server, skipped by its Content-Length.
+        let mut pos = c.skip.min(buf.len());
+        c.skip -= pos;
         loop {
             match crate::sip::read(&buf[pos..], max) {
                 Read::Message(f, m) => {
@@ -306,9 +310,25 @@ impl Worker {
                 Read::Other(Status::Complete(_)) => {
                     unreachable!("read() returns complete messages as Message")
                 }
+                Read::Other(Status::Invalid(FrameError::Oversized { skip, head, len, .. })) if server => {
+                    let msg = &buf[pos + skip..];
+                    self.oversized_from_server(slot, &msg[..head]);
+                    let whole = skip + len;
+                    let here = buf.len() - pos;
+                    if whole <= here {
+                        pos += whole;
+                        continue;
+                    }
+                    if let Some(c) = self.slots.get_mut(slot) {
+                        c.skip = whole - here;
+                    }
+                    pos = buf.len();
+                    break;
+                }
                 Read::Other(Status::Invalid(e)) => {
                     let rest = &buf[pos..];
-                    if matches!(e, FrameError::TooLarge { .. }) && is_request(rest) {
+                    let too_large = matches!(e, FrameError::TooLarge { .. } | FrameError::Oversized { .. });
+                    if too_large && is_request(rest) {
                         self.answer(
                             slot,
                             &rest[..rest.len().min(max)],
@@ -334,6 +354,22 @@ impl Worker {
         if let Some(c) = self.slots.get_mut(slot) {
             c.stream.rbuf = rbuf;
             c.stream.consume(pos);
+        }
+    }
+
+    /// A server sent a message over `--max-backend-message-bytes` (`head` is its header block):
+    /// it is skipped, not the connection. A request gets 513 back; a response becomes a 513 for
+    /// the client whose request it answers, routed like the server's own answer would have been.
+    fn oversized_from_server(&mut self, slot: usize, head: &[u8]) {
+        self.m.oversized_from_servers += 1;
+        if is_request(head) {
+            self.answer(slot, head, 513, "Message Too Large", Extra::default());
+            return;
+        }
+        let mut synthetic = Vec::with_capacity(head.len() + 64);
+        write_response(head, 513, "Message Too Large", Extra::default(), &mut synthetic);
+        if let Read::Message(_, m) = crate::sip::read(&synthetic, usize::MAX) {
+            self.route(slot, &m);
         }
     }
 

@@ -72,6 +72,8 @@ pub struct Conn {
     pub last_active: Instant,
     /// Already in the worker's list of connections to flush this turn.
     pub dirty: bool,
+    /// Bytes of an oversized message from a server still to skip.
+    pub skip: usize,
 }
 
 struct Entry {

@@ -1,0 +1,194 @@
+//! End to end: the trust boundary inside SIP, played by an attacker with an ordinary TLS client.
+//! A client cannot answer in a server's place by replaying siplb's Via, cannot take a server out
+//! by making its answers too large, and cannot tell the servers a false address.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use siplb::load::msg;
+use siplb::load::server::Faults;
+use siplb::sip::{Message, Method};
+
+/// An OPTIONS of about 60 KB: four 15 KB Via lines under the client's own.
+fn fat_options(call_id: &str) -> Vec<u8> {
+    let pad = "v".repeat(15_000);
+    let mut vias = String::new();
+    for i in 0..4 {
+        vias.push_str(&format!(
+            "Via: SIP/2.0/TLS hop{i}.invalid;branch=z9hG4bKhop{i};pad={pad}\r\n"
+        ));
+    }
+    format!(
+        "OPTIONS sip:service@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS fat.invalid;branch=z9hG4bK{call_id}\r\n{vias}\
+Max-Forwards: 70\r\nFrom: <sip:fat@client.invalid>;tag=f1\r\nTo: <sip:service@pool.test>\r\n\
+Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn padded_backend(pki: &Pki) -> siplb::load::server::ServerHandle {
+    let name = backend_name(0);
+    start_backend_at(
+        pki,
+        &name,
+        pki.identity(&[&name]),
+        Backends::n(1),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+        Faults {
+            pad_options: 70_000,
+            ..Faults::default()
+        },
+    )
+}
+
+#[test]
+fn a_client_cannot_take_a_server_out_with_answers_too_large_for_it() {
+    let pki = Pki::new();
+    let server = padded_backend(&pki);
+    // The server's answer (the client's 60 KB of Via plus 70 KB of its own) is over the client
+    // limit but within the server one: it reaches the client, the pool connection stays.
+    let lb = start_balancer(&pki, std::slice::from_ref(&server), 1, &[]);
+    let mut c = TestClient::connect(&pki, &lb);
+    for i in 0..3 {
+        let id = format!("fat-{i}");
+        c.send(&fat_options(&id));
+        let ok = c.wait_for("200 OPTIONS", |m| {
+            is_response(m, 200, Method::Options) && m.call_id() == Some(id.as_bytes())
+        });
+        assert!(
+            ok.len() > 65_536,
+            "the whole answer came through ({} bytes)",
+            ok.len()
+        );
+    }
+    let report = run_calls(call_opts(&pki, &lb, 20));
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    let m = metrics_when(&lb, |m| m.backend(&server.name).is_some());
+    let b = m.backend(&server.name).expect("back end");
+    assert!(
+        b.up && b.failures.is_empty(),
+        "the pool connection was never lost: {b:?}"
+    );
+    lb.shutdown();
+
+    // With a server limit below that answer: the answer is skipped by its Content-Length (it
+    // arrives over several reads), the client gets 513 for its request, and the connection
+    // stays.
+    let lb = start_balancer(
+        &pki,
+        std::slice::from_ref(&server),
+        1,
+        &["--max-backend-message-bytes".into(), "65536".into()],
+    );
+    let mut c = TestClient::connect(&pki, &lb);
+    c.send(&fat_options("fat-skipped"));
+    let too_large = c.wait_for("513 OPTIONS", |m| is_response(m, 513, Method::Options));
+    let r = Message::parse(&too_large).expect("513 parses");
+    assert_eq!(r.call_id(), Some(&b"fat-skipped"[..]));
+    let report = run_calls(call_opts(&pki, &lb, 20));
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    let m = metrics_when(&lb, |m| m.oversized_from_servers == 1);
+    assert_eq!(m.oversized_from_servers, 1);
+    let b = m.backend(&server.name).expect("back end");
+    assert!(
+        b.up && b.failures.is_empty(),
+        "the pool connection was never lost: {b:?}"
+    );
+    lb.shutdown();
+}
+
+#[test]
+fn a_client_replaying_siplbs_via_cannot_answer_in_the_servers_place() {
+    let pki = Pki::new();
+    // A server that rings until CANCEL: the INVITE's Via stays in flight.
+    let servers = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(&pki, &servers, 1, &[]);
+    let mut victim = TestClient::connect(&pki, &lb);
+    let mut d = new_dialog("victim-call", "sip:hold-victim@pool.test");
+    victim.send(&d.request("INVITE", None, None, ""));
+    victim.wait_for("180", |m| is_response(m, 180, Method::Invite));
+    // What the attacker learned (from a log, a proxying back end): siplb's Via on the INVITE as
+    // the server got it.
+    let seen = servers[0].snapshot();
+    assert!(seen.saw("victim-call", "INVITE"));
+    let our_via = seen
+        .last_request("victim-call")
+        .and_then(|r| {
+            let m = Message::parse(r).ok()?;
+            msg::values(&m, siplb::sip::header::Name::Via).first().cloned()
+        })
+        .expect("the server kept the INVITE");
+    assert!(our_via.contains("branch=z9hG4bK"), "{our_via}");
+    let mut attacker = TestClient::connect(&pki, &lb);
+    let forged = format!(
+        "SIP/2.0 200 OK\r\nVia: {our_via}\r\nVia: SIP/2.0/TLS client.invalid;branch=z9hG4bKx\r\n\
+From: {}\r\nTo: <sip:hold-victim@pool.test>;tag=evil\r\nCall-ID: victim-call\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:evil@attacker.invalid;transport=tls>\r\nContent-Length: 0\r\n\r\n",
+        d.local
+    );
+    attacker.send(forged.as_bytes());
+    for _ in 0..20 {
+        attacker
+            .ep
+            .turn(&mut attacker.inbox, Duration::from_millis(10))
+            .expect("turn");
+    }
+    let m = metrics_when(&lb, |m| m.dropped_responses >= 1);
+    assert!(m.dropped_responses >= 1, "the forged answer was not dropped");
+    // The victim never sees it; a CANCEL still ends the real call.
+    std::thread::sleep(Duration::from_millis(300));
+    victim
+        .ep
+        .turn(&mut victim.inbox, Duration::from_millis(50))
+        .expect("turn");
+    assert!(
+        !victim
+            .inbox
+            .messages
+            .iter()
+            .any(|b| String::from_utf8_lossy(b).contains("tag=evil")),
+        "the forged 200 reached the victim"
+    );
+    lb.shutdown();
+}
+
+#[test]
+fn what_a_client_says_about_its_address_is_replaced_by_what_siplb_saw() {
+    let pki = Pki::new();
+    let servers = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(&pki, &servers, 1, &[]);
+    let mut c = TestClient::connect(&pki, &lb);
+    let liar = "OPTIONS sip:service@pool.test SIP/2.0\r\n\
+Via: SIP/2.0/TLS liar.invalid;received=203.0.113.9;rport=1;branch=z9hG4bKliar\r\n\
+Max-Forwards: 70\r\nFrom: <sip:liar@client.invalid>;tag=l1\r\nTo: <sip:service@pool.test>\r\n\
+Call-ID: liar\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    c.send(liar.as_bytes());
+    c.wait_for("200 OPTIONS", |m| is_response(m, 200, Method::Options));
+    let got = servers[0].snapshot();
+    let text = String::from_utf8_lossy(got.last_request("liar").expect("the server got it")).into_owned();
+    let port = c.ep.local_addr(c.conn).expect("local address").port();
+    assert!(
+        text.contains(&format!(
+            "liar.invalid;received=127.0.0.1;rport={port};branch=z9hG4bKliar"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("203.0.113.9"), "{text}");
+    // A NUL in a header: 400 naming it, nothing forwarded.
+    c.send(
+        liar.replace("Call-ID: liar", "Call-ID: nul")
+            .replace("Max-Forwards: 70", "Max-Forwards: 70\r\nX-Evil: a\0b")
+            .as_bytes(),
+    );
+    let bad = c.wait_for("400", |m| m.status() == Some(400));
+    assert!(
+        String::from_utf8_lossy(&bad).contains("Control Character In Header X-Evil"),
+        "{}",
+        String::from_utf8_lossy(&bad)
+    );
+    assert!(servers[0].snapshot().last_request("nul").is_none());
+    lb.shutdown();
+}
