@@ -129,13 +129,18 @@ pub struct RunArgs {
     /// siplb); only bytes that cannot be framed close a server's connection.
     #[arg(long, value_name = "N", default_value_t = 262_144)]
     pub max_backend_message_bytes: usize,
-    /// Seconds a client may take to finish its TLS handshake.
+    /// Seconds a connection (client, peer or pool) may take to finish its TLS handshake.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
-    /// Seconds of silence after which a client connection is closed (keep-alives count).
+    /// Seconds a message may take to arrive whole once its first byte has (Kamailio's
+    /// tcp_msg_read_timeout); a peer that is slower loses its connection.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub message_timeout: u64,
+    /// Seconds of silence after which a connection is closed (keep-alives count; a pool
+    /// connection is then opened again).
     #[arg(long, value_name = "SECS", default_value_t = 180)]
     pub idle_timeout: u64,
-    /// Client connections open at once, over all workers.
+    /// Connections open at once over all workers: clients, and servers on the peer listener.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Serve Prometheus metrics over HTTP at ADDR, path /metrics.
@@ -240,6 +245,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_backend_message_bytes: usize,
     pub handshake_timeout: Duration,
+    pub message_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -343,6 +349,9 @@ impl RunArgs {
                 "must be between 0.01 and 3600 seconds",
             ));
         }
+        if self.message_timeout == 0 {
+            return Err(flag("--message-timeout", "must be at least 1 second"));
+        }
         if self.health_rise == 0 {
             return Err(flag("--health-rise", "must be at least 1"));
         }
@@ -402,6 +411,7 @@ impl RunArgs {
             max_message_bytes: self.max_message_bytes,
             max_backend_message_bytes: self.max_backend_message_bytes,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            message_timeout: Duration::from_secs(self.message_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,

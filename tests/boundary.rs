@@ -192,3 +192,57 @@ Call-ID: liar\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     assert!(servers[0].snapshot().last_request("nul").is_none());
     lb.shutdown();
 }
+
+#[test]
+fn a_client_dripping_a_message_loses_its_connection_whatever_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let servers = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(
+        &pki,
+        &servers,
+        1,
+        &[
+            "--message-timeout".into(),
+            "1".into(),
+            "--idle-timeout".into(),
+            "600".into(),
+        ],
+    );
+    let mut s = tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME).expect("connects");
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let text =
+        b"OPTIONS sip:service@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS drip.invalid;branch=z9hG4bKdrip\r\n";
+    let mut closed = false;
+    // One byte every 200 ms: 'active' all along, never a whole message.
+    for &b in text.iter().cycle().take(100) {
+        if s.write_all(&[b]).and_then(|_| s.flush()).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "a dripping client kept its connection for 20 s");
+    // Others are served as usual.
+    let report = run_calls(call_opts(&pki, &lb, 20));
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    lb.shutdown();
+}

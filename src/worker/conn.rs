@@ -26,25 +26,14 @@ impl Worker {
                     return;
                 }
             };
-            if !self.admit_ip(peer.ip()) {
-                *self.m.refused.entry("max-connections-per-ip".into()).or_default() += 1;
-                tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
-                continue;
-            }
-            let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
-            if open >= self.shared.cfg.max_connections {
-                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                self.release_ip(peer.ip());
-                *self.m.refused.entry("max-connections".into()).or_default() += 1;
-                tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
+            if !self.admit(peer) {
                 continue;
             }
             self.m.accepted += 1;
             let tls = match ServerConnection::new(Arc::clone(&self.rt.tls.front)) {
                 Ok(t) => Connection::Server(t),
                 Err(e) => {
-                    self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                    self.release_ip(peer.ip());
+                    self.unadmit(peer);
                     tracing::warn!(%peer, error = %e, "cannot start TLS");
                     continue;
                 }
@@ -69,11 +58,18 @@ impl Worker {
                     return;
                 }
             };
+            // Servers' connections count against the same caps as clients'.
+            if !self.admit(peer) {
+                continue;
+            }
             match ServerConnection::new(Arc::clone(&peer_tls)) {
                 Ok(t) => {
                     self.add_conn(sock, peer, Connection::Server(t), Kind::Peer(None));
                 }
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot start TLS"),
+                Err(e) => {
+                    self.unadmit(peer);
+                    tracing::warn!(%peer, error = %e, "cannot start TLS");
+                }
             }
         }
     }
@@ -116,6 +112,7 @@ impl Worker {
             last_active: now,
             dirty: false,
             skip: 0,
+            partial_since: None,
         };
         if let Err(e) = self
             .poll
@@ -123,9 +120,8 @@ impl Worker {
             .register(&mut conn.stream.sock, Token(slot), interest)
         {
             tracing::warn!(%peer, error = %e, "cannot register connection");
-            if kind == Kind::Client {
-                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                self.release_ip(peer.ip());
+            if !matches!(kind, Kind::Backend(_)) {
+                self.unadmit(peer);
             }
             return None;
         }
@@ -217,14 +213,41 @@ impl Worker {
         let _ = self.poll.registry().deregister(&mut c.stream.sock);
         match c.kind {
             Kind::Client => {
-                self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
-                self.release_ip(c.peer.ip());
+                self.unadmit(c.peer);
                 tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
             }
             // Closing our own pool on the way out is not a back end going down.
             Kind::Backend(b) => self.pool_closed(b, slot, why),
-            Kind::Peer(b) => tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed"),
+            Kind::Peer(b) => {
+                self.unadmit(c.peer);
+                tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed")
+            }
         }
+    }
+
+    /// Counts an accepted connection (client or peer) against `--max-connections-per-ip` and
+    /// `--max-connections`; false (and counted as a refusal) if it is over either.
+    fn admit(&mut self, peer: std::net::SocketAddr) -> bool {
+        if !self.admit_ip(peer.ip()) {
+            *self.m.refused.entry("max-connections-per-ip".into()).or_default() += 1;
+            tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
+            return false;
+        }
+        let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.shared.cfg.max_connections {
+            self.unadmit(peer);
+            *self.m.refused.entry("max-connections".into()).or_default() += 1;
+            tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what [`Worker::admit`] counted; every path that ends an admitted connection
+    /// (refusal, setup failure, close) calls it once.
+    fn unadmit(&self, peer: std::net::SocketAddr) {
+        self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+        self.release_ip(peer.ip());
     }
 
     /// Counts a new client against `--max-connections-per-ip`; false if it is over the cap.

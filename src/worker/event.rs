@@ -354,6 +354,12 @@ impl Worker {
         if let Some(c) = self.slots.get_mut(slot) {
             c.stream.rbuf = rbuf;
             c.stream.consume(pos);
+            // A message begun and not finished starts the clock of --message-timeout.
+            c.partial_since = match (c.stream.rbuf.filled().is_empty(), c.partial_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, since) => since,
+            };
         }
     }
 
@@ -434,14 +440,18 @@ impl Worker {
             self.ready = true;
             self.shared.ready.fetch_add(1, Ordering::AcqRel);
         }
-        let (hs, idle) = (self.shared.cfg.handshake_timeout, self.shared.cfg.idle_timeout);
+        let cfg = &self.shared.cfg;
+        let (hs, idle, msg) = (cfg.handshake_timeout, cfg.idle_timeout, cfg.message_timeout);
         for slot in self.slots.occupied() {
             let Some(c) = self.slots.get(slot) else { continue };
-            if c.kind != Kind::Client {
-                continue;
-            }
+            // Every kind of connection: a handshake must finish and a message, once begun, must
+            // be complete in time (a peer dripping a byte at a time is not "active"); silence
+            // ends client and peer connections, and pool connections too (the pool reconnects;
+            // OPTIONS probes keep a healthy one busy).
             if c.stream.is_handshaking() && now.duration_since(c.opened) > hs {
                 self.doomed.push((slot, "handshake timeout"));
+            } else if c.partial_since.is_some_and(|t| now.duration_since(t) > msg) {
+                self.doomed.push((slot, "message timeout"));
             } else if now.duration_since(c.last_active) > idle {
                 self.doomed.push((slot, "idle timeout"));
             }

@@ -116,6 +116,7 @@ pub struct Shared {
     /// Dialogs started (2xx to INVITE) minus dialogs ended (2xx to BYE) — what draining waits for.
     pub active_dialogs: AtomicI64,
     pub ready: AtomicUsize,
+    /// Connections open on the front and peer listeners (what `--max-connections` caps).
     pub clients_open: AtomicUsize,
     /// Open client connections per source address (only with `--max-connections-per-ip`);
     /// touched on accept and close, never per message.

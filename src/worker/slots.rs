@@ -74,6 +74,8 @@ pub struct Conn {
     pub dirty: bool,
     /// Bytes of an oversized message from a server still to skip.
     pub skip: usize,
+    /// Since when part of a message has waited in the read buffer.
+    pub partial_since: Option<Instant>,
 }
 
 struct Entry {
