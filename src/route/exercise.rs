@@ -84,7 +84,22 @@ pub fn exercise(data: &[u8]) {
                 );
                 rw.write_to(m.buf, &mut fwd);
             }
-            Decision::ToConnection { .. } => {
+            Decision::ToConnection { to, request } => {
+                // The direction rules: a server's request goes to a client; a response goes to
+                // the other side from the one it came from, never back to its own side.
+                assert_eq!(request, m.is_request());
+                if request {
+                    assert!(
+                        from_server && to.role.names_client(),
+                        "a client's request went to a connection"
+                    );
+                } else {
+                    assert_eq!(
+                        to.role.names_client(),
+                        from_server,
+                        "a response went back to its own side"
+                    );
+                }
                 rw.write_to(m.buf, &mut fwd);
                 continue;
             }

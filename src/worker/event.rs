@@ -51,6 +51,8 @@ pub struct Worker {
     /// what this worker counts per back end.
     pub(super) pool: Pool,
     pub(super) actions: Vec<Action>,
+    /// A random secret in this worker's probes, so no answer but a real one counts.
+    pub(super) probe_secret: u64,
     pub(super) counters: Vec<Counters>,
     pub(super) rw: Rewrite,
     pub(super) tokens: TokenCache,
@@ -105,6 +107,12 @@ impl Worker {
             slots: Slots::default(),
             pool,
             actions: Vec::new(),
+            probe_secret: {
+                let mut b = [0u8; 8];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                    .map_err(|_| std::io::Error::other("the system random generator failed"))?;
+                u64::from_le_bytes(b)
+            },
             counters,
             rw: Rewrite::new(),
             tokens: TokenCache::new(),

@@ -90,19 +90,27 @@ impl Worker {
     }
 
     /// An OPTIONS a stock registrar answers: Request-URI the back end's own NAME (no user part),
-    /// From siplb. Its Call-ID and branch carry the worker, back end and sequence number, so the
-    /// answer is matched to the probe and the connection it left on.
+    /// From siplb. Its Call-ID and branch carry a secret of this worker (random at start) after
+    /// the worker, back end and sequence number, so only the answer to this very probe, on the
+    /// connection it left on, counts.
     fn send_probe(&mut self, b: usize, conn: ConnId, seq: u32) {
         let adv = self.shared.server_advertise();
         let host = &self.shared.adv_host;
         let name = &self.rt.backends[b].name;
         let id = self.id;
+        let secret = self.probe_secret;
         let probe = format!(
-            "OPTIONS sip:{name} SIP/2.0\r\nVia: SIP/2.0/TLS {adv};branch=z9hG4bK-siplb-probe-{id}-{b}-{seq}\r\n\
+            "OPTIONS sip:{name} SIP/2.0\r\nVia: SIP/2.0/TLS {adv};branch=z9hG4bK-siplb-probe-{secret:016x}-{seq}\r\n\
              Max-Forwards: 70\r\nFrom: <sip:siplb@{host}>;tag=siplb-probe-{id}\r\nTo: <sip:{name}>\r\n\
-             Call-ID: siplb-probe-{id}-{b}-{seq}@{host}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+             Call-ID: siplb-probe-{id}-{b}-{seq}-{secret:016x}@{host}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
         );
         self.send_raw(conn, probe.as_bytes());
+    }
+
+    /// Whether `call_id` is that of this worker's probe `seq` to back end `b`.
+    fn is_our_probe(&self, call_id: &[u8], b: usize, seq: u32) -> bool {
+        let want = format!("siplb-probe-{}-{b}-{seq}-{:016x}@", self.id, self.probe_secret);
+        call_id.starts_with(want.as_bytes())
     }
 
     /// A pool connection finished our side of its handshake.
@@ -133,7 +141,9 @@ impl Worker {
         if !m.call_id().is_some_and(|c| c.starts_with(PROBE_PREFIX)) {
             return false;
         }
-        if let (Some(code), Some((_, seq, _))) = (m.status(), m.cseq) {
+        if let (Some(code), Some((_, seq, _)), Some(call_id)) = (m.status(), m.cseq, m.call_id())
+            && self.is_our_probe(call_id, b, seq)
+        {
             self.pool_event(|p, acts| {
                 p.probe_answer(b, slot, seq, code, Instant::now(), acts);
             });
