@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// (repeatable).
     #[arg(long = "crl", value_name = "PEM")]
     pub crl: Vec<PathBuf>,
+    /// Refuse certificates whose CA published no CRL among the --crl files (by default a CRL
+    /// applies to the chains of the CA that issued it, and chains of other CAs pass).
+    #[arg(long)]
+    pub crl_required: bool,
     /// Back end: NAME=HOST:PORT[,weight=W]; NAME must be in the server's certificate (repeatable).
     #[arg(long = "backend", value_name = "NAME=HOST:PORT[,weight=W]")]
     pub backend: Vec<String>,
@@ -386,6 +390,7 @@ impl RunArgs {
                 client_ca: self.client_ca,
                 require_client_cert: self.require_client_cert,
                 crls: self.crl,
+                crl_required: self.crl_required,
                 backend_ca,
                 peer: self.peer_listen.is_some(),
             },

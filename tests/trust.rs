@@ -214,3 +214,54 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem).expect("pem").to_vec()
 }
+
+/// A client CA with a CRL and a pool CA without one: each CRL applies to its own CA's chains.
+#[test]
+fn crls_apply_to_their_own_ca_and_others_pass_unless_required() {
+    let pki = Pki::new();
+    let clients = Ca::new("client CA").expect("CA");
+    let clients_pem = pki.dir.path().join("clients.pem");
+    clients.write_pem(&clients_pem).expect("write");
+    let good = clients.issue(&["alice.clients.test"]).expect("leaf");
+    let bad = clients.issue(&["mallory.clients.test"]).expect("leaf");
+    let crl = pki.dir.path().join("clients.crl.pem");
+    clients.write_crl(&crl, &[bad.serial]).expect("crl");
+    let roots = || tls::roots_from_pem(pki.ca.pem()).expect("roots");
+    let as_client = |leaf: &siplb::certs::Leaf| {
+        tls::client_config(roots(), Some(&identity(leaf))).expect("client config")
+    };
+    let backends = start_backends(&pki, Backends::n(2), None);
+    let flags = |required: bool| {
+        let mut f: Vec<String> = vec![
+            "--client-ca".into(),
+            clients_pem.display().to_string(),
+            "--require-client-cert".into(),
+            "--crl".into(),
+            crl.display().to_string(),
+        ];
+        if required {
+            f.push("--crl-required".into());
+        }
+        f
+    };
+    let lb = start_balancer(&pki, &backends, 1, &flags(false));
+    let m = metrics_when(&lb, |m| m.backends.len() == 2 && m.backends.iter().all(|b| b.up));
+    assert!(
+        m.backends.iter().all(|b| b.up),
+        "the pool CA has no CRL: {:?}",
+        m.backends
+    );
+    assert!(options_answered(&lb, as_client(&good), LB_NAME));
+    assert!(
+        !options_answered(&lb, as_client(&bad), LB_NAME),
+        "a revoked client got in"
+    );
+    lb.shutdown();
+    // Asked for: a chain whose CA published no CRL is refused (the pool's here).
+    let lb = start_balancer(&pki, &backends, 1, &flags(true));
+    let m = metrics_when(&lb, |m| {
+        m.backends.len() == 2 && m.backends.iter().any(|b| !b.failures.is_empty())
+    });
+    assert!(m.backends.iter().all(|b| !b.up), "{:?}", m.backends);
+    lb.shutdown();
+}

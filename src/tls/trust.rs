@@ -31,6 +31,9 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
     pub require_client_cert: bool,
     pub crls: Vec<PathBuf>,
+    /// Refuse a chain whose CA published none of the CRLs (`--crl-required`); by default a CRL
+    /// applies to the chains its issuer signed and other chains pass.
+    pub crl_required: bool,
     pub backend_ca: PathBuf,
     pub backend_cert: PathBuf,
     pub backend_key: PathBuf,
@@ -88,6 +91,21 @@ fn certified(id: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(ck))
 }
 
+/// The CRLs on a client-certificate verifier: each applies to the chains of the CA that issued
+/// it; a chain whose CA published no CRL passes unless `required`.
+fn client_revocation(
+    b: rustls::server::ClientCertVerifierBuilder,
+    crls: &[CertificateRevocationListDer<'static>],
+    required: bool,
+) -> rustls::server::ClientCertVerifierBuilder {
+    let b = b.with_crls(crls.iter().cloned());
+    if required {
+        b
+    } else {
+        b.allow_unknown_revocation_status()
+    }
+}
+
 /// Builds every configuration from `files`; `backend_names` are the NAMEs the peer listener
 /// accepts.
 pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsError> {
@@ -107,11 +125,13 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
     let mut client_verifier = None;
     let mut front = match &files.client_ca {
         Some(ca) => {
-            let strict: Arc<dyn ClientCertVerifier> =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider())
-                    .with_crls(crls.clone())
-                    .build()
-                    .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+            let strict: Arc<dyn ClientCertVerifier> = client_revocation(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider()),
+                &crls,
+                files.crl_required,
+            )
+            .build()
+            .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
             client_verifier = Some(Arc::clone(&strict));
             let v: Arc<dyn ClientCertVerifier> = if files.require_client_cert {
                 strict
@@ -129,8 +149,12 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
 
     let roots = Arc::new(load_roots(&files.backend_ca)?);
     let back_id = Identity::load(&files.backend_cert, &files.backend_key)?;
-    let server_verifier = WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
-        .with_crls(crls.clone())
+    let mut server_verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider()).with_crls(crls.clone());
+    if !files.crl_required {
+        server_verifier = server_verifier.allow_unknown_revocation_status();
+    }
+    let server_verifier = server_verifier
         .build()
         .map_err(|e| TlsError::Config(format!("{}: {e}", files.backend_ca.display())))?;
     let backend = ClientConfig::builder_with_provider(provider())
@@ -141,10 +165,13 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
         .map_err(config_err)?;
 
     let peer = if files.peer {
-        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
-            .with_crls(crls)
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let inner = client_revocation(
+            WebPkiClientVerifier::builder_with_provider(roots, provider()),
+            &crls,
+            files.crl_required,
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
         let verifier = Arc::new(PolicyVerifier {
             inner,
             policy: Policy::NamedBackends(backend_names.to_vec()),
