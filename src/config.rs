@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// siplb); only bytes that cannot be framed close a server's connection.
     #[arg(long, value_name = "N", default_value_t = 262_144)]
     pub max_backend_message_bytes: usize,
+    /// Bytes of output a worker may hold for connections that do not read fast enough; past it
+    /// the connection holding the most is closed.
+    #[arg(long, value_name = "N", default_value_t = 64 << 20)]
+    pub max_output_bytes: usize,
     /// Seconds a connection (client, peer or pool) may take to finish its TLS handshake.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
@@ -248,6 +252,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub max_message_bytes: usize,
     pub max_backend_message_bytes: usize,
+    pub max_output_bytes: usize,
     pub handshake_timeout: Duration,
     pub message_timeout: Duration,
     pub idle_timeout: Duration,
@@ -415,6 +420,7 @@ impl RunArgs {
             drain_timeout: Duration::from_secs(self.drain_timeout),
             max_message_bytes: self.max_message_bytes,
             max_backend_message_bytes: self.max_backend_message_bytes,
+            max_output_bytes: self.max_output_bytes,
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             message_timeout: Duration::from_secs(self.message_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),

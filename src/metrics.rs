@@ -91,6 +91,8 @@ pub struct Metrics {
     pub peer_connections: u64,
     /// Messages from servers over `--max-backend-message-bytes`, skipped.
     pub oversized_from_servers: u64,
+    /// Connections closed because the worker's queued output passed `--max-output-bytes`.
+    pub output_budget_closes: u64,
     pub handoffs: u64,
     pub failovers: u64,
     pub messages: u64,
@@ -143,6 +145,7 @@ impl Metrics {
         self.clients_verified += o.clients_verified;
         self.peer_connections += o.peer_connections;
         self.oversized_from_servers += o.oversized_from_servers;
+        self.output_budget_closes += o.output_budget_closes;
         self.clients_unverified += o.clients_unverified;
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
@@ -295,6 +298,12 @@ impl Metrics {
             "counter",
             "Messages from servers over --max-backend-message-bytes, skipped (the connection stays)",
             vec![(String::new(), self.oversized_from_servers.to_string())],
+        );
+        put(
+            "output_budget_closes_total",
+            "counter",
+            "Connections closed because their worker's queued output passed --max-output-bytes",
+            vec![(String::new(), self.output_budget_closes.to_string())],
         );
         let methods = METHODS
             .iter()

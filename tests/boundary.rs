@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use siplb::load::caller::CallOpts;
 use siplb::load::msg;
 use siplb::load::server::Faults;
 use siplb::sip::{Message, Method};
@@ -244,5 +245,168 @@ fn a_client_dripping_a_message_loses_its_connection_whatever_the_idle_timeout() 
     // Others are served as usual.
     let report = run_calls(call_opts(&pki, &lb, 20));
     assert_eq!(report.failed, 0, "{}", report.summary());
+    lb.shutdown();
+}
+
+/// This process's resident memory, in bytes (the balancer runs in it).
+fn rss() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn one_attacker_among_fifty_clients_costs_the_others_nothing() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pki = Pki::new();
+    let servers: Vec<_> = (0..3)
+        .map(|i| {
+            let name = backend_name(i);
+            start_backend_at(
+                &pki,
+                &name,
+                pki.identity(&[&name]),
+                Backends::n(1),
+                None,
+                "127.0.0.1:0".parse().expect("addr"),
+                Faults {
+                    pad_options: 70_000,
+                    ..Faults::default()
+                },
+            )
+        })
+        .collect();
+    let lb = start_balancer(
+        &pki,
+        &servers,
+        2,
+        &[
+            "--message-timeout".into(),
+            "1".into(),
+            "--max-output-bytes".into(),
+            (2 << 20).to_string(),
+        ],
+    );
+    let addr = lb.listen_addrs[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    // Forged Vias and Routes, oversized requests with oversized answers, control bytes,
+    // probe-like Call-IDs: one connection after another, for as long as the calls run.
+    {
+        let (stop, tls) = (Arc::clone(&stop), pki.client_tls(None));
+        attackers.push(std::thread::spawn(move || {
+            let fake_token = "ab".repeat(24);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let Some(mut s) = tls_connect(addr, Arc::clone(&tls), LB_NAME) else {
+                    continue;
+                };
+                n += 1;
+                let forged_via = format!(
+                    "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS {LB_NAME};branch=z9hG4bK{}-{fake_token}\r\n\
+From: <sip:a@x.invalid>;tag=1\r\nTo: <sip:b@pool.test>;tag=2\r\nCall-ID: forged-{n}\r\nCSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n",
+                    "0".repeat(24)
+                );
+                let forged_route = format!(
+                    "BYE sip:b@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS x.invalid;branch=z9hG4bKr{n}\r\n\
+Route: <sip:{LB_NAME};lr;siplb={fake_token}>\r\nMax-Forwards: 70\r\nFrom: <sip:a@x.invalid>;tag=1\r\n\
+To: <sip:b@pool.test>;tag=2\r\nCall-ID: route-{n}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+                );
+                let ctl = forged_route.replace("Max-Forwards: 70", "Max-Forwards: 70\r\nX-Evil: a\u{1}b");
+                let probe_like = forged_route
+                    .replace("BYE sip:b@pool.test", "OPTIONS sip:b0.pool.test")
+                    .replace("2 BYE", "1 OPTIONS")
+                    .replace(
+                        &format!("route-{n}"),
+                        &format!("siplb-probe-0-0-{n}-0000000000000000@x"),
+                    )
+                    .replace(&format!("Route: <sip:{LB_NAME};lr;siplb={fake_token}>\r\n"), "")
+                    .replace(";tag=2", "");
+                let _ = s.write_all(forged_via.as_bytes());
+                let _ = s.write_all(forged_route.as_bytes());
+                let _ = s.write_all(ctl.as_bytes());
+                let _ = s.write_all(probe_like.as_bytes());
+                let _ = s.write_all(&fat_options(&format!("fat-attack-{n}")));
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+            }
+        }));
+    }
+    // A drip: a byte every 200 ms on a fresh connection each time it is cut.
+    {
+        let (stop, tls) = (Arc::clone(&stop), pki.client_tls(None));
+        attackers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let Some(mut s) = tls_connect(addr, Arc::clone(&tls), LB_NAME) else {
+                    continue;
+                };
+                for &b in b"OPTIONS sip:drip@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS"
+                    .iter()
+                    .cycle()
+                {
+                    if stop.load(Ordering::Acquire) || s.write_all(&[b]).and_then(|_| s.flush()).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }));
+    }
+    // A slow reader: asks and asks, never reads.
+    {
+        let (stop, tls) = (Arc::clone(&stop), pki.client_tls(None));
+        attackers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let Some(mut s) = tls_connect(addr, Arc::clone(&tls), LB_NAME) else {
+                    continue;
+                };
+                for i in 0.. {
+                    if stop.load(Ordering::Acquire)
+                        || s.write_all(&fat_options(&format!("greedy-{i}"))).is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    let before = rss();
+    // 49 others: 500 calls over up to 49 connections at once.
+    let report = run_calls(CallOpts {
+        per_call_connection: true,
+        concurrency: 49,
+        rate: 50.0,
+        ..call_opts(&pki, &lb, 500)
+    });
+    let peak = rss();
+    stop.store(true, Ordering::Release);
+    for a in attackers {
+        let _ = a.join();
+    }
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    let m = lb.metrics();
+    for b in &m.backends {
+        assert!(
+            b.up && b.failures.is_empty(),
+            "a client took a back end out: {b:?}"
+        );
+    }
+    assert!(m.dropped_responses > 0, "the forged answers were dropped");
+    // The balancer, three back ends, the callers and the attackers share this process: it stays
+    // under 512 MiB whatever the attacker does.
+    eprintln!(
+        "RSS {} MiB before the calls, {} MiB at the end",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(peak < 512 << 20, "RSS {} MiB", peak >> 20);
     lb.shutdown();
 }

@@ -62,10 +62,19 @@ const RINGING_FOR: Duration = Duration::from_secs(200);
 /// Timer D: how long a completed transaction is kept for its ACK.
 const COMPLETED_FOR: Duration = Duration::from_secs(32);
 
-/// The INVITEs of one worker.
+/// At most this many INVITEs are remembered per worker; past it an INVITE is routed as usual
+/// but its CANCEL and ACK are hashed and it is not eligible for failover.
+pub const MAX_ENTRIES: usize = 65_536;
+/// At most this many bytes of INVITEs are kept per worker for failover; past it an INVITE is
+/// remembered without its bytes (its CANCEL and ACK still follow it; no retry, no 503 by siplb).
+pub const MAX_BYTES: usize = 32 << 20;
+
+/// The INVITEs of one worker, within [`MAX_ENTRIES`] and [`MAX_BYTES`].
 #[derive(Debug, Default)]
 pub struct Invites {
     map: HashMap<u64, Invite>,
+    /// Bytes of the INVITEs kept, for the budget.
+    bytes: usize,
 }
 
 /// The key: client slot, generation, Call-ID and CSeq number.
@@ -98,8 +107,31 @@ impl Invites {
         self.map.values().filter(|i| i.stage.in_progress()).count()
     }
 
-    pub fn insert(&mut self, inv: Invite) {
-        self.map.insert(key(inv.client, &inv.call_id, inv.cseq), inv);
+    /// Remembers `inv` within the budget; false if the table is full.
+    pub fn insert(&mut self, mut inv: Invite) -> bool {
+        let k = key(inv.client, &inv.call_id, inv.cseq);
+        if self.map.len() >= MAX_ENTRIES && !self.map.contains_key(&k) {
+            return false;
+        }
+        if self.bytes + inv.bytes.len() > MAX_BYTES {
+            inv.bytes = Vec::new();
+        }
+        self.bytes += inv.bytes.len();
+        if let Some(old) = self.map.insert(k, inv) {
+            self.bytes -= old.bytes.len();
+        }
+        true
+    }
+
+    /// Drops the bytes kept for an entry (they are not needed any more).
+    fn forget_bytes(bytes: &mut usize, inv: &mut Invite) {
+        *bytes -= inv.bytes.len();
+        inv.bytes = Vec::new();
+    }
+
+    /// Bytes kept for failover now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn get(&self, client: (u32, u32), call_id: &[u8], cseq: u32) -> Option<&Invite> {
@@ -119,11 +151,13 @@ impl Invites {
             101..=199 => inv.stage = Stage::Ringing,
             200..=299 => {
                 // The ACK of a 2xx is in the dialog, routed by its pin.
-                self.map.remove(&k);
+                if let Some(old) = self.map.remove(&k) {
+                    self.bytes -= old.bytes.len();
+                }
             }
             300.. => {
                 inv.stage = Stage::Completed;
-                inv.bytes = Vec::new();
+                Self::forget_bytes(&mut self.bytes, inv);
                 inv.since = now;
             }
             _ => {}
@@ -138,7 +172,9 @@ impl Invites {
             .filter(|(_, i)| i.conn == conn && i.stage.in_progress())
             .map(|(k, _)| *k)
             .collect();
-        keys.into_iter().filter_map(|k| self.map.remove(&k)).collect()
+        let lost: Vec<Invite> = keys.into_iter().filter_map(|k| self.map.remove(&k)).collect();
+        self.bytes -= lost.iter().map(|i| i.bytes.len()).sum::<usize>();
+        lost
     }
 
     /// A reload moved back ends (`map[old] = new`): entries follow theirs; those of a back end
@@ -156,13 +192,18 @@ impl Invites {
 
     /// Forgets what is over: unanswered, ringing too long, or completed long enough ago.
     pub fn expire(&mut self, now: Instant) {
+        let bytes = &mut self.bytes;
         self.map.retain(|_, i| {
             let limit = match i.stage {
                 Stage::Sent | Stage::Trying => NO_ANSWER_FOR,
                 Stage::Ringing => RINGING_FOR,
                 Stage::Completed | Stage::AnsweredByUs => COMPLETED_FOR,
             };
-            now.duration_since(i.since) < limit
+            let keep = now.duration_since(i.since) < limit;
+            if !keep {
+                *bytes -= i.bytes.len();
+            }
+            keep
         });
     }
 }
@@ -204,9 +245,31 @@ mod tests {
         assert_eq!(t.in_progress(), 0);
         t.expire(now + COMPLETED_FOR);
         assert!(t.is_empty());
+        assert_eq!(t.bytes(), 0);
         t.insert(inv(Stage::Sent));
         t.answered((7, 2), b"c1", 1, 200, now);
         assert!(t.is_empty(), "a 2xx ends it");
+    }
+
+    #[test]
+    fn the_table_keeps_to_its_budget() {
+        let mut t = Invites::default();
+        let big = vec![b'x'; MAX_BYTES / 2 + 1];
+        for n in 0..3u32 {
+            assert!(t.insert(Invite {
+                cseq: n,
+                bytes: big.clone(),
+                ..inv(Stage::Sent)
+            }));
+        }
+        assert!(t.bytes() <= MAX_BYTES, "{}", t.bytes());
+        assert!(
+            t.get((7, 2), b"c1", 2).is_some_and(|i| i.bytes.is_empty()),
+            "kept, without bytes"
+        );
+        let lost = t.lost_on(4);
+        assert_eq!(lost.len(), 3);
+        assert_eq!(t.bytes(), 0);
     }
 
     #[test]

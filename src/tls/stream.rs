@@ -180,6 +180,11 @@ impl TlsStream {
         Ok(())
     }
 
+    /// Plaintext waiting for room in rustls (what a slow reader makes grow).
+    pub fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
         self.write(&[IoSlice::new(bytes)])
     }

@@ -209,6 +209,7 @@ impl Worker {
         let Some(mut c) = self.slots.remove(slot) else {
             return;
         };
+        self.out_queued = self.out_queued.saturating_sub(c.stream.queued());
         c.stream.close();
         let _ = self.poll.registry().deregister(&mut c.stream.sock);
         match c.kind {

@@ -64,6 +64,10 @@ pub struct Worker {
     backlog: Vec<usize>,
     /// Connections to close after the current batch, with why.
     pub(super) doomed: Vec<(usize, &'static str)>,
+    /// Output queued in this worker's streams (bounded by `--max-output-bytes`), and whether a
+    /// connection was already picked to close for it this batch.
+    pub(super) out_queued: usize,
+    shedding: bool,
     /// This worker's counters (published to `Shared::published` by `publish`).
     pub(super) m: Metrics,
     /// Initial INVITEs until their transaction is over (CANCEL / ACK routing, failover).
@@ -120,6 +124,8 @@ impl Worker {
             dirty: Vec::new(),
             backlog: Vec::new(),
             doomed: Vec::new(),
+            out_queued: 0,
+            shedding: false,
             m: Metrics::default(),
             invites: Invites::default(),
             drain_until: None,
@@ -194,11 +200,19 @@ impl Worker {
                 continue;
             };
             c.dirty = false;
-            if let Err(e) = c.stream.flush() {
+            let before = c.stream.queued();
+            let flushed = c.stream.flush();
+            let after = c.stream.queued();
+            if let Err(e) = flushed {
                 tracing::debug!(worker = self.id, slot, error = %e, "write failed");
                 self.doomed.push((slot, "write failed"));
+                self.account(before, after);
                 continue;
             }
+            self.out_queued = (self.out_queued + after).saturating_sub(before);
+            let Some(c) = self.slots.get_mut(slot) else {
+                continue;
+            };
             let want = c.stream.interest();
             if want != c.interest {
                 c.interest = want;
@@ -210,6 +224,27 @@ impl Worker {
         }
         while let Some((slot, why)) = self.doomed.pop() {
             self.close(slot, why);
+        }
+        self.shedding = false;
+    }
+
+    /// Keeps the count of output queued in this worker after a write or flush moved one
+    /// connection's queue from `before` to `after` bytes. Past `--max-output-bytes` the connection
+    /// holding the most is closed: a slow reader loses its own connection, never another's.
+    pub(super) fn account(&mut self, before: usize, after: usize) {
+        self.out_queued = (self.out_queued + after).saturating_sub(before);
+        if self.out_queued <= self.shared.cfg.max_output_bytes || self.shedding {
+            return;
+        }
+        let hog = self
+            .slots
+            .occupied()
+            .into_iter()
+            .max_by_key(|&s| self.slots.get(s).map_or(0, |c| c.stream.queued()));
+        if let Some(slot) = hog {
+            self.shedding = true;
+            self.m.output_budget_closes += 1;
+            self.doomed.push((slot, "output budget"));
         }
     }
 
@@ -403,9 +438,13 @@ impl Worker {
     pub(super) fn send_raw(&mut self, slot: usize, bytes: &[u8]) {
         self.m.bytes_out += bytes.len() as u64;
         if let Some(c) = self.slots.get_mut(slot) {
-            if c.stream.write_all(bytes).is_err() {
+            let before = c.stream.queued();
+            let written = c.stream.write_all(bytes);
+            let after = c.stream.queued();
+            if written.is_err() {
                 self.doomed.push((slot, "peer not reading"));
             }
+            self.account(before, after);
             self.mark_dirty(slot);
         }
     }
@@ -418,6 +457,9 @@ impl Worker {
             bytes,
         }) = self.rx.try_recv()
         {
+            if let Some(q) = self.shared.handoff_bytes.get(usize::from(self.id)) {
+                q.fetch_sub(bytes.len(), Ordering::AcqRel);
+            }
             if to_client
                 && bytes.starts_with(b"SIP/")
                 && !self.invites.is_empty()
@@ -428,9 +470,13 @@ impl Worker {
             let slot = slot as usize;
             match self.slots.get_checked(slot, generation) {
                 Some(c) if c.kind.is_server() != to_client => {
-                    if c.stream.write_all(&bytes).is_err() {
+                    let before = c.stream.queued();
+                    let written = c.stream.write_all(&bytes);
+                    let after = c.stream.queued();
+                    if written.is_err() {
                         self.doomed.push((slot, "peer not reading"));
                     }
+                    self.account(before, after);
                     self.mark_dirty(slot);
                 }
                 _ => {

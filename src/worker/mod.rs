@@ -110,6 +110,8 @@ pub struct Shared {
     /// `host:port` and host servers reach siplb at (with a peer listener).
     pub peer_advertise: Option<(String, String)>,
     pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
+    /// Bytes waiting in each worker's hand-off channel (bounded by [`HANDOFF_BYTES`]).
+    pub handoff_bytes: Vec<AtomicUsize>,
     pub stop: AtomicBool,
     /// SIGTERM: stop accepting, answer new dialogs 503, wait for dialogs in flight.
     pub draining: AtomicBool,
@@ -143,10 +145,16 @@ impl Shared {
     /// Sends `h` to worker `w` and wakes it. A full or closed channel drops the message (the
     /// worker is stopping); SIP over TLS end points recover by their own timers.
     pub fn hand_off(&self, w: usize, h: Handoff) -> bool {
-        let Some((tx, waker)) = self.handoff.get(w) else {
+        let (Some((tx, waker)), Some(queued)) = (self.handoff.get(w), self.handoff_bytes.get(w)) else {
             return false;
         };
+        let n = h.bytes.len();
+        if queued.fetch_add(n, Ordering::AcqRel) + n > HANDOFF_BYTES {
+            queued.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
         if tx.try_send(h).is_err() {
+            queued.fetch_sub(n, Ordering::AcqRel);
             return false;
         }
         let _ = waker.wake();
@@ -164,8 +172,10 @@ pub struct Balancer {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// Capacity of each worker's hand-off channel.
+/// Capacity of each worker's hand-off channel, in messages and in bytes: a worker that falls
+/// behind makes the others drop (and count) what they would hand it, not grow without bound.
 const HANDOFF_QUEUE: usize = 65_536;
+pub const HANDOFF_BYTES: usize = 64 << 20;
 
 impl Balancer {
     /// Loads certificates, binds every listener (port 0 becomes one real port shared by all
@@ -231,6 +241,7 @@ impl Balancer {
             reload_failures: AtomicU64::new(0),
             adv_host,
             peer_advertise,
+            handoff_bytes: (0..cfg.workers).map(|_| AtomicUsize::new(0)).collect(),
             handoff,
             stop: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -162,9 +162,13 @@ impl Worker {
         };
         self.m.bytes_out += self.rw.len(m.buf) as u64;
         let slices = self.rw.slices(m.buf);
-        if c.stream.write(slices.as_slice()).is_err() {
+        let before = c.stream.queued();
+        let written = c.stream.write(slices.as_slice());
+        let after = c.stream.queued();
+        if written.is_err() {
             self.doomed.push((dst, "peer not reading"));
         }
+        self.account(before, after);
         self.mark_dirty(dst);
         true
     }
