@@ -93,6 +93,8 @@ pub struct Metrics {
     pub oversized_from_servers: u64,
     /// Connections closed because the worker's queued output passed `--max-output-bytes`.
     pub output_budget_closes: u64,
+    /// Times a worker stopped reading clients because servers were slow.
+    pub backpressure_pauses: u64,
     pub handoffs: u64,
     pub failovers: u64,
     pub messages: u64,
@@ -146,6 +148,7 @@ impl Metrics {
         self.peer_connections += o.peer_connections;
         self.oversized_from_servers += o.oversized_from_servers;
         self.output_budget_closes += o.output_budget_closes;
+        self.backpressure_pauses += o.backpressure_pauses;
         self.clients_unverified += o.clients_unverified;
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
@@ -304,6 +307,12 @@ impl Metrics {
             "counter",
             "Connections closed because their worker's queued output passed --max-output-bytes",
             vec![(String::new(), self.output_budget_closes.to_string())],
+        );
+        put(
+            "backpressure_pauses_total",
+            "counter",
+            "Times a worker stopped reading clients because servers were slow to take their messages",
+            vec![(String::new(), self.backpressure_pauses.to_string())],
         );
         let methods = METHODS
             .iter()

@@ -410,3 +410,66 @@ To: <sip:b@pool.test>;tag=2\r\nCall-ID: route-{n}\r\nCSeq: 2 BYE\r\nContent-Leng
     assert!(peak < 512 << 20, "RSS {} MiB", peak >> 20);
     lb.shutdown();
 }
+
+#[test]
+fn a_slow_server_gets_backpressure_not_a_closed_connection() {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let faults = Faults::default();
+    let name = backend_name(0);
+    let server = start_backend_at(
+        &pki,
+        &name,
+        pki.identity(&[&name]),
+        Backends::n(1),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+        faults.clone(),
+    );
+    let lb = start_balancer(
+        &pki,
+        std::slice::from_ref(&server),
+        1,
+        &["--health-check".into(), "tls".into()],
+    );
+    // The server stops reading; a client sends 12 MB of requests, far more than the socket
+    // buffers and the 4 MiB a client connection may have queued.
+    faults.stall.store(true, Ordering::Release);
+    let addr = lb.listen_addrs[0];
+    let tls = pki.client_tls(None);
+    let sender = std::thread::spawn(move || {
+        let mut s = tls_connect(addr, tls, LB_NAME).expect("connects");
+        s.sock
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        for i in 0..200 {
+            s.write_all(&fat_options(&format!("flood-{i}")))
+                .expect("siplb takes them, in time");
+        }
+        s
+    });
+    let m = metrics_within(&lb, Duration::from_secs(10), |m| m.backpressure_pauses > 0);
+    assert!(m.backpressure_pauses > 0, "siplb never paused its clients");
+    faults.stall.store(false, Ordering::Release);
+    let _conn = sender.join().expect("sender");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while server
+        .snapshot()
+        .calls
+        .keys()
+        .filter(|k| k.starts_with("flood-"))
+        .count()
+        < 200
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "not every request reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = lb.metrics();
+    let b = m.backend(&name).expect("back end");
+    assert!(b.failures.is_empty(), "the pool connection was closed: {b:?}");
+    lb.shutdown();
+}

@@ -57,6 +57,8 @@ pub struct Faults {
     pub crash_after_ringing: bool,
     /// Leave OPTIONS unanswered (like SIPp's UAS and some B2BUAs); may be switched at run time.
     pub ignore_options: Arc<AtomicBool>,
+    /// Stop reading and answering while set (a server that falls behind).
+    pub stall: Arc<AtomicBool>,
     /// Bytes of body added to the 200 for an OPTIONS to a user (a server that says a lot; the
     /// balancer's own probes, to the server's name, are answered plainly).
     pub pad_options: usize,
@@ -135,6 +137,10 @@ pub fn spawn(opts: ServerOpts) -> std::io::Result<ServerHandle> {
         .name(format!("sipload-{name}"))
         .spawn(move || {
             while !stop2.load(Ordering::Acquire) {
+                if uas.opts.faults.stall.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 if ep.turn(&mut uas, Duration::from_millis(5)).is_err() {
                     break;
                 }

@@ -57,7 +57,7 @@ pub enum StreamError {
     Io(#[from] io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("peer is not reading: more than {MAX_PENDING} bytes queued")]
+    #[error("peer is not reading: more bytes queued than its limit")]
     Backlog,
 }
 
@@ -74,6 +74,8 @@ pub struct TlsStream {
     pub unclean_close: bool,
     /// The last `read` stopped at its limit with data still waiting.
     pub more: bool,
+    /// Most plaintext queued before a write fails with `Backlog` (default [`MAX_PENDING`]).
+    pub max_pending: usize,
 }
 
 impl TlsStream {
@@ -86,6 +88,7 @@ impl TlsStream {
             closed: false,
             unclean_close: false,
             more: false,
+            max_pending: MAX_PENDING,
         }
     }
 
@@ -163,7 +166,7 @@ impl TlsStream {
             done = self.tls.writer().write_vectored(slices)?;
         }
         if done < total {
-            if self.pending.len() + total - done > MAX_PENDING {
+            if self.pending.len() + total - done > self.max_pending {
                 return Err(StreamError::Backlog);
             }
             // Keep the rest, in order, after whatever is already waiting.

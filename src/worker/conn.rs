@@ -97,7 +97,12 @@ impl Worker {
                 Role::ClientVia
             },
         });
-        let stream = TlsStream::new(sock, tls);
+        let mut stream = TlsStream::new(sock, tls);
+        if matches!(kind, Kind::Backend(_)) {
+            // A slow back end is met with backpressure (clients are read no more), not with
+            // closing its connection: its queue is bounded by the worker's output budget.
+            stream.max_pending = self.shared.cfg.max_output_bytes;
+        }
         let interest = stream.interest();
         let now = Instant::now();
         let mut conn = Conn {
@@ -113,6 +118,7 @@ impl Worker {
             dirty: false,
             skip: 0,
             partial_since: None,
+            paused: false,
         };
         if let Err(e) = self
             .poll
@@ -210,6 +216,9 @@ impl Worker {
             return;
         };
         self.out_queued = self.out_queued.saturating_sub(c.stream.queued());
+        if c.kind.is_server() {
+            self.server_queued = self.server_queued.saturating_sub(c.stream.queued());
+        }
         c.stream.close();
         let _ = self.poll.registry().deregister(&mut c.stream.sock);
         match c.kind {

@@ -30,6 +30,10 @@ const READ_ROUNDS: usize = 4;
 pub(super) const SHUTTING_DOWN: &str = "shutting down";
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Output waiting for slow servers above which clients are not read (backpressure), and below
+/// which reading resumes.
+const PAUSE_ABOVE: usize = 1 << 20;
+const RESUME_BELOW: usize = 256 << 10;
 /// How often a worker hands its counters to the metrics reader.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const PEER: Token = Token(usize::MAX - 1);
@@ -68,6 +72,12 @@ pub struct Worker {
     /// connection was already picked to close for it this batch.
     pub(super) out_queued: usize,
     shedding: bool,
+    /// The part of `out_queued` waiting for servers; past [`PAUSE_ABOVE`] clients are not read
+    /// (backpressure) until it falls below [`RESUME_BELOW`].
+    pub(super) server_queued: usize,
+    paused: bool,
+    /// Client connections with data left unread while paused.
+    paused_clients: Vec<usize>,
     /// This worker's counters (published to `Shared::published` by `publish`).
     pub(super) m: Metrics,
     /// Initial INVITEs until their transaction is over (CANCEL / ACK routing, failover).
@@ -126,6 +136,9 @@ impl Worker {
             doomed: Vec::new(),
             out_queued: 0,
             shedding: false,
+            server_queued: 0,
+            paused: false,
+            paused_clients: Vec::new(),
             m: Metrics::default(),
             invites: Invites::default(),
             drain_until: None,
@@ -206,13 +219,16 @@ impl Worker {
             if let Err(e) = flushed {
                 tracing::debug!(worker = self.id, slot, error = %e, "write failed");
                 self.doomed.push((slot, "write failed"));
-                self.account(before, after);
+                self.account(slot, before, after);
                 continue;
             }
             self.out_queued = (self.out_queued + after).saturating_sub(before);
             let Some(c) = self.slots.get_mut(slot) else {
                 continue;
             };
+            if c.kind.is_server() {
+                self.server_queued = (self.server_queued + after).saturating_sub(before);
+            }
             let want = c.stream.interest();
             if want != c.interest {
                 c.interest = want;
@@ -226,20 +242,48 @@ impl Worker {
             self.close(slot, why);
         }
         self.shedding = false;
+        self.backpressure();
+    }
+
+    /// Stops reading clients while servers are slow to take what was read from them, and goes
+    /// back to the clients left unread once they catch up.
+    fn backpressure(&mut self) {
+        if !self.paused && self.server_queued > PAUSE_ABOVE {
+            self.paused = true;
+            self.m.backpressure_pauses += 1;
+            tracing::info!(
+                worker = self.id,
+                queued = self.server_queued,
+                "servers are slow: not reading clients"
+            );
+        } else if self.paused && self.server_queued < RESUME_BELOW {
+            self.paused = false;
+            for slot in std::mem::take(&mut self.paused_clients) {
+                if let Some(c) = self.slots.get_mut(slot) {
+                    c.paused = false;
+                    self.backlog.push(slot);
+                }
+            }
+        }
     }
 
     /// Keeps the count of output queued in this worker after a write or flush moved one
     /// connection's queue from `before` to `after` bytes. Past `--max-output-bytes` the connection
     /// holding the most is closed: a slow reader loses its own connection, never another's.
-    pub(super) fn account(&mut self, before: usize, after: usize) {
+    pub(super) fn account(&mut self, slot: usize, before: usize, after: usize) {
         self.out_queued = (self.out_queued + after).saturating_sub(before);
+        if self.slots.get(slot).is_some_and(|c| c.kind.is_server()) {
+            self.server_queued = (self.server_queued + after).saturating_sub(before);
+        }
         if self.out_queued <= self.shared.cfg.max_output_bytes || self.shedding {
             return;
         }
+        // Servers are met with backpressure, not closed: the hog is the client with the most.
         let hog = self
             .slots
             .occupied()
             .into_iter()
+            .filter(|&s| self.slots.get(s).is_some_and(|c| !c.kind.is_server()))
             .max_by_key(|&s| self.slots.get(s).map_or(0, |c| c.stream.queued()));
         if let Some(slot) = hog {
             self.shedding = true;
@@ -280,6 +324,15 @@ impl Worker {
     /// correct (no new event comes for data already waiting). False if the connection is gone.
     fn read_rounds(&mut self, slot: usize) -> bool {
         let server = self.slots.get(slot).is_some_and(|c| c.kind.is_server());
+        if self.paused && !server {
+            if let Some(c) = self.slots.get_mut(slot)
+                && !c.paused
+            {
+                c.paused = true;
+                self.paused_clients.push(slot);
+            }
+            return self.slots.get(slot).is_some();
+        }
         let cap = self.shared.cfg.message_limit(server) + READ_SLACK;
         for _ in 0..READ_ROUNDS {
             let Some(c) = self.slots.get_mut(slot) else {
@@ -444,7 +497,7 @@ impl Worker {
             if written.is_err() {
                 self.doomed.push((slot, "peer not reading"));
             }
-            self.account(before, after);
+            self.account(slot, before, after);
             self.mark_dirty(slot);
         }
     }
@@ -476,7 +529,7 @@ impl Worker {
                     if written.is_err() {
                         self.doomed.push((slot, "peer not reading"));
                     }
-                    self.account(before, after);
+                    self.account(slot, before, after);
                     self.mark_dirty(slot);
                 }
                 _ => {

@@ -168,7 +168,7 @@ impl Worker {
         if written.is_err() {
             self.doomed.push((dst, "peer not reading"));
         }
-        self.account(before, after);
+        self.account(dst, before, after);
         self.mark_dirty(dst);
         true
     }

@@ -76,6 +76,8 @@ pub struct Conn {
     pub skip: usize,
     /// Since when part of a message has waited in the read buffer.
     pub partial_since: Option<Instant>,
+    /// Left unread while servers were slow (in the worker's list of clients to read later).
+    pub paused: bool,
 }
 
 struct Entry {
