@@ -114,7 +114,11 @@ pub fn exercise(data: &[u8]) {
         }
         // The forwarded request: well-formed, our Via on top, naming this connection.
         let Read::Message(_, out) = read(&fwd, 1 << 20) else {
-            panic!("forwarded request does not parse")
+            panic!(
+                "forwarded request does not parse ({:?}): {}",
+                crate::sip::Message::parse(&fwd).err(),
+                String::from_utf8_lossy(&fwd)
+            )
         };
         let side = server_side.map_or(&b"lb.test"[..], |(_, h)| h.as_bytes());
         assert_eq!(out.top_via().expect("our Via").host, side);

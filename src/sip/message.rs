@@ -416,10 +416,10 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Whether a header value holds a control character other than HTAB (a folded value's CR LF
-/// aside) that is not escaped: RFC 3261's quoted-pair allows `\` before any byte but CR and LF,
-/// and RFC 4475's intmeth case uses it. Eight bytes at a time: the common value has none, and the
-/// check costs a few instructions per word.
+/// Whether a header value holds a control character it may not: anything below 0x20 or DEL but
+/// HTAB, the CR LF of a fold, and — inside a quoted string only — a quoted-pair (`\` before any
+/// byte but CR and LF, RFC 3261 §25.1; RFC 4475's intmeth case uses it). A lone CR or LF is never
+/// allowed. Eight bytes at a time first: the common value has none of these bytes at all.
 pub(crate) fn has_control(v: &[u8]) -> bool {
     const LOW: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -432,10 +432,32 @@ pub(crate) fn has_control(v: &[u8]) -> bool {
             c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
         ]))
     }) || chunks.remainder().iter().any(|&b| b < 0x20 || b == 0x7f);
-    any && v.iter().enumerate().any(|(i, &b)| {
-        let ctl = (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f;
-        ctl && (i == 0 || v[i - 1] != b'\\')
-    })
+    any && !controls_allowed(v)
+}
+
+/// The careful look behind [`has_control`]: true if every control byte in `v` is allowed.
+fn controls_allowed(v: &[u8]) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, &b) in v.iter().enumerate() {
+        let ctl = b < 0x20 || b == 0x7f;
+        if escaped {
+            escaped = false;
+            if matches!(b, b'\r' | b'\n') {
+                return false;
+            }
+            continue;
+        }
+        match b {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'\t' => {}
+            b'\r' if v.get(i + 1) == Some(&b'\n') => {}
+            b'\n' if i > 0 && v[i - 1] == b'\r' => {}
+            _ if ctl => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 fn once(seen: bool, name: Name) -> Result<(), ParseError> {

@@ -458,6 +458,19 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
             format!("Control Character In Header {name}")
         );
     }
+    // A lone CR inside a value, and a "quoted-pair" outside any quoted string, are not escapes
+    // (found by the route_stream fuzzer: an edit after such a backslash unescaped the byte).
+    for bad in ["X-Evil: a\rb", "X-Evil: a\\\x0cb"] {
+        let text = format!(
+            "OPTIONS sip:x@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h.example.com;branch=z9hG4bK1\r\n\
+{bad}\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\n\
+CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert!(
+            matches!(Message::parse(text.as_bytes()), Err(ParseError::Control { .. })),
+            "{bad:?}"
+        );
+    }
     // HTAB and an escaped control character in a quoted string (RFC 4475 intmeth) are fine.
     let ok = "OPTIONS sip:x@example.com SIP/2.0\r\nVia: SIP/2.0/TLS h.example.com;branch=z9hG4bK1\r\n\
 To:\t\"NUL:\\\x00\" <sip:x@example.com>\r\nFrom: <sip:a@example.com>;tag=1\r\nCall-ID: c\r\n\
