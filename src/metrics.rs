@@ -79,6 +79,8 @@ pub struct Metrics {
     pub forwarded_requests: u64,
     pub forwarded_responses: u64,
     pub dropped_responses: u64,
+    /// The same, by reason.
+    pub dropped: BTreeMap<String, u64>,
     pub answers: [u64; ANSWER_CODES.len()],
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -107,6 +109,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a message dropped for `why` (no allocation once a reason has been seen).
+    pub fn drop_for(&mut self, why: &'static str) {
+        self.dropped_responses += 1;
+        match self.dropped.get_mut(why) {
+            Some(n) => *n += 1,
+            None => {
+                self.dropped.insert(why.to_string(), 1);
+            }
+        }
+    }
+
     pub fn answer(&mut self, code: u16) {
         let i = ANSWER_CODES
             .iter()
@@ -139,6 +152,7 @@ impl Metrics {
         self.forwarded_requests += o.forwarded_requests;
         self.forwarded_responses += o.forwarded_responses;
         self.dropped_responses += o.dropped_responses;
+        add_map(&mut self.dropped, &o.dropped);
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.accepted += o.accepted;
@@ -334,8 +348,14 @@ impl Metrics {
         put(
             "responses_dropped_total",
             "counter",
-            "Responses dropped (not ours, or their connection had gone)",
+            "Responses dropped (not ours, for the other direction, or their connection had gone)",
             vec![(String::new(), self.dropped_responses.to_string())],
+        );
+        put(
+            "messages_dropped_total",
+            "counter",
+            "Messages dropped, by reason",
+            labelled("reason", &self.dropped),
         );
         let answers = ANSWER_CODES
             .iter()

@@ -500,3 +500,36 @@ From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: p1\nCS
         .replace("1 INVITE", "1 CANCEL");
     assert_eq!(f.route(&cancel, false, |_| true).0, Decision::ToBackend(other));
 }
+
+#[test]
+fn a_server_cannot_answer_for_a_client_with_the_via_siplb_wrote_towards_that_client() {
+    let mut f = Fixture::new();
+    // siplb's Via on a request it sent to a client names the server connection (ServerVia).
+    let server_conn = f.key.encode(Token {
+        worker: 0,
+        slot: 3,
+        generation: 1,
+        pin: 0,
+        role: Role::ServerVia,
+    });
+    let resp = format!(
+        "SIP/2.0 200 OK\nVia: SIP/2.0/TLS lb.test:5061;branch=z9hG4bK{}-{}\nFrom: <sip:b@pool.test>;tag=b1\n\
+To: <sip:a@a.test>;tag=a1\nCall-ID: back\nCSeq: 1 BYE\nContent-Length: 0\n\n",
+        "0".repeat(BRANCH_HASH),
+        std::str::from_utf8(&server_conn).unwrap()
+    );
+    // From the client it was meant for: goes to the server connection.
+    assert!(matches!(
+        f.route(&resp, false, |_| true).0,
+        Decision::ToConnection {
+            to: Token {
+                slot: 3,
+                role: Role::ServerVia,
+                ..
+            },
+            request: false
+        }
+    ));
+    // From a server: dropped.
+    assert!(matches!(f.route(&resp, true, |_| true).0, Decision::Drop(_)));
+}

@@ -394,7 +394,7 @@ impl Worker {
                     if is_request(msg) {
                         self.answer(slot, msg, 400, &e.reason(msg), Extra::default());
                     } else {
-                        self.m.dropped_responses += 1;
+                        self.m.drop_for("unparsable response");
                     }
                     pos += f.consumed();
                 }
@@ -532,9 +532,7 @@ impl Worker {
                     self.account(slot, before, after);
                     self.mark_dirty(slot);
                 }
-                _ => {
-                    self.m.dropped_responses += 1;
-                }
+                _ => self.m.drop_for("connection gone or of the other kind"),
             }
         }
     }

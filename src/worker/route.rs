@@ -115,7 +115,7 @@ impl Worker {
                     self.m.forwarded_responses += 1;
                     self.count_dialogs(m, from_backend);
                 }
-                (false, false) => self.m.dropped_responses += 1,
+                (false, false) => self.m.drop_for("connection gone or of the other kind"),
                 (false, true) => self.answer(src, m.head(), 430, "Flow Failed", Extra::default()),
             },
             Decision::Answer {
@@ -125,7 +125,7 @@ impl Worker {
             } => self.answer(src, m.head(), code, &reason, Extra { retry_after }),
             Decision::Drop(why) => {
                 tracing::debug!(worker = self.id, why, "message dropped");
-                self.m.dropped_responses += 1;
+                self.m.drop_for(why);
             }
         }
         false
