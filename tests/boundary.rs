@@ -29,15 +29,10 @@ Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     .into_bytes()
 }
 
-fn padded_backend(pki: &Pki) -> siplb::load::server::ServerHandle {
-    let name = backend_name(0);
-    start_backend_at(
+fn padded_backend(pki: &Pki, i: usize) -> siplb::load::server::ServerHandle {
+    backend_with(
         pki,
-        &name,
-        pki.identity(&[&name]),
-        Backends::n(1),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
+        i,
         Faults {
             pad_options: 70_000,
             ..Faults::default()
@@ -48,7 +43,7 @@ fn padded_backend(pki: &Pki) -> siplb::load::server::ServerHandle {
 #[test]
 fn a_client_cannot_take_a_server_out_with_answers_too_large_for_it() {
     let pki = Pki::new();
-    let server = padded_backend(&pki);
+    let server = padded_backend(&pki, 0);
     // The server's answer (the client's 60 KB of Via plus 70 KB of its own) is over the client
     // limit but within the server one: it reaches the client, the pool connection stays.
     let lb = start_balancer(&pki, std::slice::from_ref(&server), 1, &[]);
@@ -272,23 +267,7 @@ fn one_attacker_among_fifty_clients_costs_the_others_nothing() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let pki = Pki::new();
-    let servers: Vec<_> = (0..3)
-        .map(|i| {
-            let name = backend_name(i);
-            start_backend_at(
-                &pki,
-                &name,
-                pki.identity(&[&name]),
-                Backends::n(1),
-                None,
-                "127.0.0.1:0".parse().expect("addr"),
-                Faults {
-                    pad_options: 70_000,
-                    ..Faults::default()
-                },
-            )
-        })
-        .collect();
+    let servers: Vec<_> = (0..3).map(|i| padded_backend(&pki, i)).collect();
     let lb = start_balancer(
         &pki,
         &servers,
@@ -424,15 +403,7 @@ fn a_slow_server_gets_backpressure_not_a_closed_connection() {
     let pki = Pki::new();
     let faults = Faults::default();
     let name = backend_name(0);
-    let server = start_backend_at(
-        &pki,
-        &name,
-        pki.identity(&[&name]),
-        Backends::n(1),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-        faults.clone(),
-    );
+    let server = backend_with(&pki, 0, faults.clone());
     let lb = start_balancer(
         &pki,
         std::slice::from_ref(&server),

@@ -16,20 +16,6 @@ use siplb::load::msg;
 use siplb::load::server::Faults;
 use siplb::sip::Method;
 
-/// Back end `i` (as `backend_name(i)`) with `faults`, on a port of its own.
-fn backend_with(pki: &Pki, i: usize, faults: Faults) -> siplb::load::server::ServerHandle {
-    let name = backend_name(i);
-    start_backend_at(
-        pki,
-        &name,
-        pki.identity(&[&name]),
-        Backends::n(1),
-        None,
-        "127.0.0.1:0".parse().expect("addr"),
-        faults,
-    )
-}
-
 /// The branch of a request's top Via (what its CANCEL and non-2xx ACK reuse).
 fn top_branch(request: &[u8]) -> String {
     let m = siplb::sip::Message::parse(request).expect("request parses");

@@ -155,6 +155,20 @@ pub fn start_backend_at(
     .expect("start back end")
 }
 
+/// Back end `i` (as `backend_name(i)`) with `faults`, on a port of its own.
+pub fn backend_with(pki: &Pki, i: usize, faults: Faults) -> ServerHandle {
+    let name = backend_name(i);
+    start_backend_at(
+        pki,
+        &name,
+        pki.identity(&[&name]),
+        Backends::n(1),
+        None,
+        "127.0.0.1:0".parse().expect("addr"),
+        faults,
+    )
+}
+
 /// Starts siplb with `workers` workers in front of `backends`, plus `extra` flags.
 pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extra: &[String]) -> Balancer {
     let mut args: Vec<String> = vec!["siplb".into()];
