@@ -15,6 +15,7 @@ pub mod method;
 pub mod response;
 pub mod rewrite;
 pub mod scan;
+pub mod siphash;
 pub mod token;
 pub mod via;
 

@@ -4,7 +4,9 @@
 //! parse (or a head cut off by the size limit) gets the best answer its bytes allow. Never answer
 //! an ACK: the caller checks that (RFC 3261 §17.1.1.3: ACK has no response).
 
-use std::hash::{DefaultHasher, Hasher};
+use std::hash::Hasher;
+
+use super::siphash::SipHasher24;
 
 use super::addr::NameAddr;
 use super::header::Name;
@@ -31,7 +33,8 @@ pub fn write_response(head: &[u8], code: u16, reason: &str, extra: Extra, out: &
     out.extend(reason.bytes().filter(|b| !b.is_ascii_control()));
     out.extend_from_slice(b"\r\n");
     let block = memchr::memchr(b'\n', head).map_or(&b""[..], |nl| &head[nl + 1..]);
-    let mut tag_hash = DefaultHasher::new();
+    // A fixed function of the request, the same on every instance and build.
+    let mut tag_hash = SipHasher24::new(&[0; 16]);
     let mut to: Option<&[u8]> = None;
     let (mut from, mut call_id, mut cseq) = (false, false, false);
     for h in Lines::new(block) {

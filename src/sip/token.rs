@@ -4,11 +4,14 @@
 //! truncated HMAC-SHA256 (ring) over a version byte and the fields, so a forged or altered token
 //! is refused instead of steering a message to somebody else's connection.
 //!
-//! The branch hash (RFC 3261 §16.11) is a fast keyed hash, not a MAC: it only has to be the same
+//! The branch hash (RFC 3261 §16.11) is SipHash-2-4 keyed from the secret (fixed by this project,
+//! so instances sharing the key agree), not a MAC: it only has to be the same
 //! for retransmissions (and for CANCEL / non-2xx ACK, which share the INVITE's branch) and unlikely
 //! to collide otherwise.
 
-use std::hash::{DefaultHasher, Hasher};
+use std::hash::Hasher;
+
+use super::siphash::SipHasher24;
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -153,8 +156,7 @@ impl TokenKey {
 
     /// As [`TokenKey::branch`], over parts given one by one.
     pub fn branch_of<'p>(&self, parts: impl IntoIterator<Item = &'p [u8]>) -> [u8; 16] {
-        let mut h = DefaultHasher::new();
-        h.write(&self.branch_seed);
+        let mut h = SipHasher24::new(&self.branch_seed);
         for p in parts {
             h.write(p);
             h.write_u8(0xff);
