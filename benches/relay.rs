@@ -103,6 +103,7 @@ impl Relay {
                 generation: 0,
                 pin: 0,
                 role: Role::ClientVia,
+                instance: 0,
             }),
             back_token: key.encode(Token {
                 worker: 0,
@@ -110,6 +111,7 @@ impl Relay {
                 generation: 0,
                 pin: 0,
                 role: Role::ServerVia,
+                instance: 0,
             }),
             key,
             backends: vec![Backend::new(

@@ -26,6 +26,7 @@ fn ok_200(key: &TokenKey) -> Vec<u8> {
         generation: 7,
         pin: 0,
         role: siplb::sip::Role::ClientVia,
+        instance: 0,
     });
     format!(
         "SIP/2.0 200 OK\r\n\
@@ -105,6 +106,7 @@ fn bench(c: &mut Criterion) {
         generation: 7,
         pin: 0,
         role: siplb::sip::Role::ClientRoute,
+        instance: 0,
     });
     let rr = key.encode(Token {
         worker: 1,
@@ -112,6 +114,7 @@ fn bench(c: &mut Criterion) {
         generation: 7,
         pin: 0x1234,
         role: siplb::sip::Role::ClientRoute,
+        instance: 0,
     });
     let mut cache = TokenCache::new();
     let inv = invite();
@@ -140,6 +143,7 @@ fn bench(c: &mut Criterion) {
                 generation: 3,
                 pin: 4,
                 role: siplb::sip::Role::ClientRoute,
+                instance: 0,
             }))
         })
     });

@@ -33,6 +33,9 @@ pub enum Command {
     /// Run a whole balancer on this machine: throwaway CA, three sipload back ends, siplb and a
     /// caller; print calls per back end, failures and latency.
     Demo(crate::demo::DemoArgs),
+    /// Write a new random token key (64 hex characters, mode 0600) to FILE for
+    /// --token-key-file; refuses to overwrite.
+    Keygen { file: PathBuf },
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +98,16 @@ pub struct RunArgs {
     /// (RFC 3327), or always.
     #[arg(long, value_enum, default_value_t = PathMode::Supported)]
     pub path: PathMode,
+    /// The secret behind every routing token and branch (at least 32 bytes, readable by its
+    /// owner only; `siplb keygen FILE` writes one). Instances given the same file accept each
+    /// other's pins; read again on SIGHUP, a changed key keeps accepting the previous one for
+    /// 10 minutes. Without it, a random key per process.
+    #[arg(long, value_name = "FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Share the listening ports with other processes that ask for it too (several instances on
+    /// one port, the kernel spreading connections); without it a port in use is refused.
+    #[arg(long)]
+    pub reuse_port: bool,
     /// Worker threads, each with its own event loop, listener and back-end pool.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -259,6 +272,8 @@ pub struct Config {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub metrics: Option<SocketAddr>,
+    pub token_key_file: Option<PathBuf>,
+    pub reuse_port: bool,
 }
 
 impl Config {
@@ -427,6 +442,8 @@ impl RunArgs {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             metrics: self.metrics,
+            token_key_file: self.token_key_file,
+            reuse_port: self.reuse_port,
         })
     }
 }
@@ -447,6 +464,47 @@ fn normalise_advertise(a: &str) -> Result<String, String> {
             .ok_or_else(|| format!("'{a}' has a bad port"))?,
     };
     Ok(format!("{host}:{port}"))
+}
+
+/// Reads a `--token-key-file`: only its owner may read it, and it holds at least 32 bytes (white
+/// space around them aside).
+pub fn read_token_key(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = |why: String| ConfigError::File(format!("{}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| file(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(file("group or others may read it; chmod 600 it".into()));
+    }
+    let raw = std::fs::read(path).map_err(|e| file(e.to_string()))?;
+    let secret = raw.trim_ascii();
+    if secret.len() < 32 {
+        return Err(file(format!(
+            "holds {} bytes; a token key needs at least 32",
+            secret.len()
+        )));
+    }
+    Ok(secret.to_vec())
+}
+
+/// Writes a new random token key to `path` (mode 0600), refusing to overwrite a file.
+pub fn keygen(path: &std::path::Path) -> Result<(), ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = |why: String| ConfigError::File(format!("{}: {why}", path.display()));
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| file("the system random generator failed".into()))?;
+    let mut hex = [0u8; 64];
+    crate::sip::token::hex_into(&secret, &mut hex);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| file(e.to_string()))?;
+    f.write_all(&hex)
+        .and_then(|_| f.write_all(b"\n"))
+        .map_err(|e| file(e.to_string()))
 }
 
 /// `NAME=HOST:PORT[,weight=W]`.

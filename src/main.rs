@@ -12,6 +12,15 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return ExitCode::from(siplb::config::flag_error(&e, "siplb") as u8),
     };
+    if let Some(Command::Keygen { file }) = &args.command {
+        return match siplb::config::keygen(file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("siplb keygen: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
     if let Some(Command::Demo(demo)) = args.command {
         siplb::logging::init(demo.log.as_str());
         return match siplb::demo::run(demo) {

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub output_budget_closes: u64,
     /// Times a worker stopped reading clients because servers were slow.
     pub backpressure_pauses: u64,
+    /// Tokens in our Route or Via whose MAC failed (another key, or forged).
+    pub bad_tokens: u64,
     pub handoffs: u64,
     pub failovers: u64,
     pub messages: u64,
@@ -163,6 +165,7 @@ impl Metrics {
         self.oversized_from_servers += o.oversized_from_servers;
         self.output_budget_closes += o.output_budget_closes;
         self.backpressure_pauses += o.backpressure_pauses;
+        self.bad_tokens += o.bad_tokens;
         self.clients_unverified += o.clients_unverified;
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
@@ -327,6 +330,12 @@ impl Metrics {
             "counter",
             "Times a worker stopped reading clients because servers were slow to take their messages",
             vec![(String::new(), self.backpressure_pauses.to_string())],
+        );
+        put(
+            "bad_tokens_total",
+            "counter",
+            "Routing tokens refused for their MAC (minted with another key, or forged)",
+            vec![(String::new(), self.bad_tokens.to_string())],
         );
         let methods = METHODS
             .iter()

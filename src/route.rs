@@ -259,6 +259,11 @@ impl Router<'_> {
         if !matches!(t.role, Role::ServerRoute | Role::ClientRoute) {
             return answer(404, "No siplb Route To A Client");
         }
+        // A client connection of another instance (sharing the key): not one of ours, as if it
+        // had closed (RFC 5626).
+        if t.instance != self.key.instance() {
+            return answer(430, "Flow Failed");
+        }
         let sips = is_sips(m);
         // A new dialog from the server (an INVITE to a registered client, say) is record-routed
         // too, pinned to this server, so the client's in-dialog requests come back to it.
@@ -335,6 +340,9 @@ impl Router<'_> {
         };
         if to.role != expected {
             return Decision::Drop("response whose Via token is for the other direction");
+        }
+        if to.instance != self.key.instance() {
+            return Decision::Drop("response for a connection of another instance");
         }
         rw.clear();
         match rw.pop_top(top) {
@@ -490,6 +498,7 @@ impl Router<'_> {
             generation: from.generation,
             pin: self.backends[be].pin,
             role: Role::ClientRoute,
+            instance: 0,
         };
         *from.rr_cache[be].get_or_insert_with(|| {
             [

@@ -46,6 +46,7 @@ pub fn exercise(data: &[u8]) {
         generation: 4,
         pin: 0,
         role: Role::ClientVia,
+        instance: 0,
     };
     let my_token = key.encode(me);
     let up = move |b: usize| ctl >> (1 + b) & 1 == 1;

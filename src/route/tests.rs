@@ -41,6 +41,7 @@ impl Fixture {
             generation: 1,
             pin: 0,
             role: Role::ClientVia,
+            instance: 0,
         });
         Fixture {
             key,
@@ -225,6 +226,7 @@ To: <sip:bob@pool.test>;tag=b1\nCall-ID: r1\nCSeq: 1 INVITE\nContent-Length: 0\n
                 generation: 1,
                 pin: 0,
                 role: Role::ClientVia,
+                instance: 0,
             },
             request: false
         }
@@ -511,6 +513,7 @@ fn a_server_cannot_answer_for_a_client_with_the_via_siplb_wrote_towards_that_cli
         generation: 1,
         pin: 0,
         role: Role::ServerVia,
+        instance: 0,
     });
     let resp = format!(
         "SIP/2.0 200 OK\nVia: SIP/2.0/TLS lb.test:5061;branch=z9hG4bK{}-{}\nFrom: <sip:b@pool.test>;tag=b1\n\

@@ -18,6 +18,7 @@ pub fn exercise(data: &[u8]) {
         generation: 3,
         pin: 4,
         role: super::Role::ClientRoute,
+        instance: 0,
     });
     let mut cache = TokenCache::new();
     let mut rw = Rewrite::new();

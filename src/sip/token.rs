@@ -16,9 +16,9 @@ use super::siphash::SipHasher24;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// Encoded token length: 16 payload bytes and 8 MAC bytes, as hex.
-pub const TOKEN_LEN: usize = 48;
-const PAYLOAD: usize = 16;
+/// Encoded token length: 20 payload bytes and 8 MAC bytes, as hex.
+pub const TOKEN_LEN: usize = 56;
+const PAYLOAD: usize = 20;
 const MAC: usize = 8;
 const VERSION: u8 = 2;
 
@@ -65,6 +65,9 @@ pub struct Token {
     pub generation: u32,
     pub pin: u32,
     pub role: Role,
+    /// The siplb process that minted it (set by [`TokenKey::encode`]): a connection token from
+    /// another instance names none of this one's connections.
+    pub instance: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -83,10 +86,14 @@ pub enum TokenError {
     Random,
 }
 
-/// The secret behind tokens and branches. One per balancer process, shared by its workers.
+/// The secret behind tokens and branches, shared by a process's workers (and by every instance
+/// given the same `--token-key-file`), and this process's instance id.
 pub struct TokenKey {
     mac: hmac::Key,
     branch_seed: [u8; 16],
+    instance: u32,
+    /// The key before a rotation, accepted until the instant given.
+    previous: Option<(hmac::Key, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -112,11 +119,36 @@ impl TokenKey {
         let derived = hmac::sign(&mac, b"siplb branch seed");
         let mut branch_seed = [0u8; 16];
         branch_seed.copy_from_slice(&derived.as_ref()[..16]);
-        TokenKey { mac, branch_seed }
+        TokenKey {
+            mac,
+            branch_seed,
+            instance: 0,
+            previous: None,
+        }
+    }
+
+    /// This key as instance `id` mints it.
+    pub fn with_instance(mut self, id: u32) -> TokenKey {
+        self.instance = id;
+        self
+    }
+
+    /// This key, still accepting tokens made with `old` until `until` (a key rotation).
+    pub fn rotated_from(mut self, old: &TokenKey, until: std::time::Instant) -> TokenKey {
+        self.instance = old.instance;
+        self.previous = Some((old.mac.clone(), until));
+        self
+    }
+
+    pub fn instance(&self) -> u32 {
+        self.instance
     }
 
     pub fn encode(&self, t: Token) -> [u8; TOKEN_LEN] {
-        let payload = payload(t);
+        let payload = payload(Token {
+            instance: self.instance,
+            ..t
+        });
         let tag = hmac::sign(&self.mac, &payload);
         let mut out = [0u8; TOKEN_LEN];
         hex_into(&payload, &mut out[..PAYLOAD * 2]);
@@ -131,8 +163,13 @@ impl TokenKey {
         let mut raw = [0u8; PAYLOAD + MAC];
         unhex_into(s, &mut raw)?;
         let (payload, mac) = raw.split_at(PAYLOAD);
-        let tag = hmac::sign(&self.mac, payload);
-        if !constant_time_eq(&tag.as_ref()[..MAC], mac) {
+        let ok = |k: &hmac::Key| constant_time_eq(&hmac::sign(k, payload).as_ref()[..MAC], mac);
+        let previous_ok = || {
+            self.previous
+                .as_ref()
+                .is_some_and(|(k, until)| std::time::Instant::now() < *until && ok(k))
+        };
+        if !ok(&self.mac) && !previous_ok() {
             return Err(TokenError::BadMac);
         }
         if payload[0] != VERSION {
@@ -146,6 +183,7 @@ impl TokenKey {
             generation: u32_at(7),
             pin: u32_at(11),
             role: Role::from_byte(payload[15]).ok_or(TokenError::Role(payload[15]))?,
+            instance: u32_at(16),
         })
     }
 
@@ -176,6 +214,8 @@ const CACHE_SLOTS: usize = 256;
 /// worker; a direct-mapped table indexed by MAC bytes, which are uniformly distributed.
 pub struct TokenCache {
     slots: Box<[Option<Verified>]>,
+    /// Tokens refused for their MAC (another key, or forged).
+    pub bad_mac: u64,
 }
 
 /// A token's text and what it decoded to.
@@ -191,10 +231,19 @@ impl TokenCache {
     pub fn new() -> TokenCache {
         TokenCache {
             slots: vec![None; CACHE_SLOTS].into_boxed_slice(),
+            bad_mac: 0,
         }
     }
 
     pub fn decode(&mut self, key: &TokenKey, s: &[u8]) -> Result<Token, TokenError> {
+        let r = self.decode_inner(key, s);
+        if r == Err(TokenError::BadMac) {
+            self.bad_mac += 1;
+        }
+        r
+    }
+
+    fn decode_inner(&mut self, key: &TokenKey, s: &[u8]) -> Result<Token, TokenError> {
         let s: &[u8; TOKEN_LEN] = s.try_into().map_err(|_| TokenError::Length)?;
         let idx = (usize::from(s[TOKEN_LEN - 2]) << 8 | usize::from(s[TOKEN_LEN - 1])) % CACHE_SLOTS;
         if let Some((known, t)) = &self.slots[idx]
@@ -216,6 +265,7 @@ fn payload(t: Token) -> [u8; PAYLOAD] {
     p[7..11].copy_from_slice(&t.generation.to_be_bytes());
     p[11..15].copy_from_slice(&t.pin.to_be_bytes());
     p[15] = t.role as u8;
+    p[16..20].copy_from_slice(&t.instance.to_be_bytes());
     p
 }
 
@@ -272,6 +322,7 @@ mod tests {
             generation: u32::MAX,
             pin: pin_of("b1"),
             role: Role::ServerRoute,
+            instance: 0,
         };
         let k = key();
         let enc = k.encode(t);
@@ -288,6 +339,7 @@ mod tests {
             generation: 3,
             pin: 0,
             role: Role::ClientVia,
+            instance: 0,
         });
         // Flip each character in turn: every alteration must be caught.
         for i in 0..TOKEN_LEN {
@@ -316,6 +368,7 @@ mod tests {
             generation: 3,
             pin: 4,
             role: Role::ClientVia,
+            instance: 0,
         };
         let a = k.encode(t);
         let b = k.encode(Token {
@@ -354,6 +407,7 @@ mod tests {
                 generation: 1,
                 pin: 0,
                 role: Role::ServerVia,
+                instance: 0,
             };
             let enc = k.encode(t);
             assert_eq!(cache.decode(&k, &enc), Ok(t));

@@ -86,7 +86,7 @@ impl Worker {
         let (slot, generation) = self.slots.vacant();
         // The Via token of requests this connection sends through siplb: their responses come
         // back from the other side.
-        let token = self.shared.key.encode(SipToken {
+        let token = self.rt.key.encode(SipToken {
             worker: self.id,
             slot: slot as u32,
             generation,
@@ -96,6 +96,7 @@ impl Worker {
             } else {
                 Role::ClientVia
             },
+            instance: 0,
         });
         let mut stream = TlsStream::new(sock, tls);
         if matches!(kind, Kind::Backend(_)) {

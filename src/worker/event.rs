@@ -594,6 +594,7 @@ impl Worker {
     fn publish(&mut self, now: Instant) {
         self.last_publish = now;
         let mut snap = self.m.clone();
+        snap.bad_tokens = self.tokens.bad_mac;
         snap.connections_open = self
             .slots
             .occupied()

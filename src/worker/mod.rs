@@ -72,6 +72,10 @@ impl StartError {
 /// hold an `Arc` of the one they use and look for a newer one once per event-loop turn, never per
 /// message.
 pub struct Runtime {
+    /// The token key (`--token-key-file`, or random per process), and a digest of the file's
+    /// secret to tell a changed key on reload.
+    pub key: Arc<TokenKey>,
+    key_digest: Option<[u8; 32]>,
     pub tls: TlsSet,
     pub backends: Vec<Backend>,
     pub backend_names: Vec<ServerName<'static>>,
@@ -79,8 +83,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Reads every file the configuration names: certificates, keys, CAs, CRLs, back-ends file.
-    pub fn load(cfg: &Config) -> Result<Runtime, String> {
+    /// Reads every file the configuration names: certificates, keys, CAs, CRLs, back-ends file,
+    /// token key. `prev` is the configuration running now (on reload): its key stays unless the
+    /// key file changed, and then stays accepted for [`KEY_GRACE`].
+    pub fn load(cfg: &Config, prev: Option<&Runtime>, instance: u32) -> Result<Runtime, String> {
         let backends = cfg.current_backends().map_err(|e| e.to_string())?;
         let backend_name_strings: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
         let backend_names = backends
@@ -89,7 +95,40 @@ impl Runtime {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let tls = tls::trust::build(&cfg.tls, &backend_name_strings).map_err(|e| e.to_string())?;
+        let (key, key_digest) = match (&cfg.token_key_file, prev) {
+            (Some(path), prev) => {
+                let secret = crate::config::read_token_key(path).map_err(|e| e.to_string())?;
+                let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &secret)
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "digest length".to_string())?;
+                match prev {
+                    Some(p) if p.key_digest == Some(digest) => (Arc::clone(&p.key), Some(digest)),
+                    Some(p) => {
+                        tracing::info!("token key changed: the previous one is accepted for 10 minutes");
+                        let k =
+                            TokenKey::from_secret(&secret).rotated_from(&p.key, Instant::now() + KEY_GRACE);
+                        (Arc::new(k), Some(digest))
+                    }
+                    None => (
+                        Arc::new(TokenKey::from_secret(&secret).with_instance(instance)),
+                        Some(digest),
+                    ),
+                }
+            }
+            (None, Some(p)) => (Arc::clone(&p.key), None),
+            (None, None) => (
+                Arc::new(
+                    TokenKey::generate()
+                        .map_err(|e| format!("cannot make the token key: {e}"))?
+                        .with_instance(instance),
+                ),
+                None,
+            ),
+        };
         Ok(Runtime {
+            key,
+            key_digest,
             tls,
             backends,
             backend_names,
@@ -98,10 +137,14 @@ impl Runtime {
     }
 }
 
+/// How long a rotated-out token key is still accepted.
+pub const KEY_GRACE: Duration = Duration::from_secs(600);
+
 /// What all workers read and nobody writes on the hot path.
 pub struct Shared {
     pub cfg: Config,
-    pub key: TokenKey,
+    /// This process among instances sharing a token key (random at start, in every token).
+    pub instance: u32,
     pub runtime: ArcSwap<Runtime>,
     /// Bumped on every successful reload.
     pub runtime_gen: AtomicU64,
@@ -181,11 +224,20 @@ impl Balancer {
     /// Loads certificates, binds every listener (port 0 becomes one real port shared by all
     /// workers) and starts the workers.
     pub fn start(mut cfg: Config) -> Result<Balancer, StartError> {
-        let runtime = Runtime::load(&cfg).map_err(StartError::Load)?;
+        let instance = {
+            let mut b = [0u8; 4];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                .map_err(|_| StartError::Key(crate::sip::token::TokenError::Random))?;
+            u32::from_le_bytes(b)
+        };
+        let runtime = Runtime::load(&cfg, None, instance).map_err(StartError::Load)?;
         // Listeners: the first of each address picks the port, the others share it.
         let mut listeners: Vec<Vec<TcpListener>> = (0..cfg.workers).map(|_| Vec::new()).collect();
         let mut listen_addrs = Vec::new();
         for &addr in &cfg.listen {
+            if !cfg.reuse_port {
+                refuse_if_in_use(addr)?;
+            }
             let mut real = addr;
             for per_worker in listeners.iter_mut() {
                 let l = reuseport_listener(real)?;
@@ -197,6 +249,9 @@ impl Balancer {
         let mut peer_listeners: Vec<Option<TcpListener>> = (0..cfg.workers).map(|_| None).collect();
         let mut peer_addr = None;
         if let Some(addr) = cfg.peer_listen {
+            if !cfg.reuse_port {
+                refuse_if_in_use(addr)?;
+            }
             let mut real = addr;
             for slot in peer_listeners.iter_mut() {
                 let l = reuseport_listener(real)?;
@@ -232,7 +287,7 @@ impl Balancer {
             receivers.push(rx);
         }
         let shared = Arc::new(Shared {
-            key: TokenKey::generate().map_err(StartError::Key)?,
+            instance,
             runtime: ArcSwap::from_pointee(runtime),
             runtime_gen: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -388,7 +443,8 @@ fn collect(shared: &Shared) -> Metrics {
 }
 
 fn reload(shared: &Shared) -> Result<(), String> {
-    match Runtime::load(&shared.cfg) {
+    let current = shared.runtime.load_full();
+    match Runtime::load(&shared.cfg, Some(&current), shared.instance) {
         Ok(rt) => {
             let n = rt.backends.len();
             shared.runtime.store(Arc::new(rt));
@@ -406,6 +462,22 @@ fn reload(shared: &Shared) -> Result<(), String> {
             Err(e)
         }
     }
+}
+
+/// Without `--reuse-port`, a port another process listens on is refused: our own listeners
+/// share theirs through SO_REUSEPORT, which would let a second instance silently share it too. A
+/// plain bind (no SO_REUSEPORT) fails on a port in use.
+fn refuse_if_in_use(addr: SocketAddr) -> Result<(), StartError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|why| StartError::Socket { addr, why })?;
+    sock.set_reuse_address(true)
+        .map_err(|why| StartError::ReusePort { addr, why })?;
+    sock.bind(&addr.into())
+        .map_err(|why| StartError::Bind { addr, why })?;
+    Ok(())
 }
 
 /// The host part of `host:port`.

@@ -51,7 +51,7 @@ impl Worker {
             return false;
         };
         let router = Router {
-            key: &self.shared.key,
+            key: &self.rt.key,
             advertise: &self.shared.cfg.advertise,
             adv_host: &self.shared.adv_host,
             server_side: self.shared.server_side(),

@@ -43,6 +43,7 @@ fn forward_a_request() {
         generation: 3,
         pin: 4,
         role: Role::ClientRoute,
+        instance: 0,
     });
     let mut rw = Rewrite::new();
     let fwd = Forward {
