@@ -36,6 +36,44 @@ pub enum Command {
     /// Write a new random token key (64 hex characters, mode 0600) to FILE for
     /// --token-key-file; refuses to overwrite.
     Keygen { file: PathBuf },
+    /// Talk to a running balancer's admin API (--admin): list back ends, drain, enable,
+    /// disable, or set a weight.
+    Ctl {
+        /// The balancer's --admin address (HOST:PORT or a Unix socket path).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5070")]
+        admin: crate::admin::AdminAddr,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+/// What `siplb ctl` asks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlAction {
+    /// List the back ends (JSON): address, weight, admin state, health per worker, dialogs,
+    /// last probe round trip.
+    Backends,
+    /// Take no new dialogs; dialogs in flight go on.
+    Drain { name: String },
+    /// Take traffic again.
+    Enable { name: String },
+    /// Take nothing at all (in-dialog requests get 503).
+    Disable { name: String },
+    /// Set the weight (0: no new dialogs).
+    Weight { name: String, weight: u32 },
+}
+
+impl CtlAction {
+    /// The HTTP method and path of this action.
+    pub fn request(&self) -> (&'static str, String) {
+        match self {
+            CtlAction::Backends => ("GET", "/backends".into()),
+            CtlAction::Drain { name } => ("POST", format!("/backends/{name}/drain")),
+            CtlAction::Enable { name } => ("POST", format!("/backends/{name}/enable")),
+            CtlAction::Disable { name } => ("POST", format!("/backends/{name}/disable")),
+            CtlAction::Weight { name, weight } => ("POST", format!("/backends/{name}/weight/{weight}")),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,6 +202,13 @@ pub struct RunArgs {
     /// Connections open at once over all workers: clients, and servers on the peer listener.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Serve the runtime admin API (HTTP) at ADDR: a loopback HOST:PORT or a Unix socket path
+    /// (see `siplb ctl --help`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<crate::admin::AdminAddr>,
+    /// Allow --admin on an address other than loopback.
+    #[arg(long, requires = "admin")]
+    pub admin_allow_remote: bool,
     /// Serve Prometheus metrics over HTTP at ADDR, path /metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -274,6 +319,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     pub token_key_file: Option<PathBuf>,
     pub reuse_port: bool,
+    pub admin: Option<crate::admin::AdminAddr>,
+    pub admin_allow_remote: bool,
 }
 
 impl Config {
@@ -444,6 +491,8 @@ impl RunArgs {
             metrics: self.metrics,
             token_key_file: self.token_key_file,
             reuse_port: self.reuse_port,
+            admin: self.admin,
+            admin_allow_remote: self.admin_allow_remote,
         })
     }
 }

@@ -12,6 +12,19 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return ExitCode::from(siplb::config::flag_error(&e, "siplb") as u8),
     };
+    if let Some(Command::Ctl { admin, action }) = &args.command {
+        let (method, path) = action.request();
+        return match siplb::admin::request(admin, method, &path) {
+            Ok((ok, body)) => {
+                print!("{body}");
+                ExitCode::from(if ok { 0 } else { 1 })
+            }
+            Err(e) => {
+                eprintln!("siplb ctl: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Command::Keygen { file }) = &args.command {
         return match siplb::config::keygen(file) {
             Ok(()) => ExitCode::SUCCESS,

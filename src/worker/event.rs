@@ -47,6 +47,11 @@ pub struct Worker {
     /// The TLS configurations and back ends this worker uses (see `Runtime`).
     pub(super) rt: Arc<Runtime>,
     pub(super) rt_gen: u64,
+    /// The back ends as routing sees them: the configured ones with the operator's weights
+    /// (draining: 0), and which are disabled; rebuilt when the runtime or the admin settings change.
+    pub(super) eff: Vec<crate::balance::Backend>,
+    pub(super) disabled: Vec<bool>,
+    admin_gen: u64,
     pub(super) listeners: Vec<TcpListener>,
     pub(super) peer_listener: Option<TcpListener>,
     rx: HandoffRx,
@@ -113,6 +118,9 @@ impl Worker {
             id,
             poll,
             rt_gen: shared.runtime_gen.load(Ordering::Acquire),
+            eff: Vec::new(),
+            disabled: Vec::new(),
+            admin_gen: u64::MAX,
             rt,
             shared,
             listeners,
@@ -149,7 +157,28 @@ impl Worker {
         })
     }
 
+    /// Rebuilds the back ends as routing sees them from the configured ones and the operator's
+    /// settings (kept by name, so they outlive reloads).
+    pub(super) fn apply_admin(&mut self) {
+        use crate::admin::AdminState;
+        self.admin_gen = self.shared.admin_gen.load(Ordering::Acquire);
+        let overrides = self.shared.admin.lock().map(|o| o.clone()).unwrap_or_default();
+        self.eff = self.rt.backends.clone();
+        self.disabled = vec![false; self.eff.len()];
+        for (i, b) in self.eff.iter_mut().enumerate() {
+            if let Some(o) = overrides.get(&b.name) {
+                b.weight = o.weight.unwrap_or(b.weight);
+                match o.state {
+                    AdminState::Enabled => {}
+                    AdminState::Draining => b.weight = 0,
+                    AdminState::Disabled => self.disabled[i] = true,
+                }
+            }
+        }
+    }
+
     pub fn run(mut self) {
+        self.apply_admin();
         let mut events = Events::with_capacity(1024);
         self.pool_tick(Instant::now());
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -169,6 +198,10 @@ impl Worker {
             let busy = Instant::now();
             if self.shared.runtime_gen.load(Ordering::Acquire) != self.rt_gen {
                 self.adopt_runtime();
+                self.admin_gen = u64::MAX;
+            }
+            if self.shared.admin_gen.load(Ordering::Acquire) != self.admin_gen {
+                self.apply_admin();
             }
             for ev in events.iter() {
                 match ev.token() {

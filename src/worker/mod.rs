@@ -148,6 +148,10 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Bumped on every successful reload.
     pub runtime_gen: AtomicU64,
+    /// The operator's settings per back-end name (`--admin`), and a counter bumped on each
+    /// change so workers look once per turn.
+    pub admin: Mutex<crate::admin::Overrides>,
+    pub admin_gen: AtomicU64,
     /// Host part of `cfg.advertise`, for recognising our own Route and Via.
     pub adv_host: String,
     /// `host:port` and host servers reach siplb at (with a peer listener).
@@ -213,6 +217,8 @@ pub struct Balancer {
     pub peer_addr: Option<SocketAddr>,
     /// Where `/metrics` is served, with `--metrics`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the admin API is served, with a TCP `--admin`.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Capacity of each worker's hand-off channel, in messages and in bytes: a worker that falls
@@ -290,6 +296,8 @@ impl Balancer {
             instance,
             runtime: ArcSwap::from_pointee(runtime),
             runtime_gen: AtomicU64::new(0),
+            admin: Mutex::new(Default::default()),
+            admin_gen: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             published: (0..cfg.workers).map(|_| Mutex::new(Metrics::default())).collect(),
             reloads: AtomicU64::new(0),
@@ -330,7 +338,18 @@ impl Balancer {
             listen_addrs,
             peer_addr,
             metrics_addr: None,
+            admin_addr: None,
         };
+        if let Some(addr) = lb.shared.cfg.admin.clone() {
+            let ctl: Arc<dyn crate::admin::Control> = Arc::new(AdminHandle(Arc::clone(&lb.shared)));
+            match crate::admin::serve(&addr, lb.shared.cfg.admin_allow_remote, ctl) {
+                Ok(bound) => lb.admin_addr = bound,
+                Err(e) => {
+                    lb.shutdown();
+                    return Err(StartError::Load(e));
+                }
+            }
+        }
         if let Some(addr) = lb.shared.cfg.metrics {
             let bound = match crate::metrics::serve(addr, lb.collector()) {
                 Ok(b) => b,
@@ -429,6 +448,70 @@ impl Balancer {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// The admin API's view of a running balancer.
+struct AdminHandle(Arc<Shared>);
+
+impl crate::admin::Control for AdminHandle {
+    fn list(&self) -> String {
+        use crate::admin::json_str;
+        let rt = self.0.runtime.load();
+        let overrides = self.0.admin.lock().map(|o| o.clone()).unwrap_or_default();
+        let workers: Vec<Metrics> = self
+            .0
+            .published
+            .iter()
+            .map(|p| p.lock().map(|m| m.clone()).unwrap_or_default())
+            .collect();
+        let rows: Vec<String> = rt
+            .backends
+            .iter()
+            .map(|b| {
+                let o = overrides.get(&b.name).copied().unwrap_or_default();
+                let per: Vec<&crate::metrics::BackendMetrics> =
+                    workers.iter().filter_map(|w| w.backend(&b.name)).collect();
+                let health: Vec<&str> = per.iter().map(|m| if m.up { "up" } else { "down" }).collect();
+                let dialogs: u64 = per.iter().map(|m| m.dialogs).sum();
+                let rtt = per
+                    .iter()
+                    .filter_map(|m| m.probe_rtt)
+                    .max()
+                    .map_or("null".to_string(), |d| format!("{:.6}", d.as_secs_f64()));
+                format!(
+                    "{{\"name\":\"{}\",\"address\":\"{}\",\"weight\":{},\"configured_weight\":{},\"admin_state\":\"{}\",\"health\":[{}],\"dialogs\":{},\"probe_rtt_seconds\":{}}}",
+                    json_str(&b.name),
+                    b.addr,
+                    o.weight.unwrap_or(b.weight),
+                    b.weight,
+                    o.state.as_str(),
+                    health.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(","),
+                    dialogs,
+                    rtt
+                )
+            })
+            .collect();
+        format!("[{}]\n", rows.join(","))
+    }
+
+    fn set(&self, name: &str, change: crate::admin::Change) -> bool {
+        if !self.0.runtime.load().backends.iter().any(|b| b.name == name) {
+            return false;
+        }
+        if let Ok(mut o) = self.0.admin.lock() {
+            let e = o.entry(name.to_string()).or_default();
+            match change {
+                crate::admin::Change::State(s) => e.state = s,
+                crate::admin::Change::Weight(w) => e.weight = Some(w),
+            }
+        }
+        self.0.admin_gen.fetch_add(1, Ordering::AcqRel);
+        for (_, waker) in &self.0.handoff {
+            let _ = waker.wake();
+        }
+        tracing::info!(backend = name, change = ?change, "admin change");
+        true
     }
 }
 

@@ -55,7 +55,7 @@ impl Worker {
             advertise: &self.shared.cfg.advertise,
             adv_host: &self.shared.adv_host,
             server_side: self.shared.server_side(),
-            backends: &self.rt.backends,
+            backends: &self.eff,
             balance: self.shared.cfg.balance,
             path: self.shared.cfg.path,
             draining: self.shared.draining.load(Ordering::Relaxed),
@@ -72,9 +72,9 @@ impl Worker {
             follow,
             rr_cache: &mut c.rr_tokens,
         };
-        let pool = &self.pool;
+        let (pool, disabled) = (&self.pool, &self.disabled);
         let avail = |b: usize| {
-            if Some(b) == exclude {
+            if Some(b) == exclude || disabled.get(b).copied().unwrap_or(false) {
                 Avail::Down
             } else {
                 pool.avail(b)
