@@ -126,6 +126,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         ruri: "sip:conference@pool.demo".into(),
         vary_user: false,
         progress: true,
+        retry: false,
     };
     let mut failed = 0;
     let mut reports = Vec::new();

@@ -142,6 +142,7 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         ruri: "sip:service@pool.test".into(),
         vary_user: false,
         progress: false,
+        retry: false,
     };
     let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));
     std::thread::sleep(Duration::from_millis(600));

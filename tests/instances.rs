@@ -225,3 +225,74 @@ fn a_key_file_others_can_read_or_too_short_is_refused_naming_it() {
         );
     }
 }
+
+#[test]
+fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
+    use siplb::load::caller::CallOpts;
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(3), None);
+    let key = key_file(&pki, "token.key");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let spawn = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--reuse-port",
+            "--workers",
+            "1",
+        ])
+        .args(["--token-key-file", &key])
+        .args(["--cert", &pki.lb.cert.display().to_string()])
+        .args(["--key", &pki.lb.key.display().to_string()])
+        .args(["--backend-ca", &pki.ca_path.display().to_string()])
+        .stderr(std::process::Stdio::null());
+        for b in &backends {
+            cmd.args(["--backend", &format!("{}={}", b.name, b.addr)]);
+        }
+        let child = cmd.spawn().expect("siplb starts");
+        std::thread::sleep(Duration::from_millis(700));
+        child
+    };
+    let stop = |mut c: std::process::Child| {
+        // SIGTERM: stop accepting, let dialogs in flight end, exit 0.
+        let _ = std::process::Command::new("kill")
+            .args(["-s", "TERM", &c.id().to_string()])
+            .status();
+        let status = c.wait().expect("exits");
+        assert!(status.success(), "{status}");
+    };
+    let (a, b) = (spawn(), spawn());
+    let opts = CallOpts {
+        target: format!("127.0.0.1:{port}").parse().expect("addr"),
+        server_name: siplb::tls::server_name(LB_NAME).expect("name"),
+        tls: pki.client_tls(None),
+        calls: 400,
+        rate: 50.0,
+        concurrency: 20,
+        per_call_connection: true,
+        hold: Duration::ZERO,
+        remote_bye: false,
+        timeout: Duration::from_secs(10),
+        ruri: "sip:service@pool.test".into(),
+        vary_user: false,
+        progress: false,
+        retry: true,
+    };
+    let caller = std::thread::spawn(move || run_calls(opts));
+    // Replace A, then B, while the calls go on.
+    std::thread::sleep(Duration::from_millis(1500));
+    let a2 = spawn();
+    stop(a);
+    std::thread::sleep(Duration::from_millis(1500));
+    let b2 = spawn();
+    stop(b);
+    let report = caller.join().expect("caller");
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    assert_eq!(report.ok, 400);
+    stop(a2);
+    stop(b2);
+}

@@ -35,6 +35,9 @@ pub struct CallOpts {
     /// Give every call its own Request-URI user (`u<n>`), for `--balance ruri-user`.
     pub vary_user: bool,
     pub progress: bool,
+    /// As an RFC 3263 client does: a call whose connection fails before any answer, or that is
+    /// answered 503, is tried once more on a new connection.
+    pub retry: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -93,6 +96,10 @@ struct Call {
     state: State,
     dialog: Dialog,
     bye_at: Option<Instant>,
+    /// The INVITE as sent, while it may be sent once more (`retry`).
+    invite: Option<Vec<u8>>,
+    /// Some answer came back.
+    answered: bool,
 }
 
 struct Uac {
@@ -101,6 +108,8 @@ struct Uac {
     report: CallReport,
     /// Connections that carried a call that ended (per-call mode closes them).
     finished_conns: Vec<usize>,
+    /// Calls to send once more, on a new connection.
+    retry: Vec<String>,
 }
 
 impl Uac {
@@ -135,6 +144,11 @@ impl Handler for Uac {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return;
         };
+        if meth == Method::Invite && code == 503 && call.state == State::Inviting && call.invite.is_some() {
+            self.retry.push(call_id);
+            return;
+        }
+        call.answered = true;
         match (meth, code) {
             (_, 100..=199) => {}
             (Method::Invite, 200..=299) if call.state == State::Inviting => {
@@ -167,7 +181,15 @@ impl Handler for Uac {
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
-            self.end(&id, Some("connection closed".into()));
+            let again = self
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.state == State::Inviting && !c.answered && c.invite.is_some());
+            if again {
+                self.retry.push(id);
+            } else {
+                self.end(&id, Some("connection closed".into()));
+            }
         }
     }
 }
@@ -180,6 +202,7 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
         calls: HashMap::new(),
         report: CallReport::default(),
         finished_conns: Vec::new(),
+        retry: Vec::new(),
     };
     let start = Instant::now();
     let mut started = 0usize;
@@ -237,11 +260,33 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
                     state: State::Inviting,
                     dialog,
                     bye_at: None,
+                    invite: opts.retry.then_some(invite),
+                    answered: false,
                 },
             );
             started += 1;
         }
         ep.turn(&mut uac, Duration::from_millis(1))?;
+        // Calls to try once more: a new connection (the old one failed, or its server is going).
+        for id in std::mem::take(&mut uac.retry) {
+            let Some(invite) = uac.calls.get_mut(&id).and_then(|c| c.invite.take()) else {
+                continue;
+            };
+            let conn = match ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    uac.end(&id, Some(format!("retry: {e}")));
+                    continue;
+                }
+            };
+            if !opts.per_call_connection {
+                persistent = Some(conn);
+            }
+            if let Some(c) = uac.calls.get_mut(&id) {
+                c.conn = conn;
+            }
+            ep.send(conn, &invite);
+        }
         let now = Instant::now();
         // BYEs that are due, and calls that took too long.
         let mut timed_out = Vec::new();

@@ -144,6 +144,10 @@ pub struct CallArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Behave as an RFC 3263 client: try a call once more on a new connection when its
+    /// connection fails before any answer, or when it is answered 503 (a draining balancer).
+    #[arg(long)]
+    pub retry: bool,
 }
 
 /// Runs sipload; returns the process exit code.
@@ -234,6 +238,7 @@ fn run_call(a: CallArgs) -> Result<i32, String> {
         ruri: a.ruri,
         vary_user: a.vary_user,
         progress: !a.quiet,
+        retry: a.retry,
     };
     let report = caller::run(opts).map_err(|e| format!("{}: {e}", a.target))?;
     println!("{}", report.summary());

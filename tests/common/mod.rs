@@ -220,6 +220,7 @@ pub fn call_opts(pki: &Pki, lb: &Balancer, calls: usize) -> CallOpts {
         ruri: "sip:service@pool.test".into(),
         vary_user: false,
         progress: false,
+        retry: false,
     }
 }
 
