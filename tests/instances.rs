@@ -296,3 +296,35 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
     stop(a2);
     stop(b2);
 }
+
+#[test]
+fn a_key_rotated_by_reload_keeps_the_dialogs_made_with_the_old_one() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(3), None);
+    let key = key_file(&pki, "token.key");
+    let lb = start_balancer(&pki, &backends, 1, &["--token-key-file".into(), key.clone()]);
+    let mut c = TestClient::connect(&pki, &lb);
+    let ids: Vec<String> = (0..10).map(|i| format!("rotate-{i}")).collect();
+    let mut dialogs: Vec<_> = ids.iter().map(|id| establish(&mut c, id)).collect();
+    // A new key in the same file, then SIGHUP's reload.
+    std::fs::remove_file(&key).expect("rm");
+    key_file(&pki, "token.key");
+    lb.reload().expect("reload");
+    std::thread::sleep(Duration::from_millis(300));
+    for (id, d) in ids.iter().zip(dialogs.iter_mut()) {
+        c.send(&d.request("BYE", None, None, ""));
+        c.wait_for("200 BYE", |m| {
+            is_response(m, 200, Method::Bye) && m.call_id() == Some(id.as_bytes())
+        });
+    }
+    let stats: Vec<_> = backends.iter().map(|s| s.snapshot()).collect();
+    for id in &ids {
+        assert_dialog(&stats, id, &["INVITE", "ACK", "BYE"]);
+    }
+    assert_eq!(
+        metrics_when(&lb, |_| true).bad_tokens,
+        0,
+        "the old key was refused"
+    );
+    lb.shutdown();
+}

@@ -384,6 +384,28 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_key_accepts_the_previous_one_for_its_grace_only() {
+        let old = TokenKey::from_secret(b"old secret").with_instance(7);
+        let t = Token {
+            worker: 1,
+            slot: 2,
+            generation: 3,
+            pin: 4,
+            role: Role::ClientRoute,
+            instance: 0,
+        };
+        let minted = old.encode(t);
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let new = TokenKey::from_secret(b"new secret").rotated_from(&old, later);
+        assert_eq!(new.instance(), 7, "the instance stays");
+        assert_eq!(new.decode(&minted), Ok(Token { instance: 7, ..t }));
+        let expired = TokenKey::from_secret(b"new secret").rotated_from(&old, std::time::Instant::now());
+        assert_eq!(expired.decode(&minted), Err(TokenError::BadMac));
+        // What the new key mints, the old one does not take.
+        assert_eq!(old.decode(&new.encode(t)), Err(TokenError::BadMac));
+    }
+
+    #[test]
     fn branches_are_deterministic_and_distinct() {
         let k = key();
         assert_eq!(k.branch(&[b"z9hG4bK1", b"h"]), k.branch(&[b"z9hG4bK1", b"h"]));
