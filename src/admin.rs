@@ -124,10 +124,46 @@ fn handle(mut s: impl Read + Write, ctl: &dyn Control) -> std::io::Result<()> {
     )
 }
 
+/// A stream the API is served on: TCP or Unix.
+trait Stream: Read + Write {
+    /// Read and write timeouts, so a silent client cannot hold the API.
+    fn timeouts(&self, t: Option<Duration>);
+}
+
+impl Stream for std::net::TcpStream {
+    fn timeouts(&self, t: Option<Duration>) {
+        let _ = self.set_read_timeout(t);
+        let _ = self.set_write_timeout(t);
+    }
+}
+
+impl Stream for std::os::unix::net::UnixStream {
+    fn timeouts(&self, t: Option<Duration>) {
+        let _ = self.set_read_timeout(t);
+        let _ = self.set_write_timeout(t);
+    }
+}
+
+/// Answers every connection `accept` yields, one at a time, on a thread of its own.
+fn spawn<S: Stream>(
+    mut accept: impl FnMut() -> Option<S> + Send + 'static,
+    ctl: Arc<dyn Control>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("siplb-admin".into())
+        .spawn(move || {
+            while let Some(s) = accept() {
+                s.timeouts(Some(Duration::from_secs(2)));
+                let _ = handle(s, ctl.as_ref());
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Serves the API on its own thread; returns the bound TCP address (if TCP). A non-loopback
 /// address is refused unless `remote` says otherwise.
 pub fn serve(addr: &AdminAddr, remote: bool, ctl: Arc<dyn Control>) -> Result<Option<SocketAddr>, String> {
-    let timeout = Some(Duration::from_secs(2));
     match addr {
         AdminAddr::Tcp(a) => {
             if !a.ip().is_loopback() && !remote {
@@ -137,32 +173,14 @@ pub fn serve(addr: &AdminAddr, remote: bool, ctl: Arc<dyn Control>) -> Result<Op
             }
             let l = std::net::TcpListener::bind(a).map_err(|e| format!("--admin {a}: {e}"))?;
             let local = l.local_addr().map_err(|e| e.to_string())?;
-            std::thread::Builder::new()
-                .name("siplb-admin".into())
-                .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        let _ = s.set_read_timeout(timeout);
-                        let _ = s.set_write_timeout(timeout);
-                        let _ = handle(s, ctl.as_ref());
-                    }
-                })
-                .map_err(|e| e.to_string())?;
+            spawn(move || l.incoming().flatten().next(), ctl)?;
             Ok(Some(local))
         }
         AdminAddr::Unix(p) => {
             let _ = std::fs::remove_file(p);
             let l = std::os::unix::net::UnixListener::bind(p)
                 .map_err(|e| format!("--admin {}: {e}", p.display()))?;
-            std::thread::Builder::new()
-                .name("siplb-admin".into())
-                .spawn(move || {
-                    for s in l.incoming().flatten() {
-                        let _ = s.set_read_timeout(timeout);
-                        let _ = s.set_write_timeout(timeout);
-                        let _ = handle(s, ctl.as_ref());
-                    }
-                })
-                .map_err(|e| e.to_string())?;
+            spawn(move || l.incoming().flatten().next(), ctl)?;
             Ok(None)
         }
     }

@@ -142,3 +142,35 @@ fn a_non_loopback_admin_address_is_refused() {
     };
     assert!(err.contains("loopback"), "{err}");
 }
+
+#[test]
+fn the_admin_api_on_a_unix_socket() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let sock = pki.dir.path().join("admin.sock");
+    let lb = start_balancer(
+        &pki,
+        &backends,
+        1,
+        &["--admin".into(), sock.display().to_string()],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+        .args([
+            "ctl",
+            "--admin",
+            &sock.display().to_string(),
+            "disable",
+            &backends[0].name,
+        ])
+        .output()
+        .expect("siplb ctl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let report = run_calls(call_opts(&pki, &lb, 5));
+    assert_eq!(
+        report.failed,
+        5,
+        "a disabled back end took calls: {}",
+        report.summary()
+    );
+    lb.shutdown();
+}
