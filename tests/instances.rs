@@ -267,20 +267,10 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
     };
     let (a, b) = (spawn(), spawn());
     let opts = CallOpts {
-        target: format!("127.0.0.1:{port}").parse().expect("addr"),
-        server_name: siplb::tls::server_name(LB_NAME).expect("name"),
-        tls: pki.client_tls(None),
-        calls: 400,
         rate: 50.0,
-        concurrency: 20,
         per_call_connection: true,
-        hold: Duration::ZERO,
-        remote_bye: false,
-        timeout: Duration::from_secs(10),
-        ruri: "sip:service@pool.test".into(),
-        vary_user: false,
-        progress: false,
         retry: true,
+        ..call_opts_to(&pki, format!("127.0.0.1:{port}").parse().expect("addr"), 400)
     };
     let caller = std::thread::spawn(move || run_calls(opts));
     // Replace A, then B, while the calls go on.

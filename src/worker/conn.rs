@@ -244,7 +244,7 @@ impl Worker {
             tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
             return false;
         }
-        let open = self.shared.clients_open.fetch_add(1, Ordering::AcqRel);
+        let open = self.shared.admitted.fetch_add(1, Ordering::AcqRel);
         if open >= self.shared.cfg.max_connections {
             self.unadmit(peer);
             *self.m.refused.entry("max-connections".into()).or_default() += 1;
@@ -257,7 +257,7 @@ impl Worker {
     /// Gives back what [`Worker::admit`] counted; every path that ends an admitted connection
     /// (refusal, setup failure, close) calls it once.
     fn unadmit(&self, peer: std::net::SocketAddr) {
-        self.shared.clients_open.fetch_sub(1, Ordering::AcqRel);
+        self.shared.admitted.fetch_sub(1, Ordering::AcqRel);
         self.release_ip(peer.ip());
     }
 
@@ -293,6 +293,9 @@ impl Worker {
     }
 }
 
+/// The close reason of a connection whose TLS failed (the pool backs off longer for it).
+pub(super) const TLS_ERROR: &str = "TLS error";
+
 /// A short reason for the metrics label of a failed handshake or connection.
 pub(super) fn failure_label(e: &StreamError) -> String {
     match e {
@@ -308,7 +311,7 @@ pub(super) fn failure_label(e: &StreamError) -> String {
 
 fn tls_reason(e: &crate::tls::stream::StreamError) -> &'static str {
     match e {
-        crate::tls::stream::StreamError::Tls(_) => "TLS error",
+        crate::tls::stream::StreamError::Tls(_) => TLS_ERROR,
         crate::tls::stream::StreamError::Io(_) => "i/o error",
         crate::tls::stream::StreamError::Backlog => "peer not reading",
     }

@@ -166,7 +166,7 @@ pub struct Shared {
     pub active_dialogs: AtomicI64,
     pub ready: AtomicUsize,
     /// Connections open on the front and peer listeners (what `--max-connections` caps).
-    pub clients_open: AtomicUsize,
+    pub admitted: AtomicUsize,
     /// Open client connections per source address (only with `--max-connections-per-ip`);
     /// touched on accept and close, never per message.
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -310,7 +310,7 @@ impl Balancer {
             draining: AtomicBool::new(false),
             active_dialogs: AtomicI64::new(0),
             ready: AtomicUsize::new(0),
-            clients_open: AtomicUsize::new(0),
+            admitted: AtomicUsize::new(0),
             cfg,
         });
         let mut threads = Vec::new();

@@ -124,7 +124,7 @@ impl Worker {
     pub(super) fn pool_closed(&mut self, b: usize, slot: usize, why: &'static str) {
         let how = match why {
             SHUTTING_DOWN | REMOVED => Closed::Ours,
-            "TLS error" => Closed::Tls,
+            super::conn::TLS_ERROR => Closed::Tls,
             _ => Closed::Io,
         };
         self.pool_event(|p, acts| p.closed(b, slot, how, why, Instant::now(), acts));

@@ -206,8 +206,13 @@ pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extr
 }
 
 pub fn call_opts(pki: &Pki, lb: &Balancer, calls: usize) -> CallOpts {
+    call_opts_to(pki, lb.listen_addrs[0], calls)
+}
+
+/// Calls to `target` (siplb on a port of a process the test spawned, say).
+pub fn call_opts_to(pki: &Pki, target: SocketAddr, calls: usize) -> CallOpts {
     CallOpts {
-        target: lb.listen_addrs[0],
+        target,
         server_name: tls::server_name(LB_NAME).expect("name"),
         tls: pki.client_tls(None),
         calls,
