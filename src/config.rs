@@ -184,8 +184,8 @@ pub struct RunArgs {
     /// siplb); only bytes that cannot be framed close a server's connection.
     #[arg(long, value_name = "N", default_value_t = 262_144)]
     pub max_backend_message_bytes: usize,
-    /// Bytes of output a worker may hold for connections that do not read fast enough; past it
-    /// the connection holding the most is closed.
+    /// Bytes of output a worker may hold for clients that do not read fast enough; past it the
+    /// client holding the most is closed (output for servers meets backpressure instead).
     #[arg(long, value_name = "N", default_value_t = 64 << 20)]
     pub max_output_bytes: usize,
     /// Seconds a connection (client, peer or pool) may take to finish its TLS handshake.

@@ -308,7 +308,10 @@ impl Worker {
         if self.slots.get(slot).is_some_and(|c| c.kind.is_server()) {
             self.server_queued = (self.server_queued + after).saturating_sub(before);
         }
-        if self.out_queued <= self.shared.cfg.max_output_bytes || self.shedding {
+        // Output waiting for servers is met with backpressure, not counted here: a budget
+        // filled by slow servers would otherwise shoot whichever client had a few bytes queued.
+        let to_clients = self.out_queued.saturating_sub(self.server_queued);
+        if to_clients <= self.shared.cfg.max_output_bytes || self.shedding {
             return;
         }
         // Servers are met with backpressure, not closed: the hog is the client with the most.
