@@ -36,7 +36,13 @@ impl<'a> NameAddr<'a> {
         if !quotes_balanced(v) {
             return Err(AddrError::Unbalanced);
         }
-        match scan::find_unquoted(v, b'<') {
+        // Without a quote, the first `<` is the unquoted one.
+        let lt = if memchr::memchr(b'"', v).is_none() {
+            memchr::memchr(b'<', v)
+        } else {
+            scan::find_unquoted(v, b'<')
+        };
+        match lt {
             Some(lt) => {
                 let display = scan::trim(&v[..lt]);
                 let quoted = display.first() == Some(&b'"');
@@ -76,8 +82,12 @@ impl<'a> NameAddr<'a> {
 
 /// Whether every double quote opens or closes a string (backslash escapes honoured).
 fn quotes_balanced(v: &[u8]) -> bool {
+    // Most values quote nothing: one vector search settles it.
+    let Some(first) = memchr::memchr(b'"', v) else {
+        return true;
+    };
     let mut inside = false;
-    let mut i = 0;
+    let mut i = first;
     while i < v.len() {
         match v[i] {
             b'\\' if inside => i += 1,

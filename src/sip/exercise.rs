@@ -4,7 +4,8 @@
 //! mutation sweep, so both exercise exactly the same paths. It checks the invariants the
 //! forwarding path relies on and panics only when one is broken.
 
-use super::frame::{Read, Status, read};
+use super::frame::{Read, Status, frame, read};
+use super::message::Message;
 use super::response::{Extra, write_response};
 use super::rewrite::{Forward, MAGIC, Record, Rewrite};
 use super::token::{TOKEN_LEN, Token, TokenCache, TokenKey};
@@ -36,6 +37,10 @@ pub fn exercise(data: &[u8]) {
             Read::Message(f, m) => {
                 assert!(f.consumed() <= buf.len() && f.len >= f.head);
                 assert_eq!(m.buf.len(), f.len);
+                // The one-pass path agrees with framing first and parsing second.
+                assert_eq!(frame(buf, max), Status::Complete(f));
+                let slow = Message::parse_head(m.buf, f.head).expect("the two-pass parse agrees");
+                assert_eq!(format!("{slow:?}"), format!("{m:?}"));
                 rw.clear();
                 if m.is_request() {
                     match m.validate_request() {

@@ -110,6 +110,24 @@ pub enum Read<'a> {
 /// Content-Length as it goes. Only a message that fails to parse is lexed a second time, to
 /// find its end.
 pub fn read(buf: &[u8], max: usize) -> Read<'_> {
+    // The common case in one pass: a whole head that parses, its end found by the lexer.
+    let skip = leading_crlfs(buf);
+    if skip < 4 {
+        let msg = &buf[skip..];
+        if let Some(mut m) = Message::parse_stream(&msg[..msg.len().min(max)]) {
+            let Some(body) = m.content_length_value else {
+                return Read::Other(Status::Invalid(FrameError::MissingContentLength));
+            };
+            return match complete(msg, skip, m.body_start, body as usize, max) {
+                Status::Complete(f) => {
+                    m.buf = &msg[..f.len];
+                    Read::Message(f, m)
+                }
+                other => Read::Other(other),
+            };
+        }
+    }
+    // A partial head, one that does not parse, a ping or garbage: frame first, then parse.
     let (skip, head) = match locate_head(buf, max) {
         Ok(found) => found,
         Err(status) => return Read::Other(status),

@@ -180,19 +180,37 @@ impl<'a> Message<'a> {
     /// Parses a message whose header block (start line through the empty line) is the first
     /// `head` bytes of `buf`.
     pub fn parse_head(buf: &'a [u8], head: usize) -> Result<Message<'a>, ParseError> {
+        let mut m = Message::start(buf)?;
+        m.body_start = head.max(m.headers_start).min(buf.len());
+        let block_end = m.body_start.saturating_sub(2).max(m.headers_start);
+        m.scan_headers(Lines::new(&buf[m.headers_start..block_end]))?;
+        m.check_cseq()
+    }
+
+    /// Parses the head at the start of `buf`, finding where it ends in the same pass (the
+    /// forwarding path's framing). `None` when `buf` holds no complete head or the head does not
+    /// parse: the caller then frames the slow way, which tells the two apart. `body_start` is set;
+    /// `buf` still runs past the message.
+    pub fn parse_stream(buf: &'a [u8]) -> Option<Message<'a>> {
+        let mut m = Message::start(buf).ok()?;
+        let from = m.headers_start;
+        let ended = m.scan_headers(Lines::new(&buf[from..])).ok()??;
+        m.body_start = from + ended + 2;
+        m.check_cseq().ok()
+    }
+
+    /// The start line, and an empty message around it.
+    fn start(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
         let nl = memchr::memchr(b'\n', buf).ok_or(ParseError::BadStartLine)?;
         if nl == 0 || buf[nl - 1] != b'\r' {
             return Err(ParseError::BareLf);
         }
         let start = parse_start_line(&buf[..nl - 1])?;
-        let headers_start = nl + 1;
-        let body_start = head.max(headers_start).min(buf.len());
-        let block_end = body_start.saturating_sub(2).max(headers_start);
-        let mut m = Message {
+        Ok(Message {
             buf,
             start,
-            headers_start,
-            body_start,
+            headers_start: nl + 1,
+            body_start: nl + 1,
             via: None,
             via_count: 0,
             route: None,
@@ -208,21 +226,26 @@ impl<'a> Message<'a> {
             content_length: None,
             content_length_value: None,
             header_count: 0,
-        };
-        m.scan_headers(headers_start, block_end)?;
-        if let (StartLine::Request { method, .. }, Some((_, _, cm))) = (m.start, m.cseq)
+        })
+    }
+
+    fn check_cseq(self) -> Result<Message<'a>, ParseError> {
+        if let (StartLine::Request { method, .. }, Some((_, _, cm))) = (self.start, self.cseq)
             && method != cm
         {
             return Err(ParseError::CSeqMismatch);
         }
-        Ok(m)
+        Ok(self)
     }
 
-    fn scan_headers(&mut self, from: usize, to: usize) -> Result<(), ParseError> {
-        let block = &self.buf[from..to];
-        for h in Lines::new(block) {
+    /// Reads every header line `lines` yields (a block starting at `headers_start`); returns
+    /// where the lexer found the empty line, if it did.
+    fn scan_headers(&mut self, mut lines: Lines<'a>) -> Result<Option<usize>, ParseError> {
+        let from = self.headers_start;
+        let block = &self.buf[from..];
+        for h in lines.by_ref() {
             let h = h?;
-            if has_control(h.value) {
+            if h.has_control() {
                 return Err(ParseError::Control {
                     line: (from + h.line_start) as u32,
                 });
@@ -234,7 +257,7 @@ impl<'a> Message<'a> {
             if h.line_len > MAX_LINE {
                 return Err(ParseError::LineTooLong);
             }
-            let name = Name::classify(h.name);
+            let name = Name::classify_in(&block[h.line_start..], h.name.len());
             if name == Name::Other {
                 continue;
             }
@@ -256,20 +279,16 @@ impl<'a> Message<'a> {
                         Name::Path => &mut self.path,
                         _ => &mut self.contact,
                     };
-                    if slot.is_some() {
-                        // A later line: only the second Route line's positions are needed; Via
-                        // values are counted.
-                        if name == Name::Route && self.route_line2.is_none() {
-                            let mut vals = scan::Values::new(h.value);
-                            if let Some(top) = vals.next() {
-                                let toff = from + scan::offset_in(block, top);
-                                field.top = Span::new(toff, toff + top.len());
-                                field.next = vals.next().map(|s| (from + scan::offset_in(block, s)) as u32);
-                                self.route_line2 = Some(field);
-                            }
-                        }
+                    let later = slot.is_some();
+                    // Only a later Route line past the second, or a Via line, needs nothing more
+                    // than a count (Via) or nothing at all.
+                    if later && (name != Name::Route || self.route_line2.is_some()) {
                         if name == Name::Via {
-                            let n = scan::Values::new(h.value).count() as u32;
+                            let n = if h.commas {
+                                scan::Values::new(h.value).count() as u32
+                            } else {
+                                u32::from(!h.value.is_empty())
+                            };
                             if n == 0 {
                                 return Err(ParseError::Empty(name.as_str()));
                             }
@@ -277,15 +296,37 @@ impl<'a> Message<'a> {
                         }
                         continue;
                     }
-                    let mut vals = scan::Values::new(h.value);
-                    let top = vals.next().ok_or(ParseError::Empty(name.as_str()))?;
-                    let toff = from + scan::offset_in(block, top);
-                    field.top = Span::new(toff, toff + top.len());
-                    let second = vals.next();
-                    field.next = second.map(|s| (from + scan::offset_in(block, s)) as u32);
-                    *slot = Some(field);
+                    // The top value and where the second starts; a line without a comma holds
+                    // one value, the whole (trimmed) field.
+                    let (n, second) = if h.commas {
+                        let mut vals = scan::Values::new(h.value);
+                        let Some(top) = vals.next() else {
+                            if later {
+                                continue;
+                            }
+                            return Err(ParseError::Empty(name.as_str()));
+                        };
+                        let toff = from + scan::offset_in(block, top);
+                        field.top = Span::new(toff, toff + top.len());
+                        let second = vals.next().map(|s| (from + scan::offset_in(block, s)) as u32);
+                        (1 + u32::from(second.is_some()) + vals.count() as u32, second)
+                    } else if h.value.is_empty() {
+                        if later {
+                            continue;
+                        }
+                        return Err(ParseError::Empty(name.as_str()));
+                    } else {
+                        (1, None)
+                    };
+                    field.next = second;
                     if name == Name::Via {
-                        self.via_count += 1 + u32::from(second.is_some()) + vals.count() as u32;
+                        self.via_count += n;
+                    }
+                    if later {
+                        // The second Route line (Via never gets here when later).
+                        self.route_line2 = Some(field);
+                    } else {
+                        *slot = Some(field);
                     }
                 }
                 Name::MaxForwards => {
@@ -312,7 +353,7 @@ impl<'a> Message<'a> {
                 Name::Other => {}
             }
         }
-        Ok(())
+        Ok(lines.ended())
     }
 
     pub fn is_request(&self) -> bool {
@@ -414,50 +455,6 @@ impl<'a> Message<'a> {
         .into_iter()
         .find_map(|(miss, name)| miss.then_some(name))
     }
-}
-
-/// Whether a header value holds a control character it may not: anything below 0x20 or DEL but
-/// HTAB, the CR LF of a fold, and — inside a quoted string only — a quoted-pair (`\` before any
-/// byte but CR and LF, RFC 3261 §25.1; RFC 4475's intmeth case uses it). A lone CR or LF is never
-/// allowed. Eight bytes at a time first: the common value has none of these bytes at all.
-pub(crate) fn has_control(v: &[u8]) -> bool {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte below 0x20, or 0x7f (DEL: adding 1 sets its high bit).
-    let suspicious =
-        |w: u64| (w.wrapping_sub(LOW * 0x20) & !w & HIGH) != 0 || (w.wrapping_add(LOW) & !w & HIGH) != 0;
-    let mut chunks = v.chunks_exact(8);
-    let any = chunks.by_ref().any(|c| {
-        suspicious(u64::from_le_bytes([
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-        ]))
-    }) || chunks.remainder().iter().any(|&b| b < 0x20 || b == 0x7f);
-    any && !controls_allowed(v)
-}
-
-/// The careful look behind [`has_control`]: true if every control byte in `v` is allowed.
-fn controls_allowed(v: &[u8]) -> bool {
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, &b) in v.iter().enumerate() {
-        let ctl = b < 0x20 || b == 0x7f;
-        if escaped {
-            escaped = false;
-            if matches!(b, b'\r' | b'\n') {
-                return false;
-            }
-            continue;
-        }
-        match b {
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b'\t' => {}
-            b'\r' if v.get(i + 1) == Some(&b'\n') => {}
-            b'\n' if i > 0 && v[i - 1] == b'\r' => {}
-            _ if ctl => return false,
-            _ => {}
-        }
-    }
-    true
 }
 
 fn once(seen: bool, name: Name) -> Result<(), ParseError> {

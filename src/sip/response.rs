@@ -40,7 +40,7 @@ pub fn write_response(head: &[u8], code: u16, reason: &str, extra: Extra, out: &
     for h in Lines::new(block) {
         let Ok(h) = h else { break };
         let name = Name::classify(h.name);
-        if super::message::has_control(h.value) {
+        if h.has_control() {
             continue;
         }
         // Copy only what is well-formed, and single-valued headers once: an answer to a broken

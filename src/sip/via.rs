@@ -33,12 +33,18 @@ pub enum ViaError {
 
 impl<'a> Via<'a> {
     pub fn parse(v: &'a [u8]) -> Result<Via<'a>, ViaError> {
-        let (name, rest) = slash_part(v).ok_or(ViaError::Protocol)?;
-        let (version, rest) = slash_part(rest).ok_or(ViaError::Protocol)?;
-        if name != b"SIP" || version != b"2.0" {
-            return Err(ViaError::Protocol);
-        }
-        let rest = scan::trim(rest);
+        // The common spelling first; the general one allows LWS around the slashes.
+        let rest = match v.strip_prefix(b"SIP/2.0/") {
+            Some(rest) => scan::trim(rest),
+            None => {
+                let (name, rest) = slash_part(v).ok_or(ViaError::Protocol)?;
+                let (version, rest) = slash_part(rest).ok_or(ViaError::Protocol)?;
+                if name != b"SIP" || version != b"2.0" {
+                    return Err(ViaError::Protocol);
+                }
+                scan::trim(rest)
+            }
+        };
         let tlen = rest
             .iter()
             .position(|&b| !scan::is_token(b))
@@ -116,7 +122,7 @@ pub fn split_host_port(s: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
         || !host.is_empty()
             && host
                 .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                .all(|&b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_'));
     if !host_ok {
         return None;
     }
