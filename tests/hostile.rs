@@ -251,3 +251,51 @@ fn a_flood_is_read_in_turns_all_answered_and_starves_nobody() {
     assert_eq!((report.ok, report.failed), (100, 0), "{}", report.summary());
     lb.shutdown();
 }
+
+/// A client that sends its last request and hangs up at once (data and FIN together): the read
+/// that drains the data comes back short, and siplb skips the read that would find nothing — but
+/// not when the event says the peer closed, or the FIN behind the data would go unseen until the
+/// idle timeout (180 s). The request is forwarded and the connection closed.
+#[test]
+fn a_request_and_a_hang_up_together_are_both_seen() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(&pki, &backends, 1, &[]);
+    for round in 0..5 {
+        let mut s = tls(&pki, &lb);
+        let req = request("OPTIONS", "", &[]);
+        let call_id = req
+            .lines()
+            .find_map(|l| l.strip_prefix("Call-ID: "))
+            .expect("Call-ID")
+            .to_string();
+        s.conn.writer().write_all(req.as_bytes()).expect("request");
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut s.sock).expect("send");
+        }
+        s.sock.shutdown(std::net::Shutdown::Write).expect("FIN");
+        // siplb closes its side: EOF (after its close_notify) well before the 5 s read timeout.
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match s.sock.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(
+            closed,
+            "round {round}: siplb did not see the FIN behind the request"
+        );
+        let until = Instant::now() + Duration::from_secs(5);
+        while backends[0].snapshot().last_request(&call_id).is_none() {
+            assert!(
+                Instant::now() < until,
+                "round {round}: the request was not forwarded"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    lb.shutdown();
+}

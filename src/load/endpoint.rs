@@ -162,9 +162,13 @@ impl Endpoint {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+        let ready: Vec<(Token, bool)> = self
+            .events
+            .iter()
+            .map(|e| (e.token(), e.is_read_closed() || e.is_error()))
+            .collect();
         let mut out = Out::default();
-        for t in ready {
+        for (t, to_eof) in ready {
             if t == LISTENER {
                 self.accept(h);
                 continue;
@@ -173,6 +177,7 @@ impl Endpoint {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
+            c.stream.read_to_eof = to_eof;
             // Our own peers: no cap needed on what one read takes.
             let mut dead = match c.stream.read(usize::MAX) {
                 Ok(_) => false,

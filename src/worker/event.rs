@@ -339,6 +339,9 @@ impl Worker {
     }
 
     fn conn_event(&mut self, slot: usize, ev: &Event) {
+        if let Some(c) = self.slots.get_mut(slot) {
+            c.stream.read_to_eof = ev.is_read_closed() || ev.is_error();
+        }
         if ev.is_readable() && !self.read_rounds(slot) {
             return;
         }
