@@ -265,3 +265,39 @@ fn crls_apply_to_their_own_ca_and_others_pass_unless_required() {
     assert!(m.backends.iter().all(|b| !b.up), "{:?}", m.backends);
     lb.shutdown();
 }
+
+/// A client offering every suite in rustls' default order (AES-256-GCM first) gets siplb's
+/// choice, AES-128-GCM with SHA-256 (cheaper per call; still TLS 1.3 AEAD), on the client hop
+/// and on the hop to a back end; a client offering only AES-256 still gets it.
+#[test]
+fn siplb_picks_aes_128_gcm_first_on_both_hops() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(&pki, &backends, 1, &[]);
+    let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
+    let offer = |suites: Option<Vec<rustls::SupportedCipherSuite>>| {
+        let mut p = rustls::crypto::ring::default_provider();
+        if let Some(s) = suites {
+            p.cipher_suites = s;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        let s = tls_connect(lb.listen_addrs[0], Arc::new(cfg), LB_NAME).expect("handshake");
+        s.conn.negotiated_cipher_suite().map(|s| s.suite())
+    };
+    assert_eq!(
+        rustls::crypto::ring::default_provider().cipher_suites[0].suite(),
+        TLS13_AES_256_GCM_SHA384
+    );
+    assert_eq!(offer(None), Some(TLS13_AES_128_GCM_SHA256));
+    let only_256 = vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384];
+    assert_eq!(offer(Some(only_256)), Some(TLS13_AES_256_GCM_SHA384));
+    // The pool hop: siplb is the client there and offers AES-128-GCM first.
+    let ours = tls::provider();
+    assert_eq!(ours.cipher_suites[0].suite(), TLS13_AES_128_GCM_SHA256);
+    lb.shutdown();
+}

@@ -35,9 +35,32 @@ pub enum TlsError {
     ServerName(String),
 }
 
-/// The only crypto provider siplb uses.
+/// The only crypto provider siplb uses: ring's, with AES-128-GCM preferred within each protocol
+/// version (measured cheaper per call than AES-256-GCM first, rustls' default order; see
+/// perf/README.md). The policy is unchanged: TLS 1.2 and 1.3, AEAD suites only. siplb's servers
+/// choose by this order, not the client's ([`prefer_ours`]).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    };
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        let tls12 = matches!(s, rustls::SupportedCipherSuite::Tls12(_));
+        let aes128 = matches!(
+            s.suite(),
+            TLS13_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        );
+        (tls12, !aes128)
+    });
+    Arc::new(p)
+}
+
+/// Server side: pick the first suite of our order the client offers.
+pub(crate) fn prefer_ours(cfg: &mut ServerConfig) {
+    cfg.ignore_client_order = true;
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -143,6 +166,7 @@ pub fn mtls_server_config(id: &Identity, roots: RootCertStore) -> Result<Arc<Ser
         .with_single_cert(chain, key)
         .map_err(config_err)?;
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+    prefer_ours(&mut cfg);
     Ok(Arc::new(cfg))
 }
 

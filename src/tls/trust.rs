@@ -146,6 +146,7 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
         None => builder.with_no_client_auth().with_cert_resolver(resolver),
     };
     front.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+    super::prefer_ours(&mut front);
 
     let roots = Arc::new(load_roots(&files.backend_ca)?);
     let back_id = Identity::load(&files.backend_cert, &files.backend_key)?;
@@ -183,6 +184,7 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
             .with_single_cert(front_id.chain.clone(), front_id.key.clone_key())
             .map_err(config_err)?;
         cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
+        super::prefer_ours(&mut cfg);
         Some(Arc::new(cfg))
     } else {
         None
