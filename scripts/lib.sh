@@ -94,9 +94,9 @@ table_header() {
   printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n" ---------- ------------ -------- -------- -------- ---------- --------- --------- -----------
 }
 
-# start_siplb PORT WORKERS: siplb in front of the three back ends; sets SIPLB_PID.
+# start_siplb PORT WORKERS: siplb (or $SIPLB_BIN) in front of the three back ends; sets SIPLB_PID.
 start_siplb() {
-  "$BIN/siplb" --listen "127.0.0.1:$1" --workers "$2" --log warn \
+  "${SIPLB_BIN:-$BIN/siplb}" --listen "127.0.0.1:$1" --workers "$2" --log warn \
     --cert "$BENCH_DIR/localhost.crt.pem" --key "$BENCH_DIR/localhost.key.pem" --backend-ca "$BENCH_DIR/ca.pem" \
     --backend "b0.bench=127.0.0.1:$BACKEND_PORT" --backend "b1.bench=127.0.0.1:$((BACKEND_PORT + 1))" \
     --backend "b2.bench=127.0.0.1:$((BACKEND_PORT + 2))" --max-connections 20000 >"$BENCH_DIR/siplb.log" 2>&1 &

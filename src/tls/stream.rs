@@ -4,52 +4,48 @@
 //! Writes go through rustls' `write_vectored`; what rustls will not take yet (its buffer limit)
 //! waits in a local queue, which is capped so a peer that stops reading cannot grow us.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 
 use mio::Interest;
 use mio::net::TcpStream;
 use rustls::Connection;
 
-/// Decrypted bytes waiting for framing. Its storage stays initialised, so reading into the spare
-/// room needs no zero-fill per read (only when it grows); `filled` is what framing sees.
+/// Decrypted bytes waiting for framing. It holds memory only while it holds bytes: rustls' own
+/// plaintext chunk is copied in when there is one, and a buffer emptied by framing is released,
+/// so an idle connection keeps no read buffer at all (issue 13: most of what an idle connection
+/// cost was a 16 KiB buffer allocated at the first read).
 #[derive(Debug, Default)]
 pub struct ReadBuf {
     data: Vec<u8>,
-    len: usize,
 }
 
 impl ReadBuf {
     pub fn filled(&self) -> &[u8] {
-        &self.data[..self.len]
+        &self.data
     }
 
-    /// At least `min` bytes of room after the filled part, growing by `grow` when short.
-    fn spare(&mut self, min: usize, grow: usize) -> &mut [u8] {
-        if self.data.len() - self.len < min {
-            self.data.resize(self.data.len() + grow, 0);
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.data.capacity() == 0 {
+            // Room for a typical SIP message or two, so a message spread over several TLS
+            // records does not grow the buffer record by record.
+            self.data.reserve(bytes.len().max(MIN_READ_BUF));
         }
-        &mut self.data[self.len..]
+        self.data.extend_from_slice(bytes);
     }
 
-    fn advance(&mut self, n: usize) {
-        self.len += n;
-    }
-
-    /// Drops the first `n` filled bytes; an emptied large buffer is released, so an idle
-    /// connection keeps little memory.
+    /// Drops the first `n` filled bytes; an emptied buffer is released.
     fn consume(&mut self, n: usize) {
-        let n = n.min(self.len);
-        self.data.copy_within(n..self.len, 0);
-        self.len -= n;
-        if self.len == 0 && self.data.len() > 4 * READ_CHUNK {
+        if n >= self.data.len() {
             *self = ReadBuf::default();
+        } else {
+            self.data.drain(..n);
         }
     }
 }
 
 /// Plaintext bytes queued for a peer that is not reading, beyond which it is cut off.
 pub const MAX_PENDING: usize = 4 << 20;
-const READ_CHUNK: usize = 16 * 1024;
+const MIN_READ_BUF: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -153,23 +149,26 @@ impl TlsStream {
         Ok(self.rbuf.filled().len() - before)
     }
 
-    /// Moves decrypted bytes from rustls into `rbuf`.
+    /// Moves decrypted bytes from rustls into `rbuf`, a chunk (at most a TLS record) at a time,
+    /// allocating nothing when there are none.
     fn drain_plaintext(&mut self, limit: usize) -> Result<(), StreamError> {
         loop {
             if self.rbuf.filled().len() >= limit {
                 self.more = true;
                 return Ok(());
             }
-            match self
-                .tls
-                .reader()
-                .read(self.rbuf.spare(READ_CHUNK / 4, READ_CHUNK))
-            {
-                Ok(0) => {
+            let mut reader = self.tls.reader();
+            match reader.fill_buf() {
+                // The peer's close_notify, after everything it sent.
+                Ok([]) => {
                     self.closed = true;
                     return Ok(());
                 }
-                Ok(n) => self.rbuf.advance(n),
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    self.rbuf.extend(chunk);
+                    reader.consume(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 // TCP closed without close_notify: what arrived before still counts (a peer
                 // that answers and hangs up at once must have its answer delivered).

@@ -80,9 +80,12 @@ pub struct Conn {
     pub paused: bool,
 }
 
+/// A slot: its generation stays for as long as the worker runs (tokens name it), while the
+/// connection is boxed, so a closed connection gives all of its memory back and 10 000 slots
+/// that were once busy cost 16 bytes each, not a whole connection's state.
 struct Entry {
     generation: u32,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
 }
 
 #[derive(Default)]
@@ -113,17 +116,17 @@ impl Slots {
     pub fn insert(&mut self, conn: Conn) -> usize {
         let (slot, _) = self.vacant();
         self.free.pop();
-        self.entries[slot].conn = Some(conn);
+        self.entries[slot].conn = Some(Box::new(conn));
         self.open += 1;
         slot
     }
 
     pub fn get(&self, slot: usize) -> Option<&Conn> {
-        self.entries.get(slot)?.conn.as_ref()
+        self.entries.get(slot)?.conn.as_deref()
     }
 
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
-        self.entries.get_mut(slot)?.conn.as_mut()
+        self.entries.get_mut(slot)?.conn.as_deref_mut()
     }
 
     /// The connection in `slot`, only if it is still the one `generation` named.
@@ -132,7 +135,7 @@ impl Slots {
         if e.generation != generation {
             return None;
         }
-        e.conn.as_mut()
+        e.conn.as_deref_mut()
     }
 
     pub fn generation(&self, slot: usize) -> u32 {
@@ -145,7 +148,7 @@ impl Slots {
         e.generation = e.generation.wrapping_add(1);
         self.free.push(slot);
         self.open -= 1;
-        Some(conn)
+        Some(*conn)
     }
 
     pub fn len(&self) -> usize {
