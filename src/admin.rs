@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// What an operator said about a back end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +62,24 @@ impl std::str::FromStr for AdminAddr {
     }
 }
 
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddr::Tcp(a) => write!(f, "{a}"),
+            AdminAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::State(s) => f.write_str(s.as_str()),
+            Change::Weight(w) => write!(f, "weight {w}"),
+        }
+    }
+}
+
 /// What the API needs from the running balancer.
 pub trait Control: Send + Sync {
     /// The back ends as JSON.
@@ -103,11 +120,7 @@ fn parse(line: &str) -> Result<Option<(String, Change)>, &'static str> {
     }
 }
 
-fn handle(mut s: impl Read + Write, ctl: &dyn Control) -> std::io::Result<()> {
-    let mut req = [0u8; 2048];
-    let n = s.read(&mut req)?;
-    let text = String::from_utf8_lossy(&req[..n]);
-    let line = text.lines().next().unwrap_or("");
+fn handle(line: &str, ctl: &dyn Control) -> crate::http::Reply {
     let (status, body) = match parse(line) {
         Ok(None) => ("200 OK", ctl.list()),
         Ok(Some((name, change))) if ctl.set(&name, change) => ("200 OK", "{\"ok\":true}\n".to_string()),
@@ -117,48 +130,11 @@ fn handle(mut s: impl Read + Write, ctl: &dyn Control) -> std::io::Result<()> {
         ),
         Err(why) => ("400 Bad Request", format!("{{\"error\":\"{why}\"}}\n")),
     };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// A stream the API is served on: TCP or Unix.
-trait Stream: Read + Write {
-    /// Read and write timeouts, so a silent client cannot hold the API.
-    fn timeouts(&self, t: Option<Duration>);
-}
-
-impl Stream for std::net::TcpStream {
-    fn timeouts(&self, t: Option<Duration>) {
-        let _ = self.set_read_timeout(t);
-        let _ = self.set_write_timeout(t);
+    crate::http::Reply {
+        status,
+        content_type: "application/json",
+        body,
     }
-}
-
-impl Stream for std::os::unix::net::UnixStream {
-    fn timeouts(&self, t: Option<Duration>) {
-        let _ = self.set_read_timeout(t);
-        let _ = self.set_write_timeout(t);
-    }
-}
-
-/// Answers every connection `accept` yields, one at a time, on a thread of its own.
-fn spawn<S: Stream>(
-    mut accept: impl FnMut() -> Option<S> + Send + 'static,
-    ctl: Arc<dyn Control>,
-) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("siplb-admin".into())
-        .spawn(move || {
-            while let Some(s) = accept() {
-                s.timeouts(Some(Duration::from_secs(2)));
-                let _ = handle(s, ctl.as_ref());
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// Serves the API on its own thread; returns the bound TCP address (if TCP). A non-loopback
@@ -173,17 +149,23 @@ pub fn serve(addr: &AdminAddr, remote: bool, ctl: Arc<dyn Control>) -> Result<Op
             }
             let l = std::net::TcpListener::bind(a).map_err(|e| format!("--admin {a}: {e}"))?;
             let local = l.local_addr().map_err(|e| e.to_string())?;
-            spawn(move || l.incoming().flatten().next(), ctl)?;
+            crate::http::serve("siplb-admin", move || l.incoming().flatten().next(), handler(ctl))
+                .map_err(|e| e.to_string())?;
             Ok(Some(local))
         }
         AdminAddr::Unix(p) => {
             let _ = std::fs::remove_file(p);
             let l = std::os::unix::net::UnixListener::bind(p)
                 .map_err(|e| format!("--admin {}: {e}", p.display()))?;
-            spawn(move || l.incoming().flatten().next(), ctl)?;
+            crate::http::serve("siplb-admin", move || l.incoming().flatten().next(), handler(ctl))
+                .map_err(|e| e.to_string())?;
             Ok(None)
         }
     }
+}
+
+fn handler(ctl: Arc<dyn Control>) -> crate::http::Handler {
+    Arc::new(move |line: &str| handle(line, ctl.as_ref()))
 }
 
 /// `siplb ctl`: sends one request and returns (HTTP success, body).

@@ -137,7 +137,7 @@ impl Leaf {
         let cert = dir.join(format!("{stem}.crt.pem"));
         let key = dir.join(format!("{stem}.key.pem"));
         write(&cert, &self.cert_pem)?;
-        write(&key, &self.key_pem)?;
+        write_private(&key, &self.key_pem)?;
         Ok(LeafFiles { cert, key })
     }
 }
@@ -147,4 +147,24 @@ fn write(path: &Path, text: &str) -> Result<(), CertError> {
         path: path.display().to_string(),
         why,
     })
+}
+
+/// Writes a private key readable by its owner only (mode 0600), also when the file was there.
+fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |why| CertError::Write {
+        path: path.display().to_string(),
+        why,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|_| f.write_all(text.as_bytes()))
+        .map_err(fail)
 }

@@ -6,239 +6,165 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
 use crate::balance::pool::{HealthCheck, Policy};
 use crate::balance::{Backend, BalanceKey};
+use crate::logging::{LogFormat, LogLevel};
 use crate::route::PathMode;
 use crate::tls::trust::TlsFiles;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "siplb",
-    version,
-    about = "Load balancer for SIP over TLS: terminates client TLS, forwards over MTLS to a pool of SIP \
-             servers, and keeps each dialog on the server that took its first request.",
-    args_conflicts_with_subcommands = true
-)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a whole balancer on this machine: throwaway CA, three sipload back ends, siplb and a
-    /// caller; print calls per back end, failures and latency.
-    Demo(crate::demo::DemoArgs),
-    /// Write a new random token key (64 hex characters, mode 0600) to FILE for
-    /// --token-key-file; refuses to overwrite.
-    Keygen { file: PathBuf },
-    /// Talk to a running balancer's admin API (--admin): list back ends, drain, enable,
-    /// disable, or set a weight.
-    Ctl {
-        /// The balancer's --admin address (HOST:PORT or a Unix socket path).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5070")]
-        admin: crate::admin::AdminAddr,
-        #[command(subcommand)]
-        action: CtlAction,
-    },
-}
-
-/// What `siplb ctl` asks.
-#[derive(Debug, Clone, Subcommand)]
-pub enum CtlAction {
-    /// List the back ends (JSON): address, weight, admin state, health per worker, dialogs,
-    /// last probe round trip.
-    Backends,
-    /// Take no new dialogs; dialogs in flight go on.
-    Drain { name: String },
-    /// Take traffic again.
-    Enable { name: String },
-    /// Take nothing at all (in-dialog requests get 503).
-    Disable { name: String },
-    /// Set the weight (0: no new dialogs).
-    Weight { name: String, weight: u32 },
-}
-
-impl CtlAction {
-    /// The HTTP method and path of this action.
-    pub fn request(&self) -> (&'static str, String) {
-        match self {
-            CtlAction::Backends => ("GET", "/backends".into()),
-            CtlAction::Drain { name } => ("POST", format!("/backends/{name}/drain")),
-            CtlAction::Enable { name } => ("POST", format!("/backends/{name}/enable")),
-            CtlAction::Disable { name } => ("POST", format!("/backends/{name}/disable")),
-            CtlAction::Weight { name, weight } => ("POST", format!("/backends/{name}/weight/{weight}")),
-        }
-    }
-}
+/// Headings of `siplb --help`, in the order an operator sets things up.
+const LISTEN: &str = "Listeners and TLS";
+const BACKENDS: &str = "Back ends";
+const HEALTH: &str = "Health checks";
+const LIMITS: &str = "Limits and timeouts";
+const OPERATIONS: &str = "Operations";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Address for SIP/TLS clients (repeatable).
-    #[arg(long = "listen", value_name = "ADDR")]
+    /// Address for SIP/TLS clients (repeatable). A wildcard address needs --advertise.
+    #[arg(help_heading = LISTEN, long = "listen", value_name = "ADDR", default_value = "0.0.0.0:5061")]
     pub listen: Vec<SocketAddr>,
     /// Certificate chain (PEM) shown to clients.
-    #[arg(long, value_name = "PEM")]
+    #[arg(help_heading = LISTEN, long, value_name = "PEM")]
     pub cert: Option<PathBuf>,
     /// Private key (PEM) for --cert.
-    #[arg(long, value_name = "PEM")]
+    #[arg(help_heading = LISTEN, long, value_name = "PEM")]
     pub key: Option<PathBuf>,
     /// Another certificate and key, shown to clients that ask (by SNI) for a name it carries;
     /// --cert stays the fallback for clients without SNI or asking for another name (repeatable).
-    #[arg(long = "sni-cert", value_name = "CERT:KEY")]
+    #[arg(help_heading = LISTEN, long = "sni-cert", value_name = "CERT:KEY")]
     pub sni_cert: Vec<String>,
     /// CA (PEM) for client certificates; with it, clients may present one and it is verified.
-    #[arg(long, value_name = "PEM")]
+    #[arg(help_heading = LISTEN, long, value_name = "PEM")]
     pub client_ca: Option<PathBuf>,
     /// Refuse clients without a valid certificate from --client-ca.
-    #[arg(long, requires = "client_ca")]
+    #[arg(help_heading = LISTEN, long, requires = "client_ca")]
     pub require_client_cert: bool,
     /// Certificate revocation list (PEM), applied to client, back-end and peer certificates
     /// (repeatable).
-    #[arg(long = "crl", value_name = "PEM")]
+    #[arg(help_heading = LISTEN, long = "crl", value_name = "PEM")]
     pub crl: Vec<PathBuf>,
     /// Refuse certificates whose CA published no CRL among the --crl files (by default a CRL
     /// applies to the chains of the CA that issued it, and chains of other CAs pass).
-    #[arg(long)]
+    #[arg(help_heading = LISTEN, long)]
     pub crl_required: bool,
     /// Back end: NAME=HOST:PORT[,weight=W]; NAME must be in the server's certificate (repeatable).
-    #[arg(long = "backend", value_name = "NAME=HOST:PORT[,weight=W]")]
+    #[arg(help_heading = BACKENDS, long = "backend", value_name = "NAME=HOST:PORT[,weight=W]")]
     pub backend: Vec<String>,
     /// File with one back end per line, same syntax as --backend; '#' starts a comment.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = BACKENDS, long, value_name = "FILE")]
     pub backends_file: Option<PathBuf>,
     /// CA (PEM) that back-end certificates must chain to.
-    #[arg(long, value_name = "PEM")]
+    #[arg(help_heading = BACKENDS, long, value_name = "PEM")]
     pub backend_ca: Option<PathBuf>,
     /// Client certificate siplb shows to back ends (default: --cert).
-    #[arg(long, value_name = "PEM", requires = "backend_key")]
+    #[arg(help_heading = BACKENDS, long, value_name = "PEM", requires = "backend_key")]
     pub backend_cert: Option<PathBuf>,
     /// Key for --backend-cert (default: --key).
-    #[arg(long, value_name = "PEM", requires = "backend_cert")]
+    #[arg(help_heading = BACKENDS, long, value_name = "PEM", requires = "backend_cert")]
     pub backend_key: Option<PathBuf>,
     /// Address where back-end servers may open MTLS connections of their own to siplb.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(help_heading = BACKENDS, long, value_name = "ADDR")]
     pub peer_listen: Option<SocketAddr>,
     /// HOST[:PORT] clients reach siplb at, written into Via and Record-Route towards clients
     /// (default: the first --listen).
-    #[arg(long, value_name = "HOST[:PORT]")]
+    #[arg(help_heading = LISTEN, long, value_name = "HOST[:PORT]")]
     pub advertise: Option<String>,
     /// HOST[:PORT] servers reach siplb at (the --peer-listen side): written into the Via, the
     /// server-facing Record-Route and the Path of requests to servers (default: the --advertise
     /// host with the --peer-listen port).
-    #[arg(long, value_name = "HOST[:PORT]", requires = "peer_listen")]
+    #[arg(help_heading = BACKENDS, long, value_name = "HOST[:PORT]", requires = "peer_listen")]
     pub peer_advertise: Option<String>,
     /// When a REGISTER gets a Path (with Require: path): only if the UA says Supported: path
     /// (RFC 3327), or always.
-    #[arg(long, value_enum, default_value_t = PathMode::Supported)]
+    #[arg(help_heading = BACKENDS, long, value_enum, default_value_t = PathMode::Supported)]
     pub path: PathMode,
     /// The secret behind every routing token and branch (at least 32 bytes, readable by its
     /// owner only; `siplb keygen FILE` writes one). Instances given the same file accept each
     /// other's pins; read again on SIGHUP, a changed key keeps accepting the previous one for
     /// 10 minutes. Without it, a random key per process.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = BACKENDS, long, value_name = "FILE")]
     pub token_key_file: Option<PathBuf>,
     /// Share the listening ports with other processes that ask for it too (several instances on
     /// one port, the kernel spreading connections); without it a port in use is refused.
-    #[arg(long)]
+    #[arg(help_heading = LISTEN, long)]
     pub reuse_port: bool,
-    /// Worker threads, each with its own event loop, listener and back-end pool.
-    #[arg(long, value_name = "N")]
+    /// Worker threads, each with its own event loop, listener and back-end pool [default: the
+    /// number of CPUs]
+    #[arg(help_heading = OPERATIONS, long, value_name = "N")]
     pub workers: Option<usize>,
     /// MTLS connections per back end per worker.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 1)]
     pub pool_size: usize,
     /// What keeps a dialog on one back end: the hash key for new dialogs.
-    #[arg(long, value_enum, default_value_t = BalanceKey::CallId)]
+    #[arg(help_heading = BACKENDS, long, value_enum, default_value_t = BalanceKey::CallId)]
     pub balance: BalanceKey,
     /// Seconds between SIP OPTIONS health probes to each back end.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    #[arg(help_heading = HEALTH, long, value_name = "SECS", default_value_t = 5)]
     pub health_interval: u64,
     /// Seconds between probes while a back end is coming back (after a (re)connection).
-    #[arg(long, value_name = "SECS", default_value_t = 0.25)]
+    #[arg(help_heading = HEALTH, long, value_name = "SECS", default_value_t = 0.25)]
     pub health_fast_interval: f64,
     /// Passed probes in a row that bring a back end back (a back end never seen up is admitted
     /// on its first).
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(help_heading = HEALTH, long, value_name = "N", default_value_t = 2)]
     pub health_rise: u32,
     /// Failed probes in a row that take a back end out of new dialogs.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(help_heading = HEALTH, long, value_name = "N", default_value_t = 2)]
     pub health_fall: u32,
     /// The health check: SIP OPTIONS (any final answer below 500 passes), or tls (an accepted MTLS
     /// connection is the check, for servers that do not answer OPTIONS).
-    #[arg(long, value_enum, default_value_t = HealthCheck::Options)]
+    #[arg(help_heading = HEALTH, long, value_enum, default_value_t = HealthCheck::Options)]
     pub health_check: HealthCheck,
     /// Seconds SIGTERM/SIGINT waits for dialogs in flight to end before siplb exits.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(help_heading = OPERATIONS, long, value_name = "SECS", default_value_t = 30)]
     pub drain_timeout: u64,
     /// Largest SIP message accepted from a client; larger ones get 513 and the connection is
     /// closed.
-    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 65_536)]
     pub max_message_bytes: usize,
     /// Largest SIP message accepted from a server (pool and peer connections); a larger one is
     /// skipped by its Content-Length and answered 513 (the request it answers gets 513 from
     /// siplb); only bytes that cannot be framed close a server's connection.
-    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 262_144)]
     pub max_backend_message_bytes: usize,
     /// Bytes of output a worker may hold for clients that do not read fast enough; past it the
     /// client holding the most is closed (output for servers meets backpressure instead).
-    #[arg(long, value_name = "N", default_value_t = 64 << 20)]
+    #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 64 << 20)]
     pub max_output_bytes: usize,
     /// Seconds a connection (client, peer or pool) may take to finish its TLS handshake.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(help_heading = LIMITS, long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
     /// Seconds a message may take to arrive whole once its first byte has (Kamailio's
     /// tcp_msg_read_timeout); a peer that is slower loses its connection.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(help_heading = LIMITS, long, value_name = "SECS", default_value_t = 10)]
     pub message_timeout: u64,
     /// Seconds of silence after which a connection is closed (keep-alives count; a pool
     /// connection is then opened again).
-    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    #[arg(help_heading = LIMITS, long, value_name = "SECS", default_value_t = 180)]
     pub idle_timeout: u64,
     /// Connections open at once over all workers: clients, and servers on the peer listener.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Serve the runtime admin API (HTTP) at ADDR: a loopback HOST:PORT or a Unix socket path
     /// (see `siplb ctl --help`).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(help_heading = OPERATIONS, long, value_name = "ADDR")]
     pub admin: Option<crate::admin::AdminAddr>,
     /// Allow --admin on an address other than loopback.
-    #[arg(long, requires = "admin")]
+    #[arg(help_heading = OPERATIONS, long, requires = "admin")]
     pub admin_allow_remote: bool,
     /// Serve Prometheus metrics over HTTP at ADDR, path /metrics.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(help_heading = OPERATIONS, long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Client connections open at once from one source address (0: no limit).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    /// Log level (RUST_LOG, when set, refines it per module).
+    #[arg(help_heading = OPERATIONS, long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
     pub log: LogLevel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl LogLevel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
-    }
+    /// Log lines as text (coloured on a terminal only) or JSON objects, one per line.
+    #[arg(help_heading = OPERATIONS, long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Why siplb refuses to start. `exit_code` is 2 for flags, 1 for files and certificates.
@@ -248,30 +174,14 @@ pub enum ConfigError {
     Flag { flag: &'static str, why: String },
     #[error("{0}")]
     File(String),
-}
-
-/// A clap error as DESIGN.md wants it: help and version printed in full (exit 0), anything else
-/// as its one first line (exit 2).
-pub fn flag_error(e: &clap::Error, program: &str) -> i32 {
-    if !e.use_stderr() {
-        let _ = e.print();
-        return 0;
-    }
-    let text = e.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("bad flags").trim_start_matches("error: ");
-    // "required arguments were not provided:" names the flags on the next line.
-    match (first.ends_with(':'), lines.next()) {
-        (true, Some(next)) => eprintln!("{program}: {first} {next}"),
-        _ => eprintln!("{program}: {first}"),
-    }
-    2
+    #[error("required flags missing: {0} (see --help)")]
+    Missing(String),
 }
 
 impl ConfigError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            ConfigError::Flag { .. } => 2,
+            ConfigError::Flag { .. } | ConfigError::Missing(_) => 2,
             ConfigError::File(_) => 1,
         }
     }
@@ -364,11 +274,24 @@ fn check_backends(backends: &[Backend]) -> Result<(), ConfigError> {
 
 impl RunArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let cert = self.cert.ok_or_else(|| flag("--cert", "is required"))?;
-        let key = self.key.ok_or_else(|| flag("--key", "is required"))?;
-        let backend_ca = self
-            .backend_ca
-            .ok_or_else(|| flag("--backend-ca", "is required"))?;
+        // Every missing required flag in one answer, not one per run.
+        let missing: Vec<&str> = [
+            (self.cert.is_none(), "--cert"),
+            (self.key.is_none(), "--key"),
+            (self.backend_ca.is_none(), "--backend-ca"),
+            (
+                self.backend.is_empty() && self.backends_file.is_none(),
+                "--backend (or --backends-file)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(miss, name)| miss.then_some(name))
+        .collect();
+        let (Some(cert), Some(key), Some(backend_ca), true) =
+            (self.cert, self.key, self.backend_ca, missing.is_empty())
+        else {
+            return Err(ConfigError::Missing(missing.join(", ")));
+        };
         let listen = if self.listen.is_empty() {
             vec![SocketAddr::from(([0, 0, 0, 0], 5061))]
         } else {
@@ -609,6 +532,14 @@ pub fn read_backends_file(path: &std::path::Path) -> Result<Vec<Backend>, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// The balancer's flags alone, as `siplb` parses them.
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        run: RunArgs,
+    }
 
     fn args(extra: &[&str]) -> Result<Config, ConfigError> {
         let mut v = vec![
@@ -649,7 +580,6 @@ mod tests {
                 &["--backend", "b=127.0.0.1:1", "--backend", "b=127.0.0.1:2"],
                 "--backend",
             ),
-            (&[], "--backend"),
             (&["--backend", "b=127.0.0.1:1"], "--advertise"),
             (
                 &["--backend", "b=127.0.0.1:1", "--advertise", "h", "--workers", "0"],
@@ -664,6 +594,19 @@ mod tests {
             assert_eq!(e.exit_code(), 2);
             assert!(e.to_string().starts_with(flag_name), "{e}");
         }
+        let e = args(&[]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--backend (or --backends-file)"), "{e}");
+        // Every missing flag in one answer.
+        let e = Args::try_parse_from(["siplb", "--backend", "b=127.0.0.1:1"])
+            .expect("flags parse")
+            .run
+            .into_config()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "required flags missing: --cert, --key, --backend-ca (see --help)"
+        );
         let e = args(&["--backends-file", "/nonexistent/siplb-backends"]).unwrap_err();
         assert_eq!(e.exit_code(), 1);
         assert!(e.to_string().contains("/nonexistent/siplb-backends"), "{e}");

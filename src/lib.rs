@@ -7,8 +7,10 @@
 pub mod admin;
 pub mod balance;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod load;
 pub mod logging;
 pub mod metrics;
@@ -16,3 +18,12 @@ pub mod route;
 pub mod sip;
 pub mod tls;
 pub mod worker;
+
+/// The allocator a build chose with `--features mimalloc` or `--features jemalloc` (both binaries
+/// and the tests use it); the system allocator otherwise.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -1,67 +1,77 @@
 //! The `siplb` binary: flags to configuration, start the workers, stop on SIGTERM/SIGINT.
-//! Refusals are one line on stderr: exit 2 for flags, 1 for files and certificates.
+//! Refusals are one line on stderr: exit 2 for flags, 1 for files and certificates. A started
+//! balancer logs "siplb started" once every listener is bound, and "siplb stopped" with the
+//! reason as its last line.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use siplb::config::{Args, Command};
+use siplb::cli::{Args, Command};
 use siplb::worker::Balancer;
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => return ExitCode::from(siplb::config::flag_error(&e, "siplb") as u8),
+        Err(e) => return ExitCode::from(siplb::cli::flag_error(&e, "siplb") as u8),
     };
-    if let Some(Command::Ctl { admin, action }) = &args.command {
-        let (method, path) = action.request();
-        return match siplb::admin::request(admin, method, &path) {
-            Ok((ok, body)) => {
-                print!("{body}");
-                ExitCode::from(if ok { 0 } else { 1 })
+    match args.command {
+        Some(Command::Ctl { admin, action }) => {
+            let (method, path) = action.request();
+            match siplb::admin::request(&admin, method, &path) {
+                Ok((ok, body)) => {
+                    print!("{body}");
+                    ExitCode::from(if ok { 0 } else { 1 })
+                }
+                Err(e) => {
+                    eprintln!("siplb ctl: {e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("siplb ctl: {e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if let Some(Command::Keygen { file }) = &args.command {
-        return match siplb::config::keygen(file) {
+        }
+        Some(Command::Keygen { file }) => match siplb::config::keygen(&file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("siplb keygen: {e}");
                 ExitCode::from(e.exit_code() as u8)
             }
-        };
-    }
-    if let Some(Command::Demo(demo)) = args.command {
-        siplb::logging::init(demo.log.as_str());
-        return match siplb::demo::run(demo) {
+        },
+        Some(Command::Completions { shell }) => {
+            siplb::cli::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Manpage) => match siplb::cli::manpage(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("siplb demo: {e}");
+                eprintln!("siplb manpage: {e}");
                 ExitCode::from(1)
             }
-        };
+        },
+        Some(Command::Demo(demo)) => {
+            siplb::logging::init(demo.log.as_str(), siplb::logging::LogFormat::Text);
+            match siplb::demo::run(demo) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("siplb demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        None => run(args.run),
     }
-    siplb::logging::init(args.run.log.as_str());
-    let cfg = match args.run.into_config() {
+}
+
+/// The balancer itself, until a signal stops it.
+fn run(flags: siplb::config::RunArgs) -> ExitCode {
+    siplb::logging::init(flags.log.as_str(), flags.log_format);
+    let cfg = match flags.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("siplb: {e}");
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    let lb = match Balancer::start(cfg) {
-        Ok(lb) => lb,
-        Err(e) => {
-            eprintln!("siplb: {e}");
-            return ExitCode::from(e.exit_code() as u8);
-        }
-    };
-    let stop = lb.stopper();
-    let drain = lb.drainer();
-    let reload = lb.reloader();
+    // Signals are caught before anything starts: a SIGTERM right after "siplb started" (or
+    // READY=1) drains instead of killing the process.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -73,6 +83,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let lb = match Balancer::start(cfg) {
+        Ok(lb) => lb,
+        Err(e) => {
+            eprintln!("siplb: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let collect = lb.collector();
+    std::thread::spawn(move || summarise(collect.as_ref()));
+    let stop = lb.stopper();
+    let drain = lb.drainer();
+    let reload = lb.reloader();
+    // Ready only once a stop signal would be handled (a drain, not the default exit).
+    sd_notify("READY=1");
+    let (why_tx, why_rx) = std::sync::mpsc::channel::<&'static str>();
     std::thread::spawn(move || {
         let mut draining = false;
         for sig in signals.forever() {
@@ -82,19 +107,69 @@ fn main() -> ExitCode {
                 let _ = reload();
                 continue;
             }
+            let name = if sig == signal_hook::consts::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
             if draining {
-                tracing::info!(signal = sig, "second signal: stopping now");
+                tracing::info!(signal = name, "second signal: stopping now");
+                let _ = why_tx.send("a second signal during the drain");
                 stop();
                 break;
             }
             tracing::info!(
-                signal = sig,
+                signal = name,
                 "stopping: no new connections or dialogs; waiting for dialogs in flight"
             );
+            let _ = why_tx.send(if name == "SIGTERM" { "SIGTERM" } else { "SIGINT" });
+            sd_notify("STOPPING=1");
             drain();
             draining = true;
         }
     });
     lb.join();
+    let why = why_rx.try_iter().last().unwrap_or("the workers ended");
+    tracing::info!(reason = why, "siplb stopped");
     ExitCode::SUCCESS
+}
+
+/// Client connections come and go at `debug`; at `info` a busy balancer says once a minute how
+/// many there were, instead of two lines per connection.
+fn summarise(collect: &(dyn Fn() -> siplb::metrics::Metrics + Send + Sync)) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    let mut accepted = collect().accepted;
+    loop {
+        std::thread::sleep(EVERY);
+        let m = collect();
+        let new = m.accepted.saturating_sub(accepted);
+        accepted = m.accepted;
+        if new > 0 {
+            tracing::info!(
+                accepted = new,
+                open = m.connections_open,
+                "client connections in the last 60 s"
+            );
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`) how the service is doing, when it runs under systemd.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    // An abstract socket is named with a leading '@'.
+    let addr = match path.as_encoded_bytes().strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    if let Ok(addr) = addr {
+        let _ = sock.send_to_addr(state.as_bytes(), &addr);
+    }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +52,67 @@ pub fn method_index(m: Method) -> usize {
     }
 }
 
+/// Upper bounds (seconds) of the latency histograms' buckets: half a millisecond (a call on
+/// loopback) to ten seconds (a ringing phone is not in these: they end at the first answer).
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram of durations: counts per bucket of [`BUCKETS`] (not cumulative here;
+/// the exposition adds them up), their number and their sum. Plain integers, no allocation.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| s <= b) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn add(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.count += o.count;
+        self.sum += o.sum;
+    }
+
+    /// The exposition rows (`_bucket` with `le`, `_sum`, `_count`) under `labels` (`k="v"` pairs
+    /// without braces, or empty).
+    fn rows(&self, name: &str, labels: &str, out: &mut String) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut acc = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.counts) {
+            acc += n;
+            let _ = writeln!(out, "siplb_{name}_bucket{{{labels}{sep}le=\"{b}\"}} {acc}");
+        }
+        let _ = writeln!(
+            out,
+            "siplb_{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "siplb_{name}_sum{braces} {:.6}", self.sum);
+        let _ = writeln!(out, "siplb_{name}_count{braces} {}", self.count);
+    }
+}
+
 /// One back end as a worker sees it.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct BackendMetrics {
@@ -65,6 +125,10 @@ pub struct BackendMetrics {
     pub dialogs: u64,
     /// Round trip of the last answered health probe.
     pub probe_rtt: Option<Duration>,
+    /// Round trips of the answered health probes.
+    pub probe_seconds: Histogram,
+    /// From an initial INVITE forwarded to the back end to its first answer (any code).
+    pub answer_seconds: Histogram,
     pub probes_failed: u64,
     /// Connection failures by reason.
     pub failures: BTreeMap<String, u64>,
@@ -106,6 +170,8 @@ pub struct Metrics {
     pub loop_busy: Duration,
     pub connections_open: u64,
     pub backends: Vec<BackendMetrics>,
+    /// From an initial INVITE read from a client to the first 2xx forwarded back to it.
+    pub setup_seconds: Histogram,
     /// Per worker: messages handled and time busy (only in the added-up form).
     pub per_worker: Vec<(u64, Duration)>,
 }
@@ -173,6 +239,7 @@ impl Metrics {
         self.loop_turns += o.loop_turns;
         self.loop_busy += o.loop_busy;
         self.connections_open += o.connections_open;
+        self.setup_seconds.add(&o.setup_seconds);
         self.per_worker.push((o.messages, o.loop_busy));
         for b in &o.backends {
             match self.backends.iter_mut().find(|x| x.name == b.name) {
@@ -183,6 +250,8 @@ impl Metrics {
                     x.dialogs += b.dialogs;
                     x.probes_failed += b.probes_failed;
                     x.probe_rtt = x.probe_rtt.max(b.probe_rtt);
+                    x.probe_seconds.add(&b.probe_seconds);
+                    x.answer_seconds.add(&b.answer_seconds);
                     add_map(&mut x.failures, &b.failures);
                 }
                 None => self.backends.push(b.clone()),
@@ -260,12 +329,9 @@ impl Metrics {
             .backends
             .iter()
             .flat_map(|b| {
-                b.failures.iter().map(move |(r, n)| {
-                    (
-                        format!("{{backend=\"{}\",reason=\"{}\"}}", esc(&b.name), esc(r)),
-                        n.to_string(),
-                    )
-                })
+                labelled("reason", &b.failures)
+                    .into_iter()
+                    .map(move |(l, n)| (format!("{{backend=\"{}\",{}", esc(&b.name), &l[1..]), n))
             })
             .collect();
         put(
@@ -290,7 +356,13 @@ impl Metrics {
             "connections_refused_total",
             "counter",
             "Client connections refused by reason",
-            labelled("reason", &self.refused),
+            ["max-connections", "max-connections-per-ip"]
+                .iter()
+                .map(|r| {
+                    let n = self.refused.get(*r).copied().unwrap_or(0);
+                    (format!("{{reason=\"{r}\"}}"), n.to_string())
+                })
+                .collect(),
         );
         put(
             "tls_handshake_failures_total",
@@ -430,6 +502,29 @@ impl Metrics {
             "Time each worker's event loop spent handling events",
             busy,
         );
+        for (name, help, of) in [
+            (
+                "backend_answer_seconds",
+                "From an initial INVITE forwarded to the back end to its first answer",
+                (|b: &BackendMetrics| b.answer_seconds) as fn(&BackendMetrics) -> Histogram,
+            ),
+            (
+                "backend_probe_rtt_seconds",
+                "Round trips of answered OPTIONS probes",
+                |b: &BackendMetrics| b.probe_seconds,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP siplb_{name} {help}\n# TYPE siplb_{name} histogram");
+            for b in &self.backends {
+                of(b).rows(name, &format!("backend=\"{}\"", esc(&b.name)), &mut out);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP siplb_setup_seconds From an initial INVITE read from a client to the first 2xx \
+             forwarded to it\n# TYPE siplb_setup_seconds histogram"
+        );
+        self.setup_seconds.rows("setup_seconds", "", &mut out);
         out
     }
 }
@@ -440,7 +535,12 @@ fn add_map(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
     }
 }
 
+/// One sample per reason; before the first event one sample with an empty reason (the same as no
+/// label to Prometheus), so every family is there from the start.
 fn labelled(label: &str, m: &BTreeMap<String, u64>) -> Vec<(String, String)> {
+    if m.is_empty() {
+        return vec![(format!("{{{label}=\"\"}}"), "0".into())];
+    }
     m.iter()
         .map(|(k, v)| (format!("{{{label}=\"{}\"}}", esc(k)), v.to_string()))
         .collect()
@@ -451,7 +551,7 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own; `collect` adds up the workers'
+/// Serves `GET /metrics` on `addr` (see [`crate::http`]); `collect` adds up the workers'
 /// published counters. Returns the bound address.
 pub fn serve(
     addr: SocketAddr,
@@ -459,37 +559,25 @@ pub fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("siplb-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = answer(stream, collect.as_ref());
+    let handler: crate::http::Handler = Arc::new(move |line: &str| {
+        if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
+            crate::http::Reply {
+                status: "200 OK",
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: collect().prometheus(),
             }
-        })?;
+        } else {
+            crate::http::Reply {
+                status: "404 Not Found",
+                content_type: "text/plain",
+                body: "only /metrics is here\n".into(),
+            }
+        }
+    });
+    crate::http::serve(
+        "siplb-metrics",
+        move || listener.incoming().flatten().next(),
+        handler,
+    )?;
     Ok(local)
-}
-
-fn answer(mut s: std::net::TcpStream, collect: &(dyn Fn() -> Metrics + Send + Sync)) -> std::io::Result<()> {
-    let mut req = [0u8; 1024];
-    let n = s.read(&mut req)?;
-    let line = String::from_utf8_lossy(&req[..n]);
-    let (status, body, kind) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
-        (
-            "200 OK",
-            collect().prometheus(),
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-    } else {
-        (
-            "404 Not Found",
-            "only /metrics is here\n".to_string(),
-            "text/plain",
-        )
-    };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
 }

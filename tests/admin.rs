@@ -128,7 +128,7 @@ fn a_non_loopback_admin_address_is_refused() {
         "0.0.0.0:0",
     ]
     .map(String::from);
-    let cfg = siplb::config::Args::try_parse_from(args)
+    let cfg = siplb::cli::Args::try_parse_from(args)
         .expect("flags")
         .run
         .into_config()

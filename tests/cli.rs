@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -76,35 +75,6 @@ fn refusals_are_one_line_with_the_right_exit_code() {
 }
 
 /// Waits for `child` to exit (at most `limit`), then returns its status and everything it logged.
-fn exit_and_log(child: &mut std::process::Child, limit: Duration) -> (std::process::ExitStatus, String) {
-    let until = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < until, "siplb did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("log");
-    (status, log)
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-}
-
 #[test]
 fn sighup_reloads_and_sigterm_exits_zero() {
     let pki = Pki::new();

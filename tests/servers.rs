@@ -122,7 +122,7 @@ fn back_ends_that_start_after_siplb_take_calls_a_second_after_they_listen() {
         args.push(format!("{}={a}", backend_name(i)));
     }
     use clap::Parser;
-    let cfg = siplb::config::Args::try_parse_from(args)
+    let cfg = siplb::cli::Args::try_parse_from(args)
         .expect("flags")
         .run
         .into_config()

@@ -129,6 +129,8 @@ pub struct Member {
     /// The last state logged ("up", or why it is down), so each change is reported once.
     logged: Option<String>,
     pub probe_rtt: Option<Duration>,
+    /// Every answered probe's round trip.
+    pub probe_seconds: crate::metrics::Histogram,
     pub probes_failed: u64,
 }
 
@@ -152,6 +154,7 @@ impl Member {
             next_probe: now,
             logged: None,
             probe_rtt: None,
+            probe_seconds: Default::default(),
             probes_failed: 0,
         }
     }
@@ -374,6 +377,7 @@ impl Pool {
         }
         m.outstanding = None;
         m.probe_rtt = Some(now.duration_since(sent));
+        m.probe_seconds.observe(now.duration_since(sent));
         self.data_read(b, conn, out);
         if code < 500 {
             self.result(b, true, "", out);

@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     let args = match siplb::load::cli::Args::try_parse() {
         Ok(a) => a,
-        Err(e) => std::process::exit(siplb::config::flag_error(&e, "sipload")),
+        Err(e) => std::process::exit(siplb::cli::flag_error(&e, "sipload")),
     };
     std::process::exit(siplb::load::cli::main(args));
 }

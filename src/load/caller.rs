@@ -4,7 +4,6 @@
 //! latency (INVITE to 200) percentiles, with a progress bar while it runs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use super::endpoint::{Endpoint, Handler, Out};
+use super::endpoint::{Closed, Endpoint, Handler, Out};
 use super::msg::{self, Dialog, text, unique};
 use crate::sip::header::Name;
 use crate::sip::{Message, Method};
@@ -173,7 +172,7 @@ impl Handler for Uac {
         }
     }
 
-    fn on_close(&mut self, conn: usize) {
+    fn on_close(&mut self, conn: usize, why: Closed) {
         let lost: Vec<String> = self
             .calls
             .iter()
@@ -188,7 +187,7 @@ impl Handler for Uac {
             if again {
                 self.retry.push(id);
             } else {
-                self.end(&id, Some("connection closed".into()));
+                self.end(&id, Some(why.as_str().into()));
             }
         }
     }
@@ -208,6 +207,15 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
     let mut started = 0usize;
     let mut persistent: Option<usize> = None;
     let mut last_progress = Instant::now();
+    // indicatif draws only on a terminal: a pipe or a file gets the summary alone.
+    let bar = opts.progress.then(|| {
+        let b = indicatif::ProgressBar::new(opts.calls as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} calls, {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     while started < opts.calls || !uac.calls.is_empty() {
         let now = Instant::now();
@@ -298,10 +306,17 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
                 ep.send(c.conn, &bye);
             }
             if now.duration_since(c.started) > opts.timeout {
-                timed_out.push((
-                    id.clone(),
-                    format!("no answer within {:?} ({:?})", opts.timeout, c.state),
-                ));
+                let secs = opts.timeout.as_secs_f64();
+                let why = if ep.is_handshaking(c.conn) {
+                    format!("TLS handshake not finished within {secs} s")
+                } else {
+                    match c.state {
+                        State::Inviting => format!("no final answer to the INVITE within {secs} s"),
+                        State::Talking => format!("no BYE from the far end within {secs} s"),
+                        State::Ending => format!("no answer to the BYE within {secs} s"),
+                    }
+                };
+                timed_out.push((id.clone(), why));
             }
         }
         for (id, why) in timed_out {
@@ -314,29 +329,24 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
         } else {
             uac.finished_conns.clear();
         }
-        if opts.progress && now.duration_since(last_progress) > Duration::from_millis(250) {
+        if let Some(b) = bar
+            .as_ref()
+            .filter(|_| now.duration_since(last_progress) > Duration::from_millis(250))
+        {
             last_progress = now;
-            progress(&uac.report, opts.calls);
+            progress(b, &uac.report);
         }
     }
-    if opts.progress {
-        progress(&uac.report, opts.calls);
-        eprintln!();
+    if let Some(b) = &bar {
+        progress(b, &uac.report);
+        b.finish();
     }
     uac.report.elapsed = start.elapsed();
     uac.report.setup.sort();
     Ok(uac.report)
 }
 
-fn progress(r: &CallReport, total: usize) {
-    let done = r.ok + r.failed;
-    let width = 30;
-    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
-    eprint!(
-        "\r[{}{}] {done}/{total} calls, {} failed",
-        "#".repeat(filled),
-        " ".repeat(width - filled),
-        r.failed
-    );
-    let _ = std::io::stderr().flush();
+fn progress(bar: &indicatif::ProgressBar, r: &CallReport) {
+    bar.set_position((r.ok + r.failed) as u64);
+    bar.set_message(format!("{} failed", r.failed));
 }

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use super::caller::{self, CallOpts};
 use super::server::{self, ByeOn, ServerOpts};
-use crate::config::LogLevel;
+use crate::logging::{LogFormat, LogLevel};
 use crate::tls::{self, Identity};
 
 #[derive(Debug, Parser)]
@@ -43,12 +43,16 @@ pub enum Cmd {
 
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
+    /// Address to connect to (siplb's front listener).
     #[arg(long, value_name = "ADDR")]
     pub target: SocketAddr,
+    /// Name the target's certificate must carry.
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub server_name: String,
+    /// CA the target's certificate must chain to.
     #[arg(long, value_name = "PEM")]
     pub ca: PathBuf,
+    /// Connections to open.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub connections: usize,
     /// Seconds to keep them open once all are up.
@@ -68,13 +72,16 @@ pub struct CertsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
+    /// Address to listen on for siplb's MTLS connections.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
     /// The server's name (in its certificate, its Via and its Contact).
     #[arg(long, value_name = "NAME")]
     pub name: String,
+    /// The server's certificate chain (PEM), carrying NAME.
     #[arg(long, value_name = "PEM")]
     pub cert: PathBuf,
+    /// The private key (PEM) for --cert.
     #[arg(long, value_name = "PEM")]
     pub key: PathBuf,
     /// CA that clients (siplb) must present certificates from; also trusted for --peer.
@@ -114,8 +121,10 @@ pub struct CallArgs {
     /// Client certificate (for --require-client-cert balancers).
     #[arg(long, value_name = "PEM", requires = "key")]
     pub cert: Option<PathBuf>,
+    /// The private key (PEM) for --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Calls to place.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub calls: usize,
     /// New calls per second.
@@ -133,6 +142,7 @@ pub struct CallArgs {
     /// Wait for the far end's BYE instead of sending one.
     #[arg(long)]
     pub remote_bye: bool,
+    /// Request-URI of the INVITEs (and their To).
     #[arg(long, value_name = "URI", default_value = "sip:service@example.com")]
     pub ruri: String,
     /// A different Request-URI user per call (u0, u1, ...).
@@ -152,7 +162,7 @@ pub struct CallArgs {
 
 /// Runs sipload; returns the process exit code.
 pub fn main(args: Args) -> i32 {
-    crate::logging::init(args.log.as_str());
+    crate::logging::init(args.log.as_str(), LogFormat::Text);
     let result = match args.command {
         Cmd::Server(s) => run_server(s),
         Cmd::Call(c) => run_call(c),

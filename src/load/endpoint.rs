@@ -38,7 +38,46 @@ impl Out {
 pub trait Handler {
     fn on_message(&mut self, out: &mut Out, conn: usize, m: &Message);
     fn on_open(&mut self, _conn: usize, _peer: SocketAddr) {}
-    fn on_close(&mut self, _conn: usize) {}
+    fn on_close(&mut self, _conn: usize, _why: Closed) {}
+}
+
+/// Why a connection ended, in words a report can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Nothing listens there (TCP refused).
+    Refused,
+    /// The TLS handshake failed (a certificate refused either way, an alert, a protocol error).
+    Handshake,
+    /// The far end reset the connection or a TLS error broke it after the handshake.
+    Broken,
+    /// The far end closed it.
+    ByPeer,
+    /// The far end sent bytes that are not SIP.
+    Unframable,
+    /// Closed on this side.
+    Dropped,
+}
+
+impl Closed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closed::Refused => "connection refused",
+            Closed::Handshake => "TLS handshake failed",
+            Closed::Broken => "connection broken (reset or TLS error)",
+            Closed::ByPeer => "connection closed by the far end",
+            Closed::Unframable => "unframable input from the far end",
+            Closed::Dropped => "connection dropped",
+        }
+    }
+
+    fn of(e: &crate::tls::stream::StreamError, handshaking: bool) -> Closed {
+        use crate::tls::stream::StreamError;
+        match e {
+            StreamError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Closed::Refused,
+            _ if handshaking => Closed::Handshake,
+            _ => Closed::Broken,
+        }
+    }
 }
 
 struct EpConn {
@@ -138,6 +177,11 @@ impl Endpoint {
         self.conns.contains_key(&conn)
     }
 
+    /// Open and still in its TLS handshake.
+    pub fn is_handshaking(&self, conn: usize) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.stream.is_handshaking())
+    }
+
     pub fn open_count(&self) -> usize {
         self.conns.len()
     }
@@ -178,12 +222,13 @@ impl Endpoint {
                 continue;
             };
             c.stream.read_to_eof = to_eof;
+            let handshaking = c.stream.is_handshaking();
             // Our own peers: no cap needed on what one read takes.
             let mut dead = match c.stream.read(usize::MAX) {
-                Ok(_) => false,
+                Ok(_) => None,
                 Err(e) => {
                     tracing::debug!(conn = id, error = %e, "sipload: read failed");
-                    true
+                    Some(Closed::of(&e, handshaking))
                 }
             };
             let rbuf = std::mem::take(&mut c.stream.rbuf);
@@ -203,7 +248,7 @@ impl Endpoint {
                     Read::Other(Status::Partial | Status::Complete(_)) => break,
                     Read::Other(Status::Invalid(e)) => {
                         tracing::warn!(conn = id, error = %e, data = %String::from_utf8_lossy(&buf[pos..(pos + 200).min(buf.len())]), "sipload: unframable input");
-                        dead = true;
+                        dead = Some(Closed::Unframable);
                         break;
                     }
                 }
@@ -213,10 +258,23 @@ impl Endpoint {
                 c.stream.consume(pos);
                 if c.stream.closed {
                     tracing::debug!(conn = id, "sipload: peer closed");
-                    dead = true;
-                } else if let Err(e) = c.stream.flush() {
+                    // Closed before the handshake finished: the far end refused us.
+                    let why = if handshaking {
+                        Closed::Handshake
+                    } else {
+                        Closed::ByPeer
+                    };
+                    dead = dead.or(Some(why));
+                }
+                if dead.is_none()
+                    && let Err(e) = c.stream.flush()
+                {
                     tracing::debug!(conn = id, error = %e, "sipload: write failed");
-                    dead = true;
+                    dead = Some(Closed::of(&e, c.stream.is_handshaking()));
+                }
+                // A connection that never got connected was refused, whatever the read said.
+                if dead.is_some() && handshaking && c.stream.sock.peer_addr().is_err() {
+                    dead = Some(Closed::Refused);
                 }
                 Self::rearm(&self.poll, id, c);
             }
@@ -226,12 +284,12 @@ impl Endpoint {
             for conn in out.drop.drain(..) {
                 if let Some(mut c) = self.conns.remove(&conn) {
                     let _ = self.poll.registry().deregister(&mut c.stream.sock);
-                    h.on_close(conn);
+                    h.on_close(conn, Closed::Dropped);
                 }
             }
-            if dead {
+            if let Some(why) = dead {
                 self.close(id);
-                h.on_close(id);
+                h.on_close(id, why);
             }
         }
         Ok(())

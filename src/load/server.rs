@@ -445,7 +445,7 @@ impl Handler for Uas {
         }
     }
 
-    fn on_close(&mut self, conn: usize) {
+    fn on_close(&mut self, conn: usize, _why: super::endpoint::Closed) {
         self.conns.retain(|&c| c != conn);
     }
 }

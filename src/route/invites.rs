@@ -53,6 +53,17 @@ pub struct Invite {
     /// The INVITE as the client sent it, while a final answer may still have to be made for it.
     pub bytes: Vec<u8>,
     pub since: Instant,
+    /// When the INVITE was sent to the back end (for the answer and setup histograms).
+    pub sent: Instant,
+}
+
+/// What [`Invites::answered`] measured.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// The back end's first answer to the INVITE: which back end, and after how long.
+    pub first_answer: Option<(usize, Duration)>,
+    /// The first 2xx: INVITE sent to 2xx on its way to the caller.
+    pub setup: Option<Duration>,
 }
 
 /// RFC 3261 Timer B: an INVITE with no answer at all is given up after this.
@@ -141,10 +152,25 @@ impl Invites {
     }
 
     /// A response from the server to the INVITE, on its way to the client.
-    pub fn answered(&mut self, client: (u32, u32), call_id: &[u8], cseq: u32, code: u16, now: Instant) {
+    /// A response to a remembered INVITE on its way to the client. Returns what the metrics
+    /// want: the back end and how long it took to answer at all (on the first answer), and how
+    /// long the call took to set up (on the first 2xx).
+    pub fn answered(
+        &mut self,
+        client: (u32, u32),
+        call_id: &[u8],
+        cseq: u32,
+        code: u16,
+        now: Instant,
+    ) -> Timings {
         let k = key(client, call_id, cseq);
         let Some(inv) = self.map.get_mut(&k).filter(|i| i.call_id == call_id) else {
-            return;
+            return Timings::default();
+        };
+        let took = now.saturating_duration_since(inv.sent);
+        let timings = Timings {
+            first_answer: (inv.stage == Stage::Sent).then_some((inv.backend, took)),
+            setup: (200..300).contains(&code).then_some(took),
         };
         match code {
             100 if inv.stage == Stage::Sent => inv.stage = Stage::Trying,
@@ -162,6 +188,7 @@ impl Invites {
             }
             _ => {}
         }
+        timings
     }
 
     /// The in-progress INVITEs that went out on connection `conn`, taken out of the table.
@@ -223,6 +250,7 @@ mod tests {
             retried: false,
             bytes: b"INVITE".to_vec(),
             since: Instant::now(),
+            sent: Instant::now(),
         }
     }
 

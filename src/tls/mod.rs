@@ -31,6 +31,8 @@ pub enum TlsError {
     Crl { path: String, why: String },
     #[error("certificate and key do not work together: {0}")]
     Config(String),
+    #[error("{key} does not go with the certificate in {cert}: {why}")]
+    Mismatch { cert: String, key: String, why: String },
     #[error("'{0}' is not a valid server name for certificate checks")]
     ServerName(String),
 }
@@ -122,11 +124,31 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Reads a certificate chain and its key, and checks that they belong together.
     pub fn load(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
-        Ok(Identity {
+        let id = Identity {
             chain: load_certs(cert)?,
             key: load_key(key)?,
-        })
+        };
+        id.certified().map_err(|why| TlsError::Mismatch {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            why,
+        })?;
+        Ok(id)
+    }
+
+    /// The chain with its key loaded for signing, once the key is known to be the one of the
+    /// chain's first certificate.
+    pub(crate) fn certified(&self) -> Result<rustls::sign::CertifiedKey, String> {
+        let signing = provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| format!("the key cannot sign: {e}"))?;
+        let ck = rustls::sign::CertifiedKey::new(self.chain.clone(), signing);
+        ck.keys_match()
+            .map_err(|_| "the key is not the certificate's (their public keys differ)".to_string())?;
+        Ok(ck)
     }
 
     /// From PEM text (certificates made in memory for the demo and tests).

@@ -81,14 +81,7 @@ pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'
 }
 
 fn certified(id: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
-    let key = provider()
-        .key_provider
-        .load_private_key(id.key.clone_key())
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let ck = CertifiedKey::new(id.chain.clone(), key);
-    ck.keys_match()
-        .map_err(|e| TlsError::Config(format!("certificate and key do not match: {e}")))?;
-    Ok(Arc::new(ck))
+    id.certified().map(Arc::new).map_err(TlsError::Config)
 }
 
 /// The CRLs on a client-certificate verifier: each applies to the chains of the CA that issued

@@ -180,7 +180,7 @@ impl Worker {
                     Some(idx) => {
                         c.kind = Kind::Peer(idx);
                         self.m.peer_connections += 1;
-                        tracing::info!(peer = %c.peer, backend = ?idx.map(|i| &names[i]), "peer server connected");
+                        tracing::info!(peer = %c.peer, backend = idx.map_or("unknown", |i| names[i].as_str()), "peer server connected");
                         true
                     }
                     None => {
@@ -206,7 +206,7 @@ impl Worker {
                 } else {
                     self.m.clients_unverified += 1;
                 }
-                tracing::info!(worker = self.id, peer = %c.peer, verified, sni = ?sni, "client connected");
+                tracing::debug!(worker = self.id, peer = %c.peer, verified, sni = sni.as_deref().unwrap_or("none"), "client connected");
                 true
             }
         }
@@ -225,13 +225,13 @@ impl Worker {
         match c.kind {
             Kind::Client => {
                 self.unadmit(c.peer);
-                tracing::info!(worker = self.id, peer = %c.peer, why, "client connection closed");
+                tracing::debug!(worker = self.id, peer = %c.peer, why, "client connection closed");
             }
             // Closing our own pool on the way out is not a back end going down.
             Kind::Backend(b) => self.pool_closed(b, slot, why),
             Kind::Peer(b) => {
                 self.unadmit(c.peer);
-                tracing::info!(peer = %c.peer, backend = ?b, why, "peer connection closed")
+                tracing::info!(peer = %c.peer, backend = b.map_or(-1, |b| b as i64), why, "peer connection closed")
             }
         }
     }

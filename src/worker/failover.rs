@@ -39,6 +39,7 @@ impl Worker {
             retried,
             bytes: m.buf.to_vec(),
             since: Instant::now(),
+            sent: Instant::now(),
         });
     }
 
@@ -50,8 +51,17 @@ impl Worker {
         if let (Some(code), Some(call_id), Some((_, cseq, Method::Invite))) =
             (m.status(), m.call_id(), m.cseq)
         {
-            self.invites
+            let t = self
+                .invites
                 .answered((slot, generation), call_id, cseq, code, Instant::now());
+            if let Some((b, took)) = t.first_answer
+                && let Some(c) = self.counters.get_mut(b)
+            {
+                c.answer_seconds.observe(took);
+            }
+            if let Some(took) = t.setup {
+                self.m.setup_seconds.observe(took);
+            }
         }
     }
 

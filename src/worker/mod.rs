@@ -328,10 +328,6 @@ impl Balancer {
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }
-        tracing::info!(
-            listen = ?listen_addrs, peer = ?peer_addr, workers = threads.len(),
-            advertise = %shared.cfg.advertise, backends = shared.runtime.load().backends.len(), "siplb started"
-        );
         let mut lb = Balancer {
             shared,
             threads,
@@ -359,9 +355,20 @@ impl Balancer {
                     return Err(StartError::Bind { addr, why });
                 }
             };
-            tracing::info!(addr = %bound, "serving /metrics");
             lb.metrics_addr = Some(bound);
         }
+        // Only now is every listener bound: clients, peers, admin and metrics.
+        let show = |a: Option<String>| a.unwrap_or_else(|| "none".into());
+        tracing::info!(
+            listen = %lb.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+            peer = %show(lb.peer_addr.map(|a| a.to_string())),
+            metrics = %show(lb.metrics_addr.map(|a| a.to_string())),
+            admin = %show(lb.shared.cfg.admin.as_ref().map(|a| a.to_string())),
+            workers = lb.threads.len(),
+            advertise = %lb.shared.cfg.advertise,
+            backends = lb.shared.runtime.load().backends.len(),
+            "siplb started"
+        );
         Ok(lb)
     }
 
@@ -510,7 +517,7 @@ impl crate::admin::Control for AdminHandle {
         for (_, waker) in &self.0.handoff {
             let _ = waker.wake();
         }
-        tracing::info!(backend = name, change = ?change, "admin change");
+        tracing::info!(backend = name, change = %change, "admin change");
         true
     }
 }

@@ -30,6 +30,8 @@ pub struct Counters {
     pub responses: u64,
     pub dialogs: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Initial INVITE forwarded to its first answer from this back end.
+    pub answer_seconds: crate::metrics::Histogram,
     /// The detailed reason of the last connection failure (a TLS alert, say), for the close
     /// that follows.
     pub failure: Option<String>,
@@ -161,6 +163,8 @@ impl Worker {
             responses: c.responses,
             dialogs: c.dialogs,
             probe_rtt: m.probe_rtt,
+            probe_seconds: m.probe_seconds,
+            answer_seconds: c.answer_seconds,
             probes_failed: m.probes_failed,
             failures: c.failures.clone(),
         }

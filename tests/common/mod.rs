@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use rustls::ClientConfig;
 use siplb::certs::{Ca, LeafFiles};
-use siplb::config::Args;
+use siplb::cli::Args;
 use siplb::load::caller::{self, CallOpts, CallReport};
 use siplb::load::server::{self, ByeOn, Faults, ServerHandle, ServerOpts, ServerStats};
 use siplb::tls::{self, Identity};
@@ -191,7 +191,10 @@ pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extr
         args.push(format!("{}={}", b.name, b.addr));
     }
     args.extend(extra.iter().cloned());
-    siplb::logging::init(&std::env::var("SIPLB_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+    siplb::logging::init(
+        &std::env::var("SIPLB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        siplb::logging::LogFormat::Text,
+    );
     let cfg = Args::try_parse_from(args)
         .expect("flags")
         .run
@@ -444,4 +447,39 @@ pub fn spawn_siplb(pki: &Pki, backends: &[ServerHandle], extra: &[&str]) -> (std
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, port)
+}
+
+/// Waits (at most `limit`) for a spawned siplb to exit; its status and its whole log.
+pub fn exit_and_log(child: &mut std::process::Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let until = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "siplb did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    use std::io::Read as _;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    (status, log)
+}
+
+/// Sends `sig` (`-HUP`, `-TERM`) to the spawned process — its own pid only.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
 }
