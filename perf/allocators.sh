@@ -19,12 +19,12 @@ while [ $# -gt 0 ]; do
 done
 build
 for v in $VARIANTS; do
-  feature=()
-  [ "$v" = system ] || feature=(--features "$v")
+  feature=(--no-default-features)
+  [ "$v" = system ] || feature+=(--features "$v")
   (cd "$ROOT" && cargo build --quiet --release --bin siplb "${feature[@]}")
   cp "$BIN/siplb" "$BENCH_DIR/siplb-$v"
 done
-(cd "$ROOT" && cargo build --quiet --release --bin siplb)
+(cd "$ROOT" && cargo build --quiet --release --bins)
 make_pki
 start_backends
 echo "$(date -u +%F) on $(nproc) CPUs ($(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo)), 2 workers"

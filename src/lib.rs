@@ -19,8 +19,8 @@ pub mod sip;
 pub mod tls;
 pub mod worker;
 
-/// The allocator a build chose with `--features mimalloc` or `--features jemalloc` (both binaries
-/// and the tests use it); the system allocator otherwise.
+/// The allocator of the build: jemalloc by default, mimalloc with `--no-default-features
+/// --features mimalloc`, the system one with `--no-default-features` (see Cargo.toml).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
