@@ -19,11 +19,18 @@ pub mod sip;
 pub mod tls;
 pub mod worker;
 
-/// The allocator of the build: jemalloc by default, mimalloc with `--no-default-features
-/// --features mimalloc`, the system one with `--no-default-features` (see Cargo.toml).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+/// Declares the binaries' global allocator: jemalloc by default, mimalloc with
+/// `--no-default-features --features mimalloc`, the system one with `--no-default-features` (see
+/// Cargo.toml). In the binaries, not the library, so tests and other users of the library keep
+/// whichever allocator they choose.
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[cfg(feature = "mimalloc")]
+        #[global_allocator]
+        static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+        #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+        #[global_allocator]
+        static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+    };
+}

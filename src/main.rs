@@ -9,6 +9,8 @@ use clap::Parser;
 use siplb::cli::{Args, Command};
 use siplb::worker::Balancer;
 
+siplb::global_allocator!();
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,

@@ -2,6 +2,8 @@
 
 use clap::Parser;
 
+siplb::global_allocator!();
+
 fn main() {
     let args = match siplb::load::cli::Args::try_parse() {
         Ok(a) => a,
