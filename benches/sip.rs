@@ -30,14 +30,7 @@ fn forward_response(buf: &[u8], key: &TokenKey, cache: &mut TokenCache, rw: &mut
 
 fn bench(c: &mut Criterion) {
     let key = TokenKey::from_secret(b"bench");
-    let conn = key.encode(Token {
-        worker: 1,
-        slot: 42,
-        generation: 7,
-        pin: 0,
-        role: siplb::sip::Role::ClientRoute,
-        instance: 0,
-    });
+    let conn = forward::conn_token(&key);
     let rr = key.encode(Token {
         worker: 1,
         slot: 42,

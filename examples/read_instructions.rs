@@ -7,7 +7,7 @@
 #[path = "../benches/common/forward.rs"]
 mod forward;
 
-use siplb::sip::{Read, Rewrite, Token, TokenKey, read};
+use siplb::sip::{Read, Rewrite, TokenKey, read};
 
 fn main() {
     let inv = forward::invite();
@@ -19,14 +19,7 @@ fn main() {
     let mut acc = 0;
     if args.next().as_deref() == Some("forward") {
         let key = TokenKey::from_secret(b"bench");
-        let tok = key.encode(Token {
-            worker: 1,
-            slot: 42,
-            generation: 7,
-            pin: 0,
-            role: siplb::sip::Role::ClientRoute,
-            instance: 0,
-        });
+        let tok = forward::conn_token(&key);
         let mut rw = Rewrite::new();
         for _ in 0..n {
             acc += forward::forward_request(std::hint::black_box(&inv), &key, &tok, &tok, &mut rw);

@@ -45,14 +45,7 @@ static ALLOC: Counting = Counting;
 fn forwarding_an_invite_allocates_nothing() {
     let inv = forward::invite();
     let key = siplb::sip::TokenKey::from_secret(b"no alloc");
-    let tok = key.encode(siplb::sip::Token {
-        worker: 1,
-        slot: 42,
-        generation: 7,
-        pin: 0,
-        role: siplb::sip::Role::ClientRoute,
-        instance: 0,
-    });
+    let tok = forward::conn_token(&key);
     let mut rw = siplb::sip::Rewrite::new();
     // Warm: the rewrite's edit lists reach their size.
     let mut out = forward::forward_request(&inv, &key, &tok, &tok, &mut rw);

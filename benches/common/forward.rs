@@ -78,3 +78,15 @@ pub fn forward_request(
     rw.forward_request(&m, &via, &fwd).expect("rewrite");
     rw.slices(m.buf).as_slice().iter().map(|s| s.len()).sum()
 }
+
+/// The client connection's token the bench INVITE is forwarded with.
+pub fn conn_token(key: &TokenKey) -> [u8; TOKEN_LEN] {
+    key.encode(Token {
+        worker: 1,
+        slot: 42,
+        generation: 7,
+        pin: 0,
+        role: siplb::sip::Role::ClientRoute,
+        instance: 0,
+    })
+}

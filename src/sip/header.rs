@@ -23,15 +23,7 @@ impl Name {
     pub fn classify(name: &[u8]) -> Name {
         let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
         match name.len() {
-            1 => match name[0].to_ascii_lowercase() {
-                b'v' => Name::Via,
-                b'i' => Name::CallId,
-                b'f' => Name::From,
-                b't' => Name::To,
-                b'm' => Name::Contact,
-                b'l' => Name::ContentLength,
-                _ => Name::Other,
-            },
+            1 => Name::compact(name[0]),
             2 if is(b"to") => Name::To,
             3 if is(b"via") => Name::Via,
             4 if is(b"from") => Name::From,
@@ -70,15 +62,7 @@ impl Name {
             | 0x2020_2020_2020_2020;
         let first = |n: usize| lo & (u64::MAX >> (64 - 8 * n));
         match len {
-            1 => match c[0] | 0x20 {
-                b'v' => Name::Via,
-                b'i' => Name::CallId,
-                b'f' => Name::From,
-                b't' => Name::To,
-                b'm' => Name::Contact,
-                b'l' => Name::ContentLength,
-                _ => Name::Other,
-            },
+            1 => Name::compact(c[0]),
             2 if first(2) == word(b"to") => Name::To,
             3 if first(3) == word(b"via") => Name::Via,
             4 if first(4) == word(b"from") => Name::From,
@@ -90,6 +74,19 @@ impl Name {
             12 if lo == word(b"max-forw") && hi & 0xffff_ffff == word(b"ards") => Name::MaxForwards,
             12 if lo == word(b"record-r") && hi & 0xffff_ffff == word(b"oute") => Name::RecordRoute,
             14 if lo == word(b"content-") && hi & 0xffff_ffff_ffff == word(b"length") => Name::ContentLength,
+            _ => Name::Other,
+        }
+    }
+
+    /// The compact forms (RFC 3261 §7.3.3) siplb cares about.
+    fn compact(b: u8) -> Name {
+        match b.to_ascii_lowercase() {
+            b'v' => Name::Via,
+            b'i' => Name::CallId,
+            b'f' => Name::From,
+            b't' => Name::To,
+            b'm' => Name::Contact,
+            b'l' => Name::ContentLength,
             _ => Name::Other,
         }
     }
