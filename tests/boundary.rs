@@ -420,8 +420,15 @@ fn a_slow_server_gets_backpressure_not_a_closed_connection() {
         s.sock
             .set_write_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
+        // The bulk in the bodies: the answers stay small, so this client (which never reads)
+        // is not itself the one cut off for not reading — only the server is slow here.
         for i in 0..200 {
-            s.write_all(&fat_options(&format!("flood-{i}")))
+            let head = format!(
+                "OPTIONS sip:service@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS fat.invalid;branch=z9hG4bKflood-{i}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:fat@client.invalid>;tag=f1\r\nTo: <sip:service@pool.test>\r\n\
+Call-ID: flood-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Type: text/plain\r\nContent-Length: 60000\r\n\r\n"
+            );
+            s.write_all(&[head.into_bytes(), vec![b'v'; 60_000]].concat())
                 .expect("siplb takes them, in time");
         }
         s
