@@ -82,6 +82,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             bye_on: ByeOn::Same,
             silent: false,
             crash_on_invite: false,
+            record: true,
             faults: Default::default(),
         })
         .map_err(|e| format!("back end {name}: {e}"))?;

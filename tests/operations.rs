@@ -44,6 +44,7 @@ fn a_backend_dies_under_load_and_comes_back() {
                 bye_on: siplb::load::server::ByeOn::Same,
                 silent: false,
                 crash_on_invite: false,
+                record: true,
                 faults: Default::default(),
             };
             match siplb::load::server::spawn(opts) {

@@ -102,7 +102,8 @@ pub struct ServerArgs {
     /// Accept connections and record messages but never answer (a hung server).
     #[arg(long)]
     pub silent: bool,
-    /// On exit, write one line per Call-ID seen with what was seen, tab-separated.
+    /// On exit, write one line per Call-ID seen with what was seen, tab-separated (calls are
+    /// recorded only with it: a load run without it spends nothing on records).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 }
@@ -204,17 +205,25 @@ fn run_server(a: ServerArgs) -> Result<i32, String> {
         silent: a.silent,
         crash_on_invite: false,
         faults: Default::default(),
+        record: a.report.is_some(),
     })
     .map_err(|e| format!("{}: {e}", a.listen))?;
     eprintln!("sipload server {} listening on {}", a.name, handle.addr);
     wait_for_signal()?;
     let stats = handle.stop();
-    println!(
-        "server {}: {} calls seen, {} connections",
-        a.name,
-        stats.calls.len(),
-        stats.connections
-    );
+    if a.report.is_some() {
+        println!(
+            "server {}: {} calls seen, {} connections",
+            a.name,
+            stats.calls.len(),
+            stats.connections
+        );
+    } else {
+        println!(
+            "server {}: {} connections (calls are recorded with --report only)",
+            a.name, stats.connections
+        );
+    }
     if let Some(path) = a.report {
         let text: String = stats
             .calls

@@ -48,6 +48,10 @@ pub struct ServerOpts {
     pub crash_on_invite: bool,
     /// Faults a test can switch on (also while the server runs).
     pub faults: Faults,
+    /// Keep what every call saw and its last request ([`ServerStats`]): tests and the demo read
+    /// them; a load run without `--report` does not need them (two locks and a copy per message,
+    /// and memory that grows with every call).
+    pub record: bool,
 }
 
 /// Ways a server misbehaves, for tests of health and failover.
@@ -407,11 +411,13 @@ impl Handler for Uas {
             (None, Some(code), Some((_, _, meth))) => format!("{code} {}", text(meth.as_bytes())),
             _ => "?".into(),
         };
-        self.record(&call_id, what);
-        if m.is_request()
-            && let Ok(mut s) = self.stats.lock()
-        {
-            s.last_request.insert(call_id.clone(), m.buf.to_vec());
+        if self.opts.record {
+            self.record(&call_id, what);
+            if m.is_request()
+                && let Ok(mut s) = self.stats.lock()
+            {
+                s.last_request.insert(call_id.clone(), m.buf.to_vec());
+            }
         }
         if self.opts.silent {
             return;

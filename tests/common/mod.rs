@@ -150,6 +150,7 @@ pub fn start_backend_at(
         bye_on: opts.bye_on,
         silent: opts.silent,
         crash_on_invite: opts.crash_on_invite,
+        record: true,
         faults,
     })
     .expect("start back end")
