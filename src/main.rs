@@ -100,10 +100,19 @@ fn run(flags: siplb::config::RunArgs) -> ExitCode {
     // Ready only once a stop signal would be handled (a drain, not the default exit).
     sd_notify("READY=1");
     let (why_tx, why_rx) = std::sync::mpsc::channel::<&'static str>();
+    // A signal is handled under this lock, and the last line takes it for good: nothing a signal
+    // does (a reload's log line, say) can come after "siplb stopped".
+    let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let signal_gate = std::sync::Arc::clone(&gate);
     std::thread::spawn(move || {
         let mut draining = false;
         for sig in signals.forever() {
+            let _handling = signal_gate.lock();
             if sig == signal_hook::consts::SIGHUP {
+                if draining {
+                    tracing::info!("SIGHUP while stopping: not reloading");
+                    continue;
+                }
                 tracing::info!("SIGHUP: reloading certificates, keys, CRLs and the back-ends file");
                 // A failed reload keeps the running configuration; reload() has logged why.
                 let _ = reload();
@@ -131,6 +140,7 @@ fn run(flags: siplb::config::RunArgs) -> ExitCode {
         }
     });
     lb.join();
+    let _last = gate.lock();
     let why = why_rx.try_iter().last().unwrap_or("the workers ended");
     tracing::info!(reason = why, "siplb stopped");
     ExitCode::SUCCESS
