@@ -57,17 +57,18 @@ pub fn serve<S: Stream>(
                 busy.fetch_sub(1, Ordering::AcqRel);
                 continue; // dropped: closed at once
             }
-            let (busy, handler) = (Arc::clone(&busy), Arc::clone(&handler));
+            let handler = Arc::clone(&handler);
+            let done = Arc::clone(&busy);
             let spawned = std::thread::Builder::new()
                 .name(conn_name.clone())
                 .spawn(move || {
                     s.timeouts(Some(TIMEOUT));
                     let _ = answer(s, handler.as_ref());
-                    busy.fetch_sub(1, Ordering::AcqRel);
+                    done.fetch_sub(1, Ordering::AcqRel);
                 });
             if spawned.is_err() {
-                // No thread to be had: that connection is closed (dropped with the closure).
-                continue;
+                // No thread to be had: the connection was dropped with the closure.
+                busy.fetch_sub(1, Ordering::AcqRel);
             }
         }
     })?;

@@ -133,7 +133,7 @@ fn run(flags: siplb::config::RunArgs) -> ExitCode {
                 signal = name,
                 "stopping: no new connections or dialogs; waiting for dialogs in flight"
             );
-            let _ = why_tx.send(if name == "SIGTERM" { "SIGTERM" } else { "SIGINT" });
+            let _ = why_tx.send(name);
             sd_notify("STOPPING=1");
             drain();
             draining = true;

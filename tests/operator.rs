@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use common::*;
+use siplb::load::server::ServerHandle;
 
 const SIPLB: &str = env!("CARGO_BIN_EXE_siplb");
 const SIPLOAD: &str = env!("CARGO_BIN_EXE_sipload");
@@ -45,7 +46,10 @@ fn help_has_headings_and_every_flag_says_what_it_does() {
     }
     // The defaults that explain refusals are shown.
     assert!(help.contains("[default: 0.0.0.0:5061]"), "{help}");
-    assert!(help.contains("[default: the\n") || help.contains("[default: the number of CPUs]"));
+    assert!(
+        help.contains("number of CPUs"),
+        "--workers says its default: {help}"
+    );
     let mut missing = Vec::new();
     undocumented(&siplb::cli::Args::command(), "siplb", &mut missing);
     undocumented(&siplb::load::cli::Args::command(), "sipload", &mut missing);
@@ -91,8 +95,13 @@ fn a_key_that_is_not_the_certificates_names_both_files() {
 }
 
 /// siplb as a child with `extra` flags and its log piped; returns once "siplb started" is logged
-/// (so the log proves it comes after every bind), with the log so far.
-fn start_logged(pki: &Pki, extra: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+/// (so the log proves it comes after every bind), with the log so far and its back end (keep it
+/// for as long as siplb runs).
+fn start_logged(
+    pki: &Pki,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Vec<ServerHandle>) {
     let backends = start_backends(pki, Backends::n(1), None);
     let mut cmd = Command::new(SIPLB);
     cmd.args(["--listen", "127.0.0.1:0", "--workers", "1", "--log", "info"])
@@ -127,14 +136,14 @@ fn start_logged(pki: &Pki, extra: &[&str], env: &[(&str, &str)]) -> (std::proces
         }
     }
     child.stderr = Some(err);
-    std::mem::forget(backends); // the back ends live as long as the test process
-    (child, String::from_utf8_lossy(&log).into_owned())
+    (child, String::from_utf8_lossy(&log).into_owned(), backends)
 }
 
 #[test]
 fn json_logs_are_json_lines_and_end_with_the_reason() {
     let pki = Pki::new();
-    let (mut child, head) = start_logged(&pki, &["--log-format", "json", "--metrics", "127.0.0.1:0"], &[]);
+    let (mut child, head, _backends) =
+        start_logged(&pki, &["--log-format", "json", "--metrics", "127.0.0.1:0"], &[]);
     // A reload and a stop in quick succession (as `systemctl reload; systemctl stop` may do):
     // whatever order they are handled in, "siplb stopped" stays the last line.
     signal(&child, "-HUP");
@@ -170,7 +179,7 @@ fn json_logs_are_json_lines_and_end_with_the_reason() {
 #[test]
 fn a_piped_text_log_has_no_escape_codes() {
     let pki = Pki::new();
-    let (mut child, head) = start_logged(&pki, &[], &[]);
+    let (mut child, head, _backends) = start_logged(&pki, &[], &[]);
     signal(&child, "-TERM");
     let (_, rest) = exit_and_log(&mut child, Duration::from_secs(40));
     let log = head + &rest;
@@ -185,7 +194,8 @@ fn readiness_and_stopping_are_told_to_systemd() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let (mut child, _) = start_logged(&pki, &[], &[("NOTIFY_SOCKET", &*sock_path.to_string_lossy())]);
+    let (mut child, _, _backends) =
+        start_logged(&pki, &[], &[("NOTIFY_SOCKET", &*sock_path.to_string_lossy())]);
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
     assert_eq!(&buf[..n], b"READY=1");
@@ -326,10 +336,7 @@ fn completions_and_man_page_come_from_the_flags() {
     assert!(out.status.success() && text.contains("--backend-ca") && text.contains("--log-format"));
     let out = Command::new(SIPLB).arg("manpage").output().expect("runs");
     let man = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && man.starts_with(".ie") || man.contains(".TH siplb"),
-        "{man}"
-    );
+    assert!(out.status.success() && man.contains(".TH siplb"), "{man}");
     assert!(man.contains("backend\\-ca"), "{man}");
 }
 

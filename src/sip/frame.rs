@@ -1,7 +1,8 @@
 //! Stream framing (RFC 3261 §18.3, RFC 5626 §4.4.1): finds where one SIP message ends in a buffer
 //! that may hold part of a message, one message, or many. Leading CRLFs are skipped, a CRLFCRLF is
-//! a keep-alive ping, the header block ends at the first CRLFCRLF (found with memchr's memmem), and
-//! Content-Length — mandatory on streams — gives the body. Returns offsets, never copies.
+//! a keep-alive ping, the header block ends at the first CRLFCRLF (found by the lexer in [`read`]'s
+//! one pass, or with memchr's memmem by the stand-alone framer), and Content-Length — mandatory on
+//! streams — gives the body. Returns offsets, never copies.
 
 use std::sync::LazyLock;
 
@@ -106,25 +107,18 @@ pub enum Read<'a> {
     Other(Status),
 }
 
-/// Frames and parses the next message in one pass over its head: the parser records
-/// Content-Length as it goes. Only a message that fails to parse is lexed a second time, to
-/// find its end.
+/// Frames and parses the next message in one pass over its head: the lexer finds the empty line
+/// and the parser records Content-Length as it goes. A head not complete yet, or one that does
+/// not parse, is framed the slow way after that pass (memmem, then parse), which tells the two
+/// apart; the fuzz exercise checks both ways agree.
 pub fn read(buf: &[u8], max: usize) -> Read<'_> {
     // The common case in one pass: a whole head that parses, its end found by the lexer.
     let skip = leading_crlfs(buf);
     if skip < 4 {
         let msg = &buf[skip..];
-        if let Some(mut m) = Message::parse_stream(&msg[..msg.len().min(max)]) {
-            let Some(body) = m.content_length_value else {
-                return Read::Other(Status::Invalid(FrameError::MissingContentLength));
-            };
-            return match complete(msg, skip, m.body_start, body as usize, max) {
-                Status::Complete(f) => {
-                    m.buf = &msg[..f.len];
-                    Read::Message(f, m)
-                }
-                other => Read::Other(other),
-            };
+        if let Some(m) = Message::parse_stream(&msg[..msg.len().min(max)]) {
+            let head = m.body_start;
+            return with_body(msg, skip, head, m, max);
         }
     }
     // A partial head, one that does not parse, a ping or garbage: frame first, then parse.
@@ -134,22 +128,25 @@ pub fn read(buf: &[u8], max: usize) -> Read<'_> {
     };
     let msg = &buf[skip..];
     match Message::parse_head(msg, head) {
-        Ok(mut m) => {
-            let Some(body) = m.content_length_value else {
-                return Read::Other(Status::Invalid(FrameError::MissingContentLength));
-            };
-            match complete(msg, skip, head, body as usize, max) {
-                Status::Complete(f) => {
-                    m.buf = &msg[..f.len];
-                    Read::Message(f, m)
-                }
-                other => Read::Other(other),
-            }
-        }
+        Ok(m) => with_body(msg, skip, head, m, max),
         Err(e) => match frame(buf, max) {
             Status::Complete(f) => Read::Unparsable(f, e),
             other => Read::Other(other),
         },
+    }
+}
+
+/// A parsed head whose body (by its Content-Length) is whole, still arriving, or too large.
+fn with_body<'a>(msg: &'a [u8], skip: usize, head: usize, mut m: Message<'a>, max: usize) -> Read<'a> {
+    let Some(body) = m.content_length_value else {
+        return Read::Other(Status::Invalid(FrameError::MissingContentLength));
+    };
+    match complete(msg, skip, head, body as usize, max) {
+        Status::Complete(f) => {
+            m.buf = &msg[..f.len];
+            Read::Message(f, m)
+        }
+        other => Read::Other(other),
     }
 }
 

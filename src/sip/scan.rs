@@ -222,11 +222,6 @@ impl<'a> Lines<'a> {
         self.ended
     }
 
-    /// Byte position of the next unread line in the block.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     /// The next special byte's position, consuming it.
     #[inline(always)]
     fn next_special(&mut self) -> Option<usize> {

@@ -231,7 +231,10 @@ impl Worker {
             Kind::Backend(b) => self.pool_closed(b, slot, why),
             Kind::Peer(b) => {
                 self.unadmit(c.peer);
-                tracing::info!(peer = %c.peer, backend = b.map_or(-1, |b| b as i64), why, "peer connection closed")
+                let name = b
+                    .and_then(|b| self.rt.backends.get(b))
+                    .map_or("unknown", |be| be.name.as_str());
+                tracing::info!(peer = %c.peer, backend = name, why, "peer connection closed")
             }
         }
     }
