@@ -111,6 +111,9 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
+        // Strict verifiers (`openssl verify -x509_strict`, Python 3.13's default context) require
+        // the Authority Key Identifier that ties a leaf to its CA's key.
+        params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer)?;
