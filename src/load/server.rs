@@ -197,8 +197,10 @@ impl Uas {
     }
 
     fn request(&mut self, out: &mut Out, conn: usize, m: &Message, method: Method, call_id: &str) {
+        // RFC 3261 §8.2.6.2: every answer to a request without a To tag carries ours (one tag
+        // per request, so a 100, a 180 and the final answer name the same dialog).
         let to_tag = unique("t");
-        let reply = |code, reason| msg::response(m, code, reason, None, false, "");
+        let reply = |code, reason| msg::response(m, code, reason, Some(&to_tag), false, "");
         match method {
             Method::Invite if m.to_tag().is_some() => {
                 out.send(
@@ -300,7 +302,7 @@ impl Uas {
                     && m.request_uri().and_then(|u| Uri::parse(u).ok()?.user).is_some() =>
             {
                 let pad = msg::with_body("text/plain", &"p".repeat(self.opts.faults.pad_options));
-                out.send(conn, msg::response(m, 200, "OK", None, false, &pad));
+                out.send(conn, msg::response(m, 200, "OK", Some(&to_tag), false, &pad));
             }
             _ => out.send(conn, reply(200, "OK")),
         }
