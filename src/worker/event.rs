@@ -177,9 +177,32 @@ impl Worker {
         }
     }
 
+    /// Takes a reload or an admin change (rare: one atomic load each per turn otherwise), then
+    /// says so with a fresh snapshot, so whoever waits for it (`Balancer::wait_applied`) reads
+    /// metrics that show it.
+    fn apply_settings(&mut self, now: Instant) {
+        let mut changed = false;
+        if self.shared.runtime_gen.load(Ordering::Acquire) != self.rt_gen {
+            self.adopt_runtime();
+            self.admin_gen = u64::MAX;
+            changed = true;
+        }
+        if self.shared.admin_gen.load(Ordering::Acquire) != self.admin_gen {
+            self.apply_admin();
+            changed = true;
+        }
+        if changed {
+            self.publish(now);
+            if let Some(a) = self.shared.applied.get(usize::from(self.id)) {
+                a[0].store(self.rt_gen, Ordering::Release);
+                a[1].store(self.admin_gen, Ordering::Release);
+            }
+        }
+    }
+
     pub fn run(mut self) {
-        self.apply_admin();
         let mut events = Events::with_capacity(1024);
+        self.apply_settings(Instant::now());
         self.pool_tick(Instant::now());
         while !self.shared.stop.load(Ordering::Acquire) {
             // Data left over from a flooding connection: look at events without sleeping.
@@ -196,13 +219,7 @@ impl Worker {
                 break;
             }
             let busy = Instant::now();
-            if self.shared.runtime_gen.load(Ordering::Acquire) != self.rt_gen {
-                self.adopt_runtime();
-                self.admin_gen = u64::MAX;
-            }
-            if self.shared.admin_gen.load(Ordering::Acquire) != self.admin_gen {
-                self.apply_admin();
-            }
+            self.apply_settings(busy);
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => self.take_handoffs(),
@@ -581,6 +598,9 @@ impl Worker {
         self.last_sweep = now;
         self.invites.expire(now);
         if !self.ready && (self.pool.all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
+            // Readiness means what callers read: the snapshot `Balancer::metrics` shows is the
+            // state this worker counted itself ready in, not one a publish period older.
+            self.publish(now);
             self.ready = true;
             self.shared.ready.fetch_add(1, Ordering::AcqRel);
         }

@@ -165,6 +165,9 @@ pub struct Shared {
     /// Dialogs started (2xx to INVITE) minus dialogs ended (2xx to BYE) — what draining waits for.
     pub active_dialogs: AtomicI64,
     pub ready: AtomicUsize,
+    /// Per worker: the `runtime_gen` and `admin_gen` it has applied and published, so callers
+    /// can wait for a reload or an admin change to be in force everywhere (`wait_applied`).
+    pub applied: Vec<[AtomicU64; 2]>,
     /// Connections open on the front and peer listeners (what `--max-connections` caps).
     pub admitted: AtomicUsize,
     /// Open client connections per source address (only with `--max-connections-per-ip`);
@@ -241,13 +244,8 @@ impl Balancer {
         let mut listeners: Vec<Vec<TcpListener>> = (0..cfg.workers).map(|_| Vec::new()).collect();
         let mut listen_addrs = Vec::new();
         for &addr in &cfg.listen {
-            if !cfg.reuse_port {
-                refuse_if_in_use(addr)?;
-            }
-            let mut real = addr;
-            for per_worker in listeners.iter_mut() {
-                let l = reuseport_listener(real)?;
-                real = l.local_addr().map_err(|why| StartError::Bind { addr, why })?;
+            let (real, group) = listener_group(addr, cfg.workers, cfg.reuse_port)?;
+            for (per_worker, l) in listeners.iter_mut().zip(group) {
                 per_worker.push(l);
             }
             listen_addrs.push(real);
@@ -255,13 +253,8 @@ impl Balancer {
         let mut peer_listeners: Vec<Option<TcpListener>> = (0..cfg.workers).map(|_| None).collect();
         let mut peer_addr = None;
         if let Some(addr) = cfg.peer_listen {
-            if !cfg.reuse_port {
-                refuse_if_in_use(addr)?;
-            }
-            let mut real = addr;
-            for slot in peer_listeners.iter_mut() {
-                let l = reuseport_listener(real)?;
-                real = l.local_addr().map_err(|why| StartError::Bind { addr, why })?;
+            let (real, group) = listener_group(addr, cfg.workers, cfg.reuse_port)?;
+            for (slot, l) in peer_listeners.iter_mut().zip(group) {
                 *slot = Some(l);
             }
             peer_addr = Some(real);
@@ -310,6 +303,9 @@ impl Balancer {
             draining: AtomicBool::new(false),
             active_dialogs: AtomicI64::new(0),
             ready: AtomicUsize::new(0),
+            applied: (0..cfg.workers)
+                .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
+                .collect(),
             admitted: AtomicUsize::new(0),
             cfg,
         });
@@ -385,6 +381,26 @@ impl Balancer {
         false
     }
 
+    /// Waits until every worker runs with the latest reload and admin change (and has published
+    /// metrics that show them). Returns whether that happened within `timeout`.
+    pub fn wait_applied(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            let want = [
+                self.shared.runtime_gen.load(Ordering::Acquire),
+                self.shared.admin_gen.load(Ordering::Acquire),
+            ];
+            let done =
+                self.shared.applied.iter().all(|a| {
+                    a[0].load(Ordering::Acquire) == want[0] && a[1].load(Ordering::Acquire) == want[1]
+                });
+            if done || Instant::now() >= until {
+                return done;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The workers' counters added up (each worker publishes a few times a second).
     pub fn metrics(&self) -> Metrics {
         collect(&self.shared)
@@ -411,9 +427,7 @@ impl Balancer {
     /// Stops and waits for the workers.
     pub fn shutdown(self) {
         self.stop();
-        for t in self.threads {
-            let _ = t.join();
-        }
+        // Dropping joins them (see `Drop`).
     }
 
     /// Reads certificates, keys, CRLs and the back-ends file again; new connections use them,
@@ -451,8 +465,23 @@ impl Balancer {
         }
     }
 
-    pub fn join(self) {
-        for t in self.threads {
+    /// Waits for the workers to end (after a stop or a drain from another thread).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A balancer that goes out of scope stops: its workers never outlive it (a test that panics
+/// must not leave workers reconnecting to dead ports while the next test runs).
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -568,6 +597,40 @@ fn refuse_if_in_use(addr: SocketAddr) -> Result<(), StartError> {
     sock.bind(&addr.into())
         .map_err(|why| StartError::Bind { addr, why })?;
     Ok(())
+}
+
+/// One SO_REUSEPORT listener per worker on `addr`, and the address they share. Port 0: the
+/// first bind picks the port and the others join it; the kernel may pick a port that another
+/// socket holds in a way SO_REUSEPORT cannot share (a connection's ephemeral port, say), so on
+/// `AddrInUse` the whole group is given up and picked again, a few times.
+fn listener_group(
+    addr: SocketAddr,
+    workers: usize,
+    reuse_port: bool,
+) -> Result<(SocketAddr, Vec<TcpListener>), StartError> {
+    if !reuse_port {
+        refuse_if_in_use(addr)?;
+    }
+    let mut tries = 0;
+    loop {
+        let mut group = Vec::with_capacity(workers);
+        let mut real = addr;
+        let joined = (0..workers).try_for_each(|_| {
+            let l = reuseport_listener(real)?;
+            real = l.local_addr().map_err(|why| StartError::Bind { addr, why })?;
+            group.push(l);
+            Ok(())
+        });
+        match joined {
+            Ok(()) => return Ok((real, group)),
+            Err(StartError::Bind { why, .. })
+                if addr.port() == 0 && why.kind() == io::ErrorKind::AddrInUse && tries < 10 =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The host part of `host:port`.

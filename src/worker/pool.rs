@@ -174,8 +174,9 @@ impl Worker {
     /// back ends that stay are kept, whatever their position now), connections to back ends that
     /// left are closed, new back ends get fresh state and are connected by the next tick.
     pub(super) fn adopt_runtime(&mut self) {
-        let new = self.shared.runtime.load_full();
+        // The generation first: a reload landing in between is then seen again next turn.
         self.rt_gen = self.shared.runtime_gen.load(Ordering::Acquire);
+        let new = self.shared.runtime.load_full();
         let map: Vec<Option<usize>> = self
             .rt
             .backends
