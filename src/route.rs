@@ -526,9 +526,20 @@ impl Router<'_> {
         }
     }
 
-    /// RFC 3327 §5.2: Path only for a UA that supports it, unless `--path always`.
+    /// RFC 3327 §5.2: Path only for a UA that supports it, unless `--path always`. Most real
+    /// phones never say `Supported: path`, and then the registrar stores a contact it cannot
+    /// reach outside a lab: the first such REGISTER is logged once, naming the flag to change.
     fn wants_path(&self, m: &Message) -> bool {
-        self.path == PathMode::Always || supports_path(m)
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let wants = self.path == PathMode::Always || supports_path(m);
+        if !wants && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(
+                "a REGISTER went to the registrar without Path: the UA did not say 'Supported: path' \
+                 (most phones do not); with a registrar that stores Path, use --path always so it can \
+                 reach such UAs through siplb (said once)"
+            );
+        }
+        wants
     }
 }
 
