@@ -101,8 +101,7 @@ fn operators_drain_disable_enable_and_weigh_back_ends_at_run_time() {
     let (ok, body) = ctl(admin, &["drain", "nobody.pool.test"]);
     assert!(!ok && body.contains("no back end"), "{body}");
     // Admin states survive a reload for back ends that stay.
-    lb.reload().expect("reload");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    reload_and_wait(&lb);
     let (_, list) = ctl(admin, &["backends"]);
     assert!(list.contains("\"weight\":2000"), "{list}");
     lb.shutdown();

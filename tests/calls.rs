@@ -57,3 +57,60 @@ fn calls_over_ipv6() {
     }
     lb.shutdown();
 }
+
+/// RFC 3261 §8.2.6.2: the test server (every test's back end, and sipload's for operators) tags
+/// the To of every answer to a request that had none — OPTIONS and REGISTER included.
+#[test]
+fn sipload_server_tags_every_answer() {
+    use siplb::sip::{Message, Method};
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let mut ep = siplb::load::endpoint::Endpoint::new().expect("endpoint");
+    let conn = ep
+        .connect(
+            backends[0].addr,
+            pki.client_tls(Some(&["caller.test"])),
+            siplb::tls::server_name(&backends[0].name).expect("name"),
+        )
+        .expect("connect");
+    let mut inbox = Inbox::default();
+    for (i, method) in ["OPTIONS", "REGISTER", "MESSAGE"].iter().enumerate() {
+        let mut d = new_dialog(&format!("tag-{i}"), "sip:someone@pool.test");
+        let extra = if *method == "REGISTER" {
+            "Contact: <sip:someone@client.invalid;transport=tls>\r\n"
+        } else {
+            ""
+        };
+        assert!(ep.send(conn, &d.request(method, None, None, extra)), "send");
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while inbox.messages.len() < 3 {
+        assert!(
+            std::time::Instant::now() < until,
+            "got {} of 3 answers",
+            inbox.messages.len()
+        );
+        ep.turn(&mut inbox, std::time::Duration::from_millis(10))
+            .expect("turn");
+    }
+    let answers: Vec<Message> = inbox
+        .messages
+        .iter()
+        .map(|m| Message::parse(m).expect("answer parses"))
+        .collect();
+    assert_eq!(answers.len(), 3);
+    for (a, method) in answers
+        .iter()
+        .zip([Method::Options, Method::Register, Method::Message])
+    {
+        assert!(is_response(a, 200, method), "{}", String::from_utf8_lossy(a.buf));
+        assert!(
+            a.to_tag().is_some(),
+            "no To tag: {}",
+            String::from_utf8_lossy(a.buf)
+        );
+    }
+    for b in backends {
+        b.stop();
+    }
+}

@@ -79,8 +79,8 @@ fn refusals_are_one_line_with_the_right_exit_code() {
 fn sighup_reloads_and_sigterm_exits_zero() {
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::n(1), None);
+    // Listening means the signal handlers are in place (they come first).
     let (mut child, _) = spawn_siplb(&pki, &backends, &[]);
-    std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-HUP");
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "-TERM");
@@ -97,7 +97,10 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::n(2), None);
     let (mut child, port) = spawn_siplb(&pki, &backends, &["--drain-timeout", "20"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Both workers connected to both back ends.
+    wait_until("the pool connections", || {
+        backends.iter().all(|b| b.snapshot().connections >= 2)
+    });
     let opts = siplb::load::caller::CallOpts {
         target: format!("127.0.0.1:{port}").parse().expect("addr"),
         server_name: siplb::tls::server_name(LB_NAME).expect("name"),
@@ -115,7 +118,10 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         retry: false,
     };
     let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));
-    std::thread::sleep(Duration::from_millis(600));
+    // SIGTERM once calls are established and held (1.5 s each).
+    wait_until("all 20 calls in flight", || {
+        calls_that_saw(&backends, "ACK") >= 20
+    });
     signal(&child, "-TERM");
     let report = caller.join().expect("caller");
     assert_eq!(
@@ -131,5 +137,40 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "still accepting after the drain"
+    );
+}
+
+/// Strict verifiers (`openssl verify -x509_strict`, Python 3.13's default TLS context) want the
+/// Authority Key Identifier on every leaf `sipload certs` makes (the demo and the tests use the
+/// same code).
+#[test]
+fn sipload_certs_pass_strict_x509_verification() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: openssl is not installed (apt-get install openssl)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipload"))
+        .args(["certs", "--dir"])
+        .arg(dir.path())
+        .args(["--name", "fe1.example.com", "--name", "127.0.0.1"])
+        .output()
+        .expect("sipload certs runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-x509_strict", "-CAfile"])
+        .arg(dir.path().join("ca.pem"))
+        .arg(dir.path().join("fe1.example.com.crt.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
 }

@@ -99,7 +99,12 @@ fn cancel_and_non_2xx_ack_reach_the_invites_back_end() {
         c.send(&d.request("ACK", Some(1), Some(&branch), ""));
         calls.push((call_id, c));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // Nothing answers an ACK: wait until each reached a back end.
+    wait_until("every ACK at a back end", || {
+        calls
+            .iter()
+            .all(|(id, _)| backends.iter().any(|b| b.snapshot().saw(id, "ACK")))
+    });
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     for (id, _) in &calls {
         assert_dialog(&stats, id, &["INVITE", "CANCEL", "ACK"]);
@@ -142,7 +147,9 @@ fn register_then_the_registrar_calls_the_client() {
     );
     c.wait_for("ACK", |m| m.method() == Some(Method::Ack));
     c.wait_for("BYE", |m| m.method() == Some(Method::Bye));
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until("the 200 for the registrar's BYE", || {
+        backends.iter().any(|b| b.snapshot().saw(&cb_id, "200 BYE"))
+    });
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     let registrar = stats
         .iter()
@@ -165,11 +172,12 @@ fn pins_keep_dialogs_on_their_back_end_when_another_leaves() {
     let lb = start_balancer(&pki, &backends, 2, &["--balance".into(), "ruri-user".into()]);
     let mut call = call_opts(&pki, &lb, 90);
     call.vary_user = true;
-    call.hold = Duration::from_millis(1500);
+    // Held long enough that none ends before every one is set up, even on a slow machine.
+    call.hold = Duration::from_secs(3);
     call.rate = 300.0;
     call.concurrency = 90;
     let caller = std::thread::spawn(move || run_calls(call));
-    std::thread::sleep(Duration::from_millis(700));
+    wait_until("90 calls set up", || calls_that_saw(&backends, "ACK") >= 90);
     let gone = backends.remove(1).stop();
     let report = caller.join().expect("caller");
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();

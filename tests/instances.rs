@@ -295,8 +295,7 @@ fn a_key_rotated_by_reload_keeps_the_dialogs_made_with_the_old_one() {
     // A new key in the same file, then SIGHUP's reload.
     std::fs::remove_file(&key).expect("rm");
     key_file(&pki, "token.key");
-    lb.reload().expect("reload");
-    std::thread::sleep(Duration::from_millis(300));
+    reload_and_wait(&lb);
     for (id, d) in ids.iter().zip(dialogs.iter_mut()) {
         c.send(&d.request("BYE", None, None, ""));
         c.wait_for("200 BYE", |m| {

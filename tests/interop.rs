@@ -122,7 +122,7 @@ fn sipp_calls_through_stunnel_and_siplb() {
             .join("\n"),
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(100));
+    // SIPp finished: every BYE was answered, so its INVITE, ACK and BYE reached the back end.
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     // Every SIPp call (siplb's own health probes aside): INVITE, ACK and BYE on exactly one back end.
     let all: std::collections::BTreeSet<&String> = stats

@@ -22,10 +22,18 @@ fn a_backend_dies_under_load_and_comes_back() {
     let mut call = call_opts(&pki, &lb, 500);
     call.rate = 50.0;
     let caller = std::thread::spawn(move || run_calls(call));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until("calls on the back end about to die", || {
+        calls_that_saw(&backends[1..2], "BYE") >= 5
+    });
     let (name, addr) = (backends[1].name.clone(), backends[1].addr);
     let dead = backends.remove(1).stop();
-    std::thread::sleep(Duration::from_secs(2));
+    let m = metrics_within(&lb, Duration::from_secs(20), |m| {
+        m.backend(&name).is_some_and(|b| !b.up)
+    });
+    assert!(
+        m.backend(&name).is_some_and(|b| !b.up),
+        "{name} never went down: {m:?}"
+    );
     // The same server comes back on the same address.
     let id = pki.identity(&[&name]);
     let back = {
@@ -143,16 +151,15 @@ fn weight_zero_takes_no_new_dialogs_but_finishes_its_own() {
     let mut on_b0 = None;
     for i in 0..60 {
         let d = establish(&mut c, &format!("drain-{i}-{}", msg::unique("")));
-        std::thread::sleep(Duration::from_millis(20));
-        if backends[0].snapshot().saw(&d.call_id, "ACK") {
+        // The INVITE was answered, so the back end that has it recorded it already.
+        if backends[0].snapshot().saw(&d.call_id, "INVITE") {
             on_b0 = Some(d);
             break;
         }
     }
     let mut d = on_b0.expect("no dialog landed on b0 in 60 tries");
     write(&backends[0].name);
-    lb.reload().expect("reload");
-    std::thread::sleep(Duration::from_millis(300));
+    reload_and_wait(&lb);
     let report = run_calls(call_opts(&pki, &lb, 60));
     assert_eq!((report.ok, report.failed), (60, 0), "{}", report.summary());
     let b0 = backends[0].snapshot();

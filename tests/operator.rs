@@ -269,8 +269,27 @@ fn histograms_move_and_a_silent_client_blocks_nobody() {
     );
     let report = run_calls(call_opts(&pki, &lb, 50));
     assert_eq!((report.ok, report.failed), (50, 0), "{}", report.summary());
-    std::thread::sleep(Duration::from_millis(1500)); // published 4 times a second; a probe per second
-    let after = get_metrics(addr);
+    // Workers publish 4 times a second and probe once a second: wait until /metrics shows all
+    // 50 calls and a probe, then check every family.
+    let answered = |t: &str| -> f64 {
+        backends
+            .iter()
+            .map(|b| {
+                sample(
+                    t,
+                    &format!("siplb_backend_answer_seconds_count{{backend=\"{}\"}}", b.name),
+                )
+            })
+            .sum()
+    };
+    let probe = format!("siplb_backend_probe_rtt_seconds_count{{backend=\"{b0}\"}}");
+    let mut after = String::new();
+    wait_until("/metrics to show the 50 calls and a probe", || {
+        after = get_metrics(addr);
+        sample(&after, "siplb_setup_seconds_count") >= 50.0
+            && answered(&after) >= 50.0
+            && sample(&after, &probe) >= 1.0
+    });
     assert_eq!(sample(&after, "siplb_setup_seconds_count"), 50.0, "{after}");
     assert!(sample(&after, "siplb_setup_seconds_bucket{le=\"+Inf\"}") >= 50.0);
     let answers: f64 = backends

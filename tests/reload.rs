@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use siplb::certs::Ca;
 use siplb::load::msg;
@@ -34,10 +32,10 @@ fn reload_takes_a_new_ca_and_backend_file_without_dropping_a_call() {
     // An established call (INVITE, 200, ACK) on whichever back end the hash picks.
     let mut c = TestClient::connect(&pki, &lb);
     let mut d = establish(&mut c, &msg::unique("reload-"));
-    std::thread::sleep(Duration::from_millis(50));
+    // Answered, so recorded by the back end that has it.
     let host = backends
         .iter()
-        .position(|b| b.snapshot().saw(&d.call_id, "ACK"))
+        .position(|b| b.snapshot().saw(&d.call_id, "INVITE"))
         .expect("a back end has the call");
     let other = 1 - host;
 
@@ -60,8 +58,7 @@ fn reload_takes_a_new_ca_and_backend_file_without_dropping_a_call() {
         ),
     )
     .expect("file");
-    lb.reload().expect("reload");
-    std::thread::sleep(Duration::from_millis(500));
+    reload_and_wait(&lb);
 
     // The established call ends on its back end.
     c.send(&d.request("BYE", None, None, ""));

@@ -128,7 +128,11 @@ fn back_ends_that_start_after_siplb_take_calls_a_second_after_they_listen() {
         .into_config()
         .expect("config");
     let lb = siplb::worker::Balancer::start(cfg).expect("starts");
-    std::thread::sleep(Duration::from_secs(2));
+    // Every worker has given up waiting for back ends that do not listen yet.
+    assert!(lb.wait_ready(Duration::from_secs(20)), "workers never ready");
+    let m = lb.metrics();
+    assert_eq!(m.backends.len(), 3, "{m:?}");
+    assert!(m.backends.iter().all(|b| !b.up), "{m:?}");
     let servers: Vec<_> = addrs
         .iter()
         .enumerate()
@@ -145,7 +149,10 @@ fn back_ends_that_start_after_siplb_take_calls_a_second_after_they_listen() {
             )
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(1));
+    let m = metrics_within(&lb, Duration::from_secs(20), |m| {
+        m.backends.len() == 3 && m.backends.iter().all(|b| b.up)
+    });
+    assert_eq!(m.backends.iter().filter(|b| b.up).count(), 3, "{m:?}");
     let report = run_calls(CallOpts {
         rate: 300.0,
         ..call_opts(&pki, &lb, 300)
@@ -274,8 +281,7 @@ fn cancel_after_a_weight_change_reaches_the_server_with_the_invite() {
         .expect("a back end rings");
     // The ringing server takes no new dialogs now: the hash would send the CANCEL elsewhere.
     write(Some(owner));
-    lb.reload().expect("reload");
-    std::thread::sleep(Duration::from_millis(300));
+    reload_and_wait(&lb);
     let branch = top_branch(&invite);
     c.send(&d.request("CANCEL", Some(1), Some(&branch), ""));
     c.wait_for("200 CANCEL", |m| is_response(m, 200, Method::Cancel));

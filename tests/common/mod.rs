@@ -484,3 +484,40 @@ pub fn signal(child: &std::process::Child, sig: &str) {
             .success()
     );
 }
+
+/// Waits until `cond` holds, for at most 20 s (generous: a test must pass on a machine three
+/// times slower); on timeout fails naming `what`. For conditions nothing notifies us of.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let limit = Duration::from_secs(20);
+    let until = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How many calls (siplb's probes aside) the back ends saw `what` for (`"ACK"`, `"200 BYE"`).
+pub fn calls_that_saw(backends: &[ServerHandle], what: &str) -> usize {
+    backends
+        .iter()
+        .map(|b| {
+            let s = b.snapshot();
+            s.calls
+                .keys()
+                .filter(|id| !id.starts_with("siplb-probe-") && s.saw(id, what))
+                .count()
+        })
+        .sum()
+}
+
+/// Reloads and waits until every worker runs with the result.
+pub fn reload_and_wait(lb: &Balancer) {
+    lb.reload().expect("reload");
+    assert!(
+        lb.wait_applied(Duration::from_secs(20)),
+        "the workers did not take the reload"
+    );
+}
