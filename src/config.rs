@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// What keeps a dialog on one back end: the hash key for new dialogs.
     #[arg(help_heading = BACKENDS, long, value_enum, default_value_t = BalanceKey::CallId)]
     pub balance: BalanceKey,
+    /// Times an initial INVITE is sent to another back end when its own answers 503 (and takes
+    /// no new dialogs for its Retry-After) or its connection is lost before any provisional
+    /// answer beyond 100 Trying; 0: the caller gets what the server said.
+    #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 2)]
+    pub max_retries: u8,
     /// Seconds between SIP OPTIONS health probes to each back end.
     #[arg(help_heading = HEALTH, long, value_name = "SECS", default_value_t = 5)]
     pub health_interval: u64,
@@ -215,6 +220,7 @@ pub struct Config {
     pub workers: usize,
     pub pool_size: usize,
     pub balance: BalanceKey,
+    pub max_retries: u8,
     /// Health checks and pool size (`--health-*`, `--pool-size`).
     pub health: Policy,
     pub drain_timeout: Duration,
@@ -394,6 +400,7 @@ impl RunArgs {
             workers,
             pool_size: self.pool_size,
             balance: self.balance,
+            max_retries: self.max_retries,
             health: Policy {
                 check: self.health_check,
                 interval: Duration::from_secs(self.health_interval),

@@ -119,6 +119,8 @@ pub struct BackendMetrics {
     pub name: String,
     /// Takes new dialogs in this worker (connected and passing its health probes).
     pub up: bool,
+    /// Answered an initial request 503 and waits out its Retry-After (no new dialogs).
+    pub overloaded: bool,
     pub requests: u64,
     pub responses: u64,
     /// 2xx answers to INVITE that came from it.
@@ -165,6 +167,8 @@ pub struct Metrics {
     pub bad_tokens: u64,
     pub handoffs: u64,
     pub failovers: u64,
+    /// Initial INVITEs sent to another back end after theirs answered 503.
+    pub retries_503: u64,
     pub messages: u64,
     pub loop_turns: u64,
     pub loop_busy: Duration,
@@ -235,6 +239,7 @@ impl Metrics {
         self.clients_unverified += o.clients_unverified;
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
+        self.retries_503 += o.retries_503;
         self.messages += o.messages;
         self.loop_turns += o.loop_turns;
         self.loop_busy += o.loop_busy;
@@ -245,6 +250,7 @@ impl Metrics {
             match self.backends.iter_mut().find(|x| x.name == b.name) {
                 Some(x) => {
                     x.up |= b.up;
+                    x.overloaded |= b.overloaded;
                     x.requests += b.requests;
                     x.responses += b.responses;
                     x.dialogs += b.dialogs;
@@ -297,6 +303,12 @@ impl Metrics {
             "counter",
             "Requests forwarded to the back end",
             per_backend(&|b| b.requests.to_string()),
+        );
+        put(
+            "backend_overloaded",
+            "gauge",
+            "1 while the back end waits out the Retry-After of a 503 it answered (no new dialogs)",
+            per_backend(&|b| u8::from(b.overloaded).to_string()),
         );
         put(
             "backend_responses_total",
@@ -462,6 +474,15 @@ impl Metrics {
             "counter",
             "INVITEs sent again to another back end after theirs failed unanswered",
             vec![(String::new(), self.failovers.to_string())],
+        );
+        put(
+            "retries_total",
+            "counter",
+            "Initial INVITEs sent to another back end, by why (503: the server was overloaded)",
+            vec![
+                ("{reason=\"503\"}".into(), self.retries_503.to_string()),
+                ("{reason=\"server lost\"}".into(), self.failovers.to_string()),
+            ],
         );
         put(
             "handoffs_total",

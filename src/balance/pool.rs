@@ -128,6 +128,8 @@ pub struct Member {
     next_probe: Instant,
     /// The last state logged ("up", or why it is down), so each change is reported once.
     logged: Option<String>,
+    /// It answered an initial request `503`: no new dialogs until then (its Retry-After).
+    overloaded_until: Option<Instant>,
     pub probe_rtt: Option<Duration>,
     /// Every answered probe's round trip.
     pub probe_seconds: crate::metrics::Histogram,
@@ -153,6 +155,7 @@ impl Member {
             seq: 0,
             next_probe: now,
             logged: None,
+            overloaded_until: None,
             probe_rtt: None,
             probe_seconds: Default::default(),
             probes_failed: 0,
@@ -215,14 +218,27 @@ impl Pool {
         self.members = members;
     }
 
-    /// What back end `b` can take now.
+    /// What back end `b` can take now. An overloaded one keeps its dialogs and transactions,
+    /// like one failing its probes, but takes no new dialogs.
     pub fn avail(&self, b: usize) -> Avail {
         let m = &self.members[b];
-        match (m.accepted(), m.healthy) {
+        match (m.accepted(), m.healthy && m.overloaded_until.is_none()) {
             (false, _) => Avail::Down,
             (true, true) => Avail::Up,
             (true, false) => Avail::Connected,
         }
+    }
+
+    /// Back end `b` said it is overloaded (a `503` to an initial request): no new dialogs until
+    /// `until` (its Retry-After, capped by the caller). A later, longer one extends it.
+    pub fn overloaded(&mut self, b: usize, until: Instant) {
+        let m = &mut self.members[b];
+        m.overloaded_until = Some(m.overloaded_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Whether `b` is overloaded now (until `tick` sees its Retry-After pass).
+    pub fn is_overloaded(&self, b: usize) -> bool {
+        self.members[b].overloaded_until.is_some()
     }
 
     pub fn all_up(&self) -> bool {
@@ -247,6 +263,9 @@ impl Pool {
     /// overdue.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         for b in 0..self.members.len() {
+            if self.members[b].overloaded_until.is_some_and(|t| t <= now) {
+                self.members[b].overloaded_until = None;
+            }
             for i in 0..self.members[b].conns.len() {
                 match self.members[b].conns[i].state {
                     State::Idle { retry_at } if retry_at <= now => {

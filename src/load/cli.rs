@@ -102,6 +102,18 @@ pub struct ServerArgs {
     /// Accept connections and record messages but never answer (a hung server).
     #[arg(long)]
     pub silent: bool,
+    /// Answer INVITEs (180 and 200) MS milliseconds late; 100 Trying still comes at once (a busy
+    /// or slow server).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub answer_delay: u64,
+    /// Answer this share (0 to 1) of new INVITEs `503` with `Retry-After: 30`, while OPTIONS
+    /// pass (an overloaded server, a B2BUA out of channels).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = share)]
+    pub reject_503: f64,
+    /// Take at most CPS new INVITEs per second (burst: one second's worth); beyond it answer
+    /// `503` with `Retry-After: 1`.
+    #[arg(long, value_name = "CPS", value_parser = positive)]
+    pub capacity: Option<f64>,
     /// On exit, write one line per Call-ID seen with what was seen, tab-separated (calls are
     /// recorded only with it: a load run without it spends nothing on records).
     #[arg(long, value_name = "FILE")]
@@ -204,7 +216,12 @@ fn run_server(a: ServerArgs) -> Result<i32, String> {
         bye_on: a.bye_on,
         silent: a.silent,
         crash_on_invite: false,
-        faults: Default::default(),
+        faults: server::Faults {
+            answer_delay: Duration::from_millis(a.answer_delay),
+            reject_503: a.reject_503,
+            capacity: a.capacity,
+            ..Default::default()
+        },
         record: a.report.is_some(),
     })
     .map_err(|e| format!("{}: {e}", a.listen))?;
@@ -328,4 +345,20 @@ fn wait_for_signal() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// A share between 0 and 1 (`--reject-503`).
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a share between 0 and 1")),
+    }
+}
+
+/// A rate above zero (`--capacity`).
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("'{s}' is not a rate above zero")),
+    }
 }

@@ -66,6 +66,46 @@ pub struct Faults {
     /// Bytes of body added to the 200 for an OPTIONS to a user (a server that says a lot; the
     /// balancer's own probes, to the server's name, are answered plainly).
     pub pad_options: usize,
+    /// How late an INVITE's 180 and final answer come (its 100 Trying comes at once): a busy or
+    /// slow server.
+    pub answer_delay: Duration,
+    /// The share (0..=1) of new INVITEs answered `503` with `Retry-After: 30` while OPTIONS pass
+    /// (overloaded, licence exhausted, a B2BUA out of channels).
+    pub reject_503: f64,
+    /// New INVITEs per second the server takes (burst: one second's worth); beyond it `503` with
+    /// `Retry-After: 1`.
+    pub capacity: Option<f64>,
+}
+
+/// The load a server admits: `Faults::reject_503` spread evenly, then the `capacity` bucket.
+#[derive(Debug, Default)]
+struct Admission {
+    /// Accumulated share of INVITEs owed a 503.
+    owed: f64,
+    /// Capacity tokens and when they were last refilled.
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+impl Admission {
+    /// `Retry-After` seconds if this INVITE is to be refused.
+    fn refuse(&mut self, f: &Faults, now: Instant) -> Option<u32> {
+        self.owed += f.reject_503.clamp(0.0, 1.0);
+        if self.owed >= 1.0 {
+            self.owed -= 1.0;
+            return Some(30);
+        }
+        let cps = f.capacity?;
+        let since = self.refilled.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
+        self.tokens = (self.tokens + since * cps).min(cps.max(1.0));
+        self.refilled = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            Some(1)
+        }
+    }
 }
 
 /// What one server saw.
@@ -135,6 +175,7 @@ pub fn spawn(opts: ServerOpts) -> std::io::Result<ServerHandle> {
         timers: Vec::new(),
         conns: Vec::new(),
         peer_conn: None,
+        admission: Admission::default(),
     };
     let stop2 = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
@@ -162,6 +203,12 @@ pub fn spawn(opts: ServerOpts) -> std::io::Result<ServerHandle> {
 
 enum Action {
     Bye(String),
+    /// A delayed INVITE's 180 and final answer (`--answer-delay`).
+    Answer {
+        conn: usize,
+        invite: Vec<u8>,
+        to_tag: String,
+    },
     CallBack {
         conn: usize,
         contact: String,
@@ -183,6 +230,7 @@ struct Uas {
     timers: Vec<(Instant, Action)>,
     conns: Vec<usize>,
     peer_conn: Option<usize>,
+    admission: Admission,
 }
 
 impl Uas {
@@ -216,40 +264,21 @@ impl Uas {
                 );
             }
             Method::Invite => {
-                out.send(conn, reply(100, "Trying"));
-                let ringing = msg::response(m, 180, "Ringing", Some(&to_tag), true, "");
-                out.send(conn, ringing);
-                let user = m
-                    .request_uri()
-                    .and_then(|u| Uri::parse(u).ok()?.user)
-                    .unwrap_or(b"");
-                if user.starts_with(b"hold") {
-                    self.held
-                        .insert(call_id.to_string(), (conn, m.buf.to_vec(), to_tag));
+                if let Some(secs) = self.admission.refuse(&self.opts.faults, Instant::now()) {
+                    let extra = format!("Retry-After: {secs}\r\n");
+                    let busy = msg::response(m, 503, "Service Unavailable", Some(&to_tag), false, &extra);
+                    out.send(conn, busy);
                     return;
                 }
-                let body = msg::sdp("192.0.2.20", 30000);
-                let extra = format!(
-                    "Contact: {}\r\n{}",
-                    self.contact(),
-                    msg::with_body("application/sdp", &body)
-                );
-                out.send(conn, msg::response(m, 200, "OK", Some(&to_tag), true, &extra));
-                let get = |f| m.value(f).map(text).unwrap_or_default();
-                let contact = msg::values(m, Name::Contact)
-                    .first()
-                    .map(|c| msg::uri_of(c))
-                    .unwrap_or_default();
-                let dialog = Dialog {
-                    call_id: call_id.to_string(),
-                    local: format!("{};tag={to_tag}", get(m.to)),
-                    remote: get(m.from),
-                    remote_target: contact,
-                    route: msg::values(m, Name::RecordRoute),
-                    cseq: 0,
-                    host: self.host.clone(),
-                };
-                self.dialogs.insert(call_id.to_string(), (conn, dialog));
+                out.send(conn, reply(100, "Trying"));
+                let delay = self.opts.faults.answer_delay;
+                if delay.is_zero() {
+                    self.answer_invite(out, conn, m, call_id, to_tag);
+                } else {
+                    let invite = m.buf.to_vec();
+                    self.timers
+                        .push((Instant::now() + delay, Action::Answer { conn, invite, to_tag }));
+                }
             }
             Method::Ack => {
                 if let (Some(d), true) = (self.opts.bye_after, self.dialogs.contains_key(call_id)) {
@@ -306,6 +335,42 @@ impl Uas {
             }
             _ => out.send(conn, reply(200, "OK")),
         }
+    }
+
+    /// 180, then 200 (or, for a `hold…` user, ringing until CANCEL) for a new INVITE.
+    fn answer_invite(&mut self, out: &mut Out, conn: usize, m: &Message, call_id: &str, to_tag: String) {
+        out.send(conn, msg::response(m, 180, "Ringing", Some(&to_tag), true, ""));
+        let user = m
+            .request_uri()
+            .and_then(|u| Uri::parse(u).ok()?.user)
+            .unwrap_or(b"");
+        if user.starts_with(b"hold") {
+            self.held
+                .insert(call_id.to_string(), (conn, m.buf.to_vec(), to_tag));
+            return;
+        }
+        let body = msg::sdp("192.0.2.20", 30000);
+        let extra = format!(
+            "Contact: {}\r\n{}",
+            self.contact(),
+            msg::with_body("application/sdp", &body)
+        );
+        out.send(conn, msg::response(m, 200, "OK", Some(&to_tag), true, &extra));
+        let get = |f| m.value(f).map(text).unwrap_or_default();
+        let contact = msg::values(m, Name::Contact)
+            .first()
+            .map(|c| msg::uri_of(c))
+            .unwrap_or_default();
+        let dialog = Dialog {
+            call_id: call_id.to_string(),
+            local: format!("{};tag={to_tag}", get(m.to)),
+            remote: get(m.from),
+            remote_target: contact,
+            route: msg::values(m, Name::RecordRoute),
+            cseq: 0,
+            host: self.host.clone(),
+        };
+        self.dialogs.insert(call_id.to_string(), (conn, dialog));
     }
 
     /// A response to a request this server sent (its BYE, its call-back INVITE).
@@ -368,6 +433,15 @@ impl Uas {
         };
         for a in due {
             match a {
+                Action::Answer { conn, invite, to_tag } => {
+                    let Ok(m) = Message::parse(&invite) else { continue };
+                    let call_id = m.call_id().map(text).unwrap_or_default();
+                    let mut out = Out::default();
+                    self.answer_invite(&mut out, conn, &m, &call_id, to_tag);
+                    for (c, bytes) in out.queue {
+                        ep.send(c, &bytes);
+                    }
+                }
                 Action::Bye(call_id) => {
                     let Some((came_on, _)) = self.dialogs.get(&call_id).map(|(c, d)| (*c, d.clone())) else {
                         continue;

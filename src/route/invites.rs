@@ -48,8 +48,9 @@ pub struct Invite {
     pub call_id: Vec<u8>,
     pub cseq: u32,
     pub stage: Stage,
-    /// Sent once more after a lost back end: never a third time.
-    pub retried: bool,
+    /// Times it was sent again to another back end (a lost connection, a 503): at most
+    /// `--max-retries`.
+    pub retries: u8,
     /// The INVITE as the client sent it, while a final answer may still have to be made for it.
     pub bytes: Vec<u8>,
     pub since: Instant,
@@ -191,6 +192,14 @@ impl Invites {
         timings
     }
 
+    /// Takes the entry out of the table (its INVITE is about to go to another back end).
+    pub fn take(&mut self, client: (u32, u32), call_id: &[u8], cseq: u32) -> Option<Invite> {
+        self.get(client, call_id, cseq)?;
+        let inv = self.map.remove(&key(client, call_id, cseq))?;
+        self.bytes -= inv.bytes.len();
+        Some(inv)
+    }
+
     /// The in-progress INVITEs that went out on connection `conn`, taken out of the table.
     pub fn lost_on(&mut self, conn: usize) -> Vec<Invite> {
         let keys: Vec<u64> = self
@@ -247,7 +256,7 @@ mod tests {
             call_id: b"c1".to_vec(),
             cseq: 1,
             stage,
-            retried: false,
+            retries: 0,
             bytes: b"INVITE".to_vec(),
             since: Instant::now(),
             sent: Instant::now(),

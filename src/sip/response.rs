@@ -10,7 +10,7 @@ use super::siphash::SipHasher24;
 
 use super::addr::NameAddr;
 use super::header::Name;
-use super::message::parse_cseq;
+use super::message::{Message, parse_cseq};
 use super::rewrite::push_u32;
 use super::scan::{Lines, Values};
 use super::token::hex_into;
@@ -85,6 +85,45 @@ pub fn write_response(head: &[u8], code: u16, reason: &str, extra: Extra, out: &
     out.extend_from_slice(b"Server: siplb\r\nContent-Length: 0\r\n\r\n");
 }
 
+/// The seconds of a response's `Retry-After` (RFC 3261 §20.33), if it has a readable one.
+pub fn retry_after(m: &Message) -> Option<u32> {
+    let head = m.head();
+    let v = Lines::new(&head[m.headers_start.min(head.len())..])
+        .map_while(Result::ok)
+        .find(|h| h.name.eq_ignore_ascii_case(b"retry-after"))?
+        .value;
+    let digits = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&v[..digits]).ok()?.parse().ok()
+}
+
+/// The ACK siplb sends for a non-2xx final answer it keeps from the caller (RFC 3261 §17.1.1.3):
+/// the INVITE's Request-URI, the answer's top Via (siplb's, so the branch matches the server's
+/// transaction), From, To with the server's tag, Call-ID and the CSeq number. False (and nothing
+/// written) if the answer lacks one of them.
+pub fn write_ack(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> bool {
+    let (Some(via), Some(from), Some(to), Some(call_id), Some((_, n, _))) = (
+        answer.via.map(|f| answer.at(f.top)),
+        answer.value(answer.from),
+        answer.value(answer.to),
+        answer.call_id(),
+        answer.cseq,
+    ) else {
+        return false;
+    };
+    out.extend_from_slice(b"ACK ");
+    out.extend_from_slice(request_uri);
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    line(out, "Via", via);
+    line(out, "Max-Forwards", b"70");
+    line(out, "From", from);
+    line(out, "To", to);
+    line(out, "Call-ID", call_id);
+    out.extend_from_slice(b"CSeq: ");
+    push_u32(out, n);
+    out.extend_from_slice(b" ACK\r\nContent-Length: 0\r\n\r\n");
+    true
+}
+
 /// A Call-ID we can echo: non-empty, one line, no white space (RFC 3261 §25.1 callid).
 fn valid_call_id(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().all(|&b| b > b' ' && b != 0x7f)
@@ -101,7 +140,29 @@ fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 mod tests {
     use super::*;
     use crate::sip::frame::{Status, frame};
-    use crate::sip::message::Message;
+
+    #[test]
+    fn ack_for_an_answer_we_keep_matches_the_servers_transaction() {
+        let answer = b"SIP/2.0 503 Service Unavailable\r\n\
+Via: SIP/2.0/TLS lb.example;branch=z9hG4bKours-tok, SIP/2.0/TLS a.example;branch=z9hG4bK1\r\n\
+From: <sip:alice@a.example>;tag=f1\r\nTo: <sip:bob@b.example>;tag=srv\r\nCall-ID: c1@a\r\n\
+CSeq: 7 INVITE\r\nRetry-After: 42 (overloaded)\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(answer).expect("parses");
+        assert_eq!(retry_after(&m), Some(42));
+        let mut out = Vec::new();
+        assert!(write_ack(b"sip:bob@b.example", &m, &mut out));
+        let ack = Message::parse(&out).expect("our ACK parses");
+        assert_eq!(ack.request_uri(), Some(&b"sip:bob@b.example"[..]));
+        assert_eq!(ack.via_count, 1, "only our Via");
+        assert_eq!(
+            ack.top_via().expect("via").branch(),
+            Some(&b"z9hG4bKours-tok"[..])
+        );
+        assert_eq!(ack.to_tag(), Some(&b"srv"[..]));
+        assert_eq!(ack.cseq.map(|c| (c.1, c.2)), Some((7, crate::sip::Method::Ack)));
+        let no_header = Message::parse(REQ).expect("parses");
+        assert_eq!(retry_after(&no_header), None);
+    }
 
     const REQ: &[u8] = b"INVITE sip:bob@b.example SIP/2.0\r\n\
 Via: SIP/2.0/TLS a.example;branch=z9hG4bK1, SIP/2.0/TLS p.example;branch=z9hG4bK0\r\n\

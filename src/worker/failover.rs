@@ -4,13 +4,18 @@
 //! once more to the next back end while only `100 Trying` was seen) or at worst a prompt `503`
 //! instead of minutes of silence.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::event::Worker;
 use crate::route::RETRY_AFTER;
 use crate::route::invites::{Invite, Stage};
-use crate::sip::response::Extra;
-use crate::sip::{Message, Method, Read};
+use crate::sip::response::{Extra, retry_after, write_ack};
+use crate::sip::{Message, Method, Read, Token};
+
+/// How long a back end that answered 503 without a Retry-After takes no new dialogs.
+const OVERLOAD_DEFAULT_SECS: u32 = 10;
+/// The longest a Retry-After keeps a back end out of new dialogs (a server cannot ask for more).
+const OVERLOAD_MAX_SECS: u32 = 300;
 
 impl Worker {
     /// Remembers an initial INVITE sent from client connection `client` to back end `backend`
@@ -21,7 +26,7 @@ impl Worker {
         client: (u32, u32),
         conn: usize,
         backend: usize,
-        retried: bool,
+        retries: u8,
     ) {
         let (Some(call_id), Some((_, cseq, Method::Invite))) = (m.call_id(), m.cseq) else {
             return;
@@ -36,7 +41,7 @@ impl Worker {
             call_id: call_id.to_vec(),
             cseq,
             stage: Stage::Sent,
-            retried,
+            retries,
             bytes: m.buf.to_vec(),
             since: Instant::now(),
             sent: Instant::now(),
@@ -65,6 +70,53 @@ impl Worker {
         }
     }
 
+    /// A `503` from back end `b` (on connection `server`) on its way to client connection `to`.
+    /// The server is overloaded: it takes no new dialogs for its Retry-After (10 s without one,
+    /// 300 s at most). To an initial INVITE for which nothing but `100 Trying` reached the caller,
+    /// and with retries left, the caller never hears it: siplb ACKs the 503 itself and sends the
+    /// INVITE to the next back end (RFC 3261 §16.7, RFC 3263 §4.3); with none left the router
+    /// answers 503 itself. True if the 503 was kept from the caller.
+    pub(super) fn retry_on_503(&mut self, server: usize, b: usize, to: Token, m: &Message) -> bool {
+        let (Some(503), Some(call_id), Some((_, cseq, Method::Invite))) = (m.status(), m.call_id(), m.cseq)
+        else {
+            return false;
+        };
+        let client = (to.slot, to.generation);
+        let now = Instant::now();
+        let Some(inv) = self.invites.get(client, call_id, cseq) else {
+            return false; // not an initial INVITE of this worker's
+        };
+        let secs = retry_after(m)
+            .unwrap_or(OVERLOAD_DEFAULT_SECS)
+            .min(OVERLOAD_MAX_SECS);
+        if !self.pool.is_overloaded(b) {
+            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, retry_after = secs, "back end overloaded (503): no new dialogs for its Retry-After");
+        }
+        self.pool
+            .overloaded(b, now + Duration::from_secs(u64::from(secs)));
+        let retry = matches!(inv.stage, Stage::Sent | Stage::Trying)
+            && !inv.bytes.is_empty()
+            && inv.retries < self.shared.cfg.max_retries
+            && to.worker == self.id
+            && self.slots.get_checked(to.slot as usize, to.generation).is_some();
+        if !retry {
+            return false;
+        }
+        let Some(inv) = self.invites.take(client, call_id, cseq) else {
+            return false;
+        };
+        let Read::Message(_, invite) = crate::sip::read(&inv.bytes, usize::MAX) else {
+            return false;
+        };
+        let mut ack = Vec::with_capacity(m.head().len());
+        if write_ack(invite.request_uri().unwrap_or_default(), m, &mut ack) {
+            self.send_raw(server, &ack);
+        }
+        self.m.retries_503 += 1;
+        self.route_excluding(to.slot as usize, &invite, Some(b), inv.retries + 1);
+        true
+    }
+
     /// Pool connection `conn` of back end `b` died: its unfinished INVITEs go once more elsewhere
     /// (nothing or only 100 seen) or get a 503 from siplb (the server had taken the call).
     pub(super) fn fail_over(&mut self, conn: usize, b: usize) {
@@ -76,10 +128,10 @@ impl Worker {
             let Read::Message(_, m) = crate::sip::read(&inv.bytes, usize::MAX) else {
                 continue;
             };
-            if matches!(inv.stage, Stage::Sent | Stage::Trying) && !inv.retried {
+            if matches!(inv.stage, Stage::Sent | Stage::Trying) && inv.retries < self.shared.cfg.max_retries {
                 self.m.failovers += 1;
                 tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, "INVITE unanswered by a lost back end: trying the next one");
-                if self.route_excluding(slot as usize, &m, Some(b)) {
+                if self.route_excluding(slot as usize, &m, Some(b), inv.retries + 1) {
                     continue;
                 }
             } else {

@@ -508,7 +508,14 @@ impl crate::admin::Control for AdminHandle {
                 let o = overrides.get(&b.name).copied().unwrap_or_default();
                 let per: Vec<&crate::metrics::BackendMetrics> =
                     workers.iter().filter_map(|w| w.backend(&b.name)).collect();
-                let health: Vec<&str> = per.iter().map(|m| if m.up { "up" } else { "down" }).collect();
+                let health: Vec<&str> = per
+                    .iter()
+                    .map(|m| match (m.overloaded, m.up) {
+                        (true, _) => "overloaded",
+                        (false, true) => "up",
+                        (false, false) => "down",
+                    })
+                    .collect();
                 let dialogs: u64 = per.iter().map(|m| m.dialogs).sum();
                 let rtt = per
                     .iter()

@@ -159,6 +159,7 @@ impl Worker {
         BackendMetrics {
             name: self.rt.backends[b].name.clone(),
             up: self.pool.avail(b) == Avail::Up,
+            overloaded: self.pool.is_overloaded(b),
             requests: c.requests,
             responses: c.responses,
             dialogs: c.dialogs,

@@ -15,13 +15,19 @@ use crate::sip::{Message, Method, Token};
 
 impl Worker {
     pub(super) fn route(&mut self, src: usize, m: &Message) {
-        self.route_excluding(src, m, None);
+        self.route_excluding(src, m, None, 0);
     }
 
-    /// Routes `m` from connection `src`; `exclude` is a back end not to use (failover of an INVITE
-    /// whose back end was lost, which is then remembered as retried: one retry only). True if it
-    /// went to a back end.
-    pub(super) fn route_excluding(&mut self, src: usize, m: &Message, exclude: Option<usize>) -> bool {
+    /// Routes `m` from connection `src`; `exclude` is a back end not to use (an INVITE sent again
+    /// after its back end was lost or answered 503, for the `retries`-th time, which it is then
+    /// remembered with). True if it went to a back end.
+    pub(super) fn route_excluding(
+        &mut self,
+        src: usize,
+        m: &Message,
+        exclude: Option<usize>,
+        retries: u8,
+    ) -> bool {
         let generation = self.slots.generation(src);
         let Some(kind) = self.slots.get(src).map(|c| c.kind) else {
             return false;
@@ -96,7 +102,7 @@ impl Worker {
                     self.write_local(dst, m);
                     self.m.forwarded_requests += 1;
                     self.counters[be].requests += 1;
-                    self.remember_invite(m, (src as u32, generation), dst, be, exclude.is_some());
+                    self.remember_invite(m, (src as u32, generation), dst, be, retries);
                     return true;
                 }
                 None => self.answer(
@@ -109,6 +115,8 @@ impl Worker {
                     },
                 ),
             },
+            Decision::ToConnection { to, request }
+                if !request && from_backend.is_some_and(|b| self.retry_on_503(src, b, to, m)) => {}
             Decision::ToConnection { to, request } => match (self.deliver(to, m, request), request) {
                 (true, true) => self.m.forwarded_requests += 1,
                 (true, false) => {

@@ -189,3 +189,22 @@ fn tls12_is_accepted_when_the_handshake_ends() {
     p.handshake_done(0, 1, false, t0, &mut out);
     assert_eq!(p.avail(0), Avail::Up);
 }
+
+#[test]
+fn an_overloaded_back_end_takes_no_new_dialogs_until_its_retry_after() {
+    let t0 = Instant::now();
+    let (mut p, mut out) = up_on_one_connection(t0);
+    assert_eq!(p.avail(0), Avail::Up);
+    p.overloaded(0, t0 + Duration::from_secs(30));
+    // Its own dialogs and transactions still reach it over its connection.
+    assert_eq!(p.avail(0), Avail::Connected);
+    assert!(p.pick(0).is_some());
+    // A shorter Retry-After does not cut a longer one short.
+    p.overloaded(0, t0 + Duration::from_secs(5));
+    p.tick(t0 + Duration::from_secs(29), &mut out);
+    assert_eq!(p.avail(0), Avail::Connected);
+    assert!(p.is_overloaded(0));
+    p.tick(t0 + Duration::from_secs(30), &mut out);
+    assert_eq!(p.avail(0), Avail::Up);
+    assert!(!p.is_overloaded(0));
+}

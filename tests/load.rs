@@ -1,0 +1,97 @@
+//! A balancer that sees load, end to end over real TLS: a server that passes its OPTIONS probes
+//! but answers INVITEs `503` costs the callers nothing (the INVITE goes to the next server, the
+//! overloaded one takes no new dialogs for its Retry-After), and when every server is overloaded
+//! siplb answers `503` with a Retry-After itself.
+
+mod common;
+
+use common::*;
+use siplb::load::server::Faults;
+use siplb::sip::{Message, Method};
+
+fn busy() -> Faults {
+    Faults {
+        reject_503: 1.0,
+        ..Faults::default()
+    }
+}
+
+#[test]
+fn a_server_answering_503_costs_the_callers_nothing() {
+    let pki = Pki::new();
+    let backends = vec![
+        backend_with(&pki, 0, busy()),
+        backend_with(&pki, 1, Faults::default()),
+        backend_with(&pki, 2, Faults::default()),
+    ];
+    let lb = start_balancer(&pki, &backends, 2, &[]);
+    let report = run_calls(call_opts(&pki, &lb, 300));
+    assert_eq!((report.ok, report.failed), (300, 0), "{}", report.summary());
+    // The busy server saw INVITEs (one per worker at least: then its Retry-After kept it out),
+    // each ACKed by siplb (nothing answers an ACK: wait for them), and none became a call there.
+    let saw_invite = |b: &siplb::load::server::ServerHandle| {
+        let s = b.snapshot();
+        let invites = report.call_ids.iter().filter(|id| s.saw(id, "INVITE")).count();
+        let acks = report.call_ids.iter().filter(|id| s.saw(id, "ACK")).count();
+        (invites, acks)
+    };
+    wait_until("siplb's ACK for every 503", || {
+        let (invites, acks) = saw_invite(&backends[0]);
+        invites > 0 && acks == invites
+    });
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    let tried: Vec<&String> = report
+        .call_ids
+        .iter()
+        .filter(|id| stats[0].calls.contains_key(*id))
+        .collect();
+    assert!(!tried.is_empty(), "no INVITE reached the busy server");
+    for id in &tried {
+        assert_eq!(stats[0].calls[*id], ["INVITE", "ACK"], "{id}");
+        let elsewhere = (1..3).filter(|&i| stats[i].saw(id, "BYE")).count();
+        assert_eq!(elsewhere, 1, "{id} was not completed on one other server");
+    }
+    let m = metrics_when(&lb, |m| m.retries_503 as usize >= tried.len());
+    assert_eq!(m.retries_503 as usize, tried.len(), "{m:?}");
+    let b0 = m.backend(&backend_name(0)).expect("listed");
+    assert!(b0.overloaded && !b0.up, "{b0:?}");
+    for i in 1..3 {
+        let b = m.backend(&backend_name(i)).expect("listed");
+        assert!(b.up && !b.overloaded, "{b:?}");
+    }
+}
+
+#[test]
+fn when_every_server_is_overloaded_siplb_answers_503_itself() {
+    let pki = Pki::new();
+    let backends: Vec<_> = (0..2).map(|i| backend_with(&pki, i, busy())).collect();
+    let lb = start_balancer(&pki, &backends, 1, &[]);
+    let mut c = TestClient::connect(&pki, &lb);
+    let mut d = new_dialog("all-busy", "sip:service@pool.test");
+    c.send(&d.request("INVITE", None, None, ""));
+    let answer = c.wait_for("503", |m| is_response(m, 503, Method::Invite));
+    let m = Message::parse(&answer).expect("parses");
+    let text = String::from_utf8_lossy(&answer);
+    // The servers' own 503s say `Retry-After: 30`: this one is siplb's (both were tried).
+    assert!(text.contains("Server: siplb"), "{text}");
+    assert!(text.contains("Retry-After: "), "{text}");
+    assert!(m.to_tag().is_some(), "{text}");
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    assert_eq!(stats.iter().filter(|s| s.saw("all-busy", "INVITE")).count(), 2);
+    assert_eq!(stats.iter().filter(|s| s.saw("all-busy", "ACK")).count(), 2);
+}
+
+#[test]
+fn with_no_retries_the_caller_gets_the_servers_503() {
+    let pki = Pki::new();
+    let backends = vec![backend_with(&pki, 0, busy()), backend_with(&pki, 1, busy())];
+    let lb = start_balancer(&pki, &backends, 1, &["--max-retries".into(), "0".into()]);
+    let mut c = TestClient::connect(&pki, &lb);
+    let mut d = new_dialog("no-retry", "sip:service@pool.test");
+    c.send(&d.request("INVITE", None, None, ""));
+    let answer = c.wait_for("503", |m| is_response(m, 503, Method::Invite));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("Retry-After: 30"), "the server's own 503: {text}");
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    assert_eq!(stats.iter().filter(|s| s.saw("no-retry", "INVITE")).count(), 1);
+}
