@@ -1,6 +1,7 @@
 //! Interop: SIPp (Debian's sip-tester, built without TLS) drives calls through siplb, with
-//! stunnel4 in front of it as the TLS client that checks siplb's certificate. A SIP
-//! implementation we did not write must complete its calls, each on one back end.
+//! stunnel4 in front of it as the TLS client that checks siplb's certificate; and SIPp serves
+//! calls as siplb's back ends, behind stunnel4 as their MTLS face. A SIP implementation we did
+//! not write must complete its calls, each on one back end.
 //! Skips, saying why, when sipp or stunnel4 is not installed; .ci/run installs both.
 
 mod common;
@@ -134,5 +135,128 @@ fn sipp_calls_through_stunnel_and_siplb() {
     for id in all {
         assert_dialog(&stats, id, &["INVITE", "ACK", "BYE"]);
     }
+    lb.shutdown();
+}
+
+/// stunnel4 as a back end's TLS face: MTLS (siplb's client certificate verified against the test
+/// CA) in front of a plain-TCP SIPp UAS, showing `name`'s certificate.
+fn stunnel_server(pki: &Pki, name: &str, tls_port: u16, sipp_port: u16) -> Killed {
+    let leaf = pki
+        .ca
+        .issue(&[name])
+        .expect("cert")
+        .write(pki.dir.path(), name)
+        .expect("write cert");
+    let conf = pki.dir.path().join(format!("{name}.stunnel.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\n[sip]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{sipp_port}\n\
+             cert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\n",
+            leaf.cert.display(),
+            leaf.key.display(),
+            pki.ca_path.display()
+        ),
+    )
+    .expect("stunnel conf");
+    Killed(
+        Command::new("stunnel4")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel4 runs"),
+    )
+}
+
+/// A SIPp UAS that passes OPTIONS (`-aa`) but answers every INVITE 503 with a Retry-After.
+const BUSY_UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="overloaded uas">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+      SIP/2.0 503 Service Unavailable
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]busy[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Retry-After: 30
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK" />
+</scenario>
+"#;
+
+/// Three SIPp servers behind siplb (2 workers), one of them overloaded: it passes its OPTIONS
+/// probes but answers every INVITE 503 with Retry-After. Every one of 300 calls completes: siplb
+/// retries the INVITE on another server and keeps new dialogs off the busy one.
+#[test]
+fn sipp_servers_one_overloaded_lose_no_call() {
+    for tool in ["sipp", "stunnel4"] {
+        if !installed(tool) {
+            eprintln!(
+                "SKIPPED sipp_servers_one_overloaded_lose_no_call: `{tool}` is not installed (apt-get install sip-tester stunnel4)"
+            );
+            return;
+        }
+    }
+    let pki = Pki::new();
+    std::fs::write(pki.dir.path().join("busy.xml"), BUSY_UAS).expect("scenario");
+    let mut keep = Vec::new();
+    let mut extra: Vec<String> = vec!["--health-interval".into(), "1".into()];
+    for i in 0..3 {
+        let (tls, plain) = (free_port(), free_port());
+        let scenario: &[&str] = if i == 0 {
+            &["-sf", "busy.xml"]
+        } else {
+            &["-sn", "uas"]
+        };
+        keep.push(Killed(
+            Command::new("sipp")
+                .args(scenario)
+                .args(["-t", "t1", "-i", "127.0.0.1", "-p", &plain.to_string()])
+                .args(["-aa", "-nostdin"])
+                .current_dir(pki.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sipp runs"),
+        ));
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", plain)).is_err() {
+            assert!(Instant::now() < until, "sipp did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let name = backend_name(i);
+        keep.push(stunnel_server(&pki, &name, tls, plain));
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", tls)).is_err() {
+            assert!(Instant::now() < until, "stunnel4 did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        extra.extend(["--backend".into(), format!("{name}=127.0.0.1:{tls}")]);
+    }
+    let lb = start_balancer(&pki, &[], 2, &extra);
+    let m = metrics_within(&lb, Duration::from_secs(20), |m| {
+        m.backends.len() == 3 && m.backends.iter().all(|b| b.up)
+    });
+    assert_eq!(
+        m.backends.iter().filter(|b| b.up).count(),
+        3,
+        "SIPp servers up behind stunnel4: {:?}",
+        m.backends
+    );
+    let report = run_calls(siplb::load::caller::CallOpts {
+        rate: 60.0,
+        ..call_opts(&pki, &lb, 300)
+    });
+    assert_eq!((report.ok, report.failed), (300, 0), "{}", report.summary());
+    let m = metrics_when(&lb, |m| m.retries_503 > 0);
+    assert!(m.retries_503 > 0, "the busy server was never tried: {m:?}");
+    let busy = m.backend(&backend_name(0)).expect("listed");
+    assert!(busy.overloaded, "{busy:?}");
     lb.shutdown();
 }
