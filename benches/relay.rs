@@ -160,6 +160,7 @@ impl Relay {
             balance: BalanceKey::CallId,
             path: PathMode::Supported,
             draining: false,
+            work: &[],
         };
         let token = if to_server {
             &self.front_token

@@ -29,7 +29,7 @@ done
 # "Running tests/x.rs (...)" names the test binary; "test NAME ... ok|FAILED|ignored" each test.
 awk -v runs="$runs" -v totals="$work/totals.txt" '
   FNR == 1 { run++ }
-  /^ +Running / { bin = $2; next }
+  /^ +Running / { bin = ($2 == "unittests") ? $3 : $2; next }
   /^test .* \.\.\. (ok|FAILED|ignored)$/ {
     name = bin "::" $2; res = $NF
     seen[name] = 1
@@ -42,10 +42,10 @@ awk -v runs="$runs" -v totals="$work/totals.txt" '
     for (n in seen) {
       total++
       if (fail[n] > 0) bad++
-      printf "%-100s %d/%d passed%s\n", n, pass[n] + 0, runs,
-        fail[n] > 0 ? ", failed in run(s)" which[n] : (skip[n] > 0 ? " (ignored " skip[n] ")" : "")
+      note = fail[n] > 0 ? ", failed in run(s)" which[n] : (skip[n] > 0 ? " (ignored " skip[n] ")" : "")
+      printf("%-100s %d/%d passed%s\n", n, pass[n] + 0, runs, note)
     }
-    printf "%d tests, %d with a failure in %d runs\n", total, bad, runs > totals
+    printf("%d tests, %d with a failure in %d runs\n", total, bad, runs) > totals
   }' $(for i in $(seq 1 "$runs"); do echo "$work/run$i.log"; done) | sort -k1,1 > "$work/summary.txt"
 
 cat "$work/summary.txt" "$work/totals.txt"

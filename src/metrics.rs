@@ -121,6 +121,8 @@ pub struct BackendMetrics {
     pub up: bool,
     /// Answered an initial request 503 and waits out its Retry-After (no new dialogs).
     pub overloaded: bool,
+    /// Transactions forwarded and not yet finally answered (an INVITE counting 1.75).
+    pub outstanding: f64,
     pub requests: u64,
     pub responses: u64,
     /// 2xx answers to INVITE that came from it.
@@ -251,6 +253,7 @@ impl Metrics {
                 Some(x) => {
                     x.up |= b.up;
                     x.overloaded |= b.overloaded;
+                    x.outstanding += b.outstanding;
                     x.requests += b.requests;
                     x.responses += b.responses;
                     x.dialogs += b.dialogs;
@@ -303,6 +306,12 @@ impl Metrics {
             "counter",
             "Requests forwarded to the back end",
             per_backend(&|b| b.requests.to_string()),
+        );
+        put(
+            "backend_outstanding_work",
+            "gauge",
+            "Transactions forwarded to the back end and not yet finally answered (INVITE: 1.75)",
+            per_backend(&|b| format!("{}", b.outstanding)),
         );
         put(
             "backend_overloaded",

@@ -70,6 +70,8 @@ pub struct Router<'a> {
     pub path: PathMode,
     /// Shutting down: new dialogs and transactions get 503, dialogs in flight go on.
     pub draining: bool,
+    /// Each back end's outstanding work (`--balance least-work`; missing counts as none).
+    pub work: &'a [std::sync::Arc<crate::balance::work::Work>],
 }
 
 /// The connection a message came in on.
@@ -195,6 +197,12 @@ impl Router<'_> {
             // its probes say, and is never re-hashed onto a server that does not have it (nor
             // onto none, when the pin names a back end since removed).
             (_, Some(p)) => balance::by_pin(p, self.backends).filter(|&b| connected(b)),
+            _ if self.balance == BalanceKey::LeastWork => balance::least_work(
+                self.balance.key(m),
+                self.backends,
+                |b| avail(b) == Avail::Up,
+                |b| self.work.get(b).map_or(0, |w| w.units()),
+            ),
             _ => balance::choose(self.balance.key(m), self.backends, |b| avail(b) == Avail::Up),
         };
         let Some(be) = chosen else {

@@ -51,7 +51,11 @@ fn a_server_answering_503_costs_the_callers_nothing() {
         let elsewhere = (1..3).filter(|&i| stats[i].saw(id, "BYE")).count();
         assert_eq!(elsewhere, 1, "{id} was not completed on one other server");
     }
-    let m = metrics_when(&lb, |m| m.retries_503 as usize >= tried.len());
+    // Every worker keeps new dialogs off it (one 503 seen by one worker is enough).
+    let m = metrics_when(&lb, |m| {
+        m.retries_503 as usize >= tried.len()
+            && m.backend(&backend_name(0)).is_some_and(|b| b.overloaded && !b.up)
+    });
     assert_eq!(m.retries_503 as usize, tried.len(), "{m:?}");
     let b0 = m.backend(&backend_name(0)).expect("listed");
     assert!(b0.overloaded && !b0.up, "{b0:?}");
@@ -94,4 +98,57 @@ fn with_no_retries_the_caller_gets_the_servers_503() {
     assert!(text.contains("Retry-After: 30"), "the server's own 503: {text}");
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     assert_eq!(stats.iter().filter(|s| s.saw("no-retry", "INVITE")).count(), 1);
+}
+
+/// The share of `report`'s calls back end 0 took.
+fn share_of_first(
+    report: &siplb::load::caller::CallReport,
+    stats: &[siplb::load::server::ServerStats],
+) -> f64 {
+    let per = assert_one_backend_per_call(report, stats);
+    assert_eq!(per.iter().sum::<usize>(), report.call_ids.len());
+    per[0] as f64 / report.call_ids.len() as f64
+}
+
+/// One of three servers answers INVITEs 600 ms late: hashing gives it its third of the new calls
+/// whatever it does; least work gives it only what it can take.
+#[test]
+fn least_work_keeps_new_calls_off_a_slow_server() {
+    let run = |balance: &str| {
+        let pki = Pki::new();
+        let slow = Faults {
+            answer_delay: std::time::Duration::from_millis(600),
+            ..Faults::default()
+        };
+        let backends = vec![
+            backend_with(&pki, 0, slow),
+            backend_with(&pki, 1, Faults::default()),
+            backend_with(&pki, 2, Faults::default()),
+        ];
+        let lb = start_balancer(&pki, &backends, 2, &["--balance".into(), balance.into()]);
+        let report = run_calls(siplb::load::caller::CallOpts {
+            rate: 100.0,
+            concurrency: 100,
+            ..call_opts(&pki, &lb, 150)
+        });
+        assert_eq!(
+            (report.ok, report.failed),
+            (150, 0),
+            "{balance}: {}",
+            report.summary()
+        );
+        // Every transaction was answered: no work is left outstanding anywhere.
+        let m = metrics_when(&lb, |m| m.backends.iter().all(|b| b.outstanding == 0.0));
+        assert_eq!(m.backends.len(), 3);
+        for b in &m.backends {
+            assert_eq!(b.outstanding, 0.0, "{balance}: {b:?}");
+        }
+        let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+        share_of_first(&report, &stats)
+    };
+    let hashed = run("call-id");
+    let least = run("least-work");
+    eprintln!("slow server's share: call-id {hashed:.2}, least-work {least:.2}");
+    assert!(hashed >= 0.2, "hashing ignores load: {hashed:.2}");
+    assert!(least <= 0.10, "least work: the slow server took {least:.2}");
 }

@@ -3,8 +3,11 @@
 //! every back end scores the key, the best healthy score wins, so a back end that leaves moves
 //! only its own dialogs and every siplb instance makes the same choice without talking to the
 //! others. The hash is a fixed function (FNV-1a, splitmix64 finaliser), stable across processes.
+//! With `--balance least-work` the choice looks at load instead: the back end with the least
+//! outstanding work per unit of weight ([`work`]), ties broken by the same hash.
 
 pub mod pool;
+pub mod work;
 
 use std::net::SocketAddr;
 
@@ -37,13 +40,16 @@ impl Backend {
     }
 }
 
-/// What identifies a dialog for hashing (`--balance`).
+/// What identifies a dialog for hashing (`--balance`), or least work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BalanceKey {
     CallId,
     FromUser,
     ToUser,
     RuriUser,
+    /// The healthy back end with the least outstanding work per unit of weight (Transaction
+    /// Least-Work-Left), ties broken by the Call-ID hash.
+    LeastWork,
 }
 
 impl BalanceKey {
@@ -54,7 +60,7 @@ impl BalanceKey {
             Uri::parse(uri).ok()?.user
         };
         let chosen = match self {
-            BalanceKey::CallId => None,
+            BalanceKey::CallId | BalanceKey::LeastWork => None,
             BalanceKey::FromUser => user_of(m.value(m.from)),
             BalanceKey::ToUser => user_of(m.value(m.to)),
             BalanceKey::RuriUser => m.request_uri().and_then(|u| Uri::parse(u).ok()?.user),
@@ -96,6 +102,24 @@ pub fn choose(key: &[u8], backends: &[Backend], usable: impl Fn(usize) -> bool) 
         .map(|(i, b)| (i, score(kh, b)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| i)
+}
+
+/// The back end with the least `work` per unit of weight among those `usable` says may take new
+/// dialogs, ties broken by `key`'s hash (so equal, idle servers still share evenly).
+pub fn least_work(
+    key: &[u8],
+    backends: &[Backend],
+    usable: impl Fn(usize) -> bool,
+    work: impl Fn(usize) -> u64,
+) -> Option<usize> {
+    let kh = fnv1a(key);
+    backends
+        .iter()
+        .enumerate()
+        .filter(|&(i, b)| b.weight > 0 && usable(i))
+        .map(|(i, b)| (i, work(i) as f64 / f64::from(b.weight), score(kh, b)))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(b.2.total_cmp(&a.2)))
+        .map(|(i, _, _)| i)
 }
 
 /// The back end a pin names, if it is still configured.
@@ -146,6 +170,29 @@ mod tests {
                 assert_eq!(before, after, "a key not on the removed back end moved");
             }
         }
+    }
+
+    #[test]
+    fn least_work_goes_where_the_least_work_per_weight_is_and_ties_follow_the_hash() {
+        let p = pool(&[100, 100, 200]);
+        // Equal work: exactly the hash's choice, so equal servers share evenly.
+        for i in 0..2_000 {
+            let k = format!("call-{i}");
+            assert_eq!(
+                least_work(k.as_bytes(), &p, |_| true, |_| 0),
+                choose(k.as_bytes(), &p, |_| true)
+            );
+        }
+        // Work per weight: 8/100, 4/100, 10/200 -> back end 1; with 6 on it, back end 2 (5/100).
+        let work = [8u64, 4, 10];
+        assert_eq!(least_work(b"k", &p, |_| true, |b| work[b]), Some(1));
+        let work = [8u64, 6, 10];
+        assert_eq!(least_work(b"k", &p, |_| true, |b| work[b]), Some(2));
+        // Unusable and zero-weight back ends are never chosen, however idle.
+        assert_eq!(least_work(b"k", &p, |b| b != 2, |b| work[b]), Some(1));
+        let q = pool(&[0, 100]);
+        assert_eq!(least_work(b"k", &q, |_| true, |b| [0, 50][b]), Some(1));
+        assert_eq!(least_work(b"k", &q, |_| false, |_| 0), None);
     }
 
     #[test]

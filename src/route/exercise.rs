@@ -39,6 +39,7 @@ pub fn exercise(data: &[u8]) {
         balance: BalanceKey::CallId,
         path: PathMode::Supported,
         draining: false,
+        work: &[],
     };
     let me = Token {
         worker: 1,

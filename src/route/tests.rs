@@ -84,6 +84,7 @@ impl Fixture {
             balance: BalanceKey::CallId,
             path: self.path,
             draining: false,
+            work: &[],
         };
         let mut origin = Origin {
             worker: 0,

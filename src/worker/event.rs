@@ -16,6 +16,7 @@ use super::pool::Counters;
 use super::slots::{Kind, Slots};
 use super::{Handoff, HandoffRx, Runtime, Shared};
 use crate::balance::pool::{Action, Pool};
+use crate::balance::work::Outstanding;
 use crate::metrics::Metrics;
 use crate::route::invites::Invites;
 use crate::sip::response::{Extra, write_response};
@@ -87,6 +88,8 @@ pub struct Worker {
     pub(super) m: Metrics,
     /// Initial INVITEs until their transaction is over (CANCEL / ACK routing, failover).
     pub(super) invites: Invites,
+    /// Transactions forwarded and not yet finally answered, per back end (least work).
+    pub(super) outstanding: Outstanding,
     /// When draining ends at the latest (set when the drain starts).
     drain_until: Option<Instant>,
     ready: bool,
@@ -114,6 +117,8 @@ impl Worker {
         let rt = shared.runtime.load_full();
         let pool = Pool::new(shared.cfg.health, rt.backends.len(), Instant::now());
         let counters = vec![Counters::default(); rt.backends.len()];
+        let mut outstanding = Outstanding::default();
+        outstanding.remap(shared.work_of(&rt.backends), &[]);
         Ok(Worker {
             id,
             poll,
@@ -149,6 +154,7 @@ impl Worker {
             paused_clients: Vec::new(),
             m: Metrics::default(),
             invites: Invites::default(),
+            outstanding,
             drain_until: None,
             ready: false,
             started: Instant::now(),
@@ -597,6 +603,7 @@ impl Worker {
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
         self.invites.expire(now);
+        self.outstanding.expire(now);
         if !self.ready && (self.pool.all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
             // Readiness means what callers read: the snapshot `Balancer::metrics` shows is the
             // state this worker counted itself ready in, not one a publish period older.

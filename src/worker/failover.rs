@@ -92,8 +92,11 @@ impl Worker {
         if !self.pool.is_overloaded(b) {
             tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, retry_after = secs, "back end overloaded (503): no new dialogs for its Retry-After");
         }
-        self.pool
-            .overloaded(b, now + Duration::from_secs(u64::from(secs)));
+        let until = now + Duration::from_secs(u64::from(secs));
+        self.pool.overloaded(b, until);
+        if let Some(w) = self.outstanding.totals().get(b) {
+            w.overload(self.shared.millis(until));
+        }
         let retry = matches!(inv.stage, Stage::Sent | Stage::Trying)
             && !inv.bytes.is_empty()
             && inv.retries < self.shared.cfg.max_retries

@@ -165,6 +165,11 @@ pub struct Shared {
     /// Dialogs started (2xx to INVITE) minus dialogs ended (2xx to BYE) — what draining waits for.
     pub active_dialogs: AtomicI64,
     pub ready: AtomicUsize,
+    /// Each back end's outstanding work by name (`--balance least-work`), shared by every worker
+    /// and kept across reloads; looked up on start and reload only.
+    pub work: Mutex<HashMap<String, Arc<crate::balance::work::Work>>>,
+    /// When the balancer started (see [`Shared::millis`]).
+    pub epoch: Instant,
     /// Per worker: the `runtime_gen` and `admin_gen` it has applied and published, so callers
     /// can wait for a reload or an admin change to be in force everywhere (`wait_applied`).
     pub applied: Vec<[AtomicU64; 2]>,
@@ -190,6 +195,20 @@ impl Shared {
     /// The `host:port` servers see.
     pub fn server_advertise(&self) -> &str {
         self.server_side().map_or(&self.cfg.advertise, |(a, _)| a)
+    }
+
+    /// `t` as milliseconds since the balancer started: the clock shared overload deadlines use.
+    pub fn millis(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The shared outstanding-work totals of `backends`, in their order (made on first use).
+    pub fn work_of(&self, backends: &[Backend]) -> Vec<Arc<crate::balance::work::Work>> {
+        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        backends
+            .iter()
+            .map(|b| Arc::clone(work.entry(b.name.clone()).or_default()))
+            .collect()
     }
 
     /// Sends `h` to worker `w` and wakes it. A full or closed channel drops the message (the
@@ -303,6 +322,8 @@ impl Balancer {
             draining: AtomicBool::new(false),
             active_dialogs: AtomicI64::new(0),
             ready: AtomicUsize::new(0),
+            work: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             applied: (0..cfg.workers)
                 .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
                 .collect(),
@@ -517,13 +538,14 @@ impl crate::admin::Control for AdminHandle {
                     })
                     .collect();
                 let dialogs: u64 = per.iter().map(|m| m.dialogs).sum();
+                let work: f64 = per.iter().map(|m| m.outstanding).sum();
                 let rtt = per
                     .iter()
                     .filter_map(|m| m.probe_rtt)
                     .max()
                     .map_or("null".to_string(), |d| format!("{:.6}", d.as_secs_f64()));
                 format!(
-                    "{{\"name\":\"{}\",\"address\":\"{}\",\"weight\":{},\"configured_weight\":{},\"admin_state\":\"{}\",\"health\":[{}],\"dialogs\":{},\"probe_rtt_seconds\":{}}}",
+                    "{{\"name\":\"{}\",\"address\":\"{}\",\"weight\":{},\"configured_weight\":{},\"admin_state\":\"{}\",\"health\":[{}],\"dialogs\":{},\"outstanding_work\":{},\"probe_rtt_seconds\":{}}}",
                     json_str(&b.name),
                     b.addr,
                     o.weight.unwrap_or(b.weight),
@@ -531,6 +553,7 @@ impl crate::admin::Control for AdminHandle {
                     o.state.as_str(),
                     health.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(","),
                     dialogs,
+                    work,
                     rtt
                 )
             })

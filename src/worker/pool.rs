@@ -40,6 +40,15 @@ pub struct Counters {
 impl Worker {
     /// Runs the pool's timers and carries out what they ask.
     pub(super) fn pool_tick(&mut self, now: Instant) {
+        // A 503 seen by another worker keeps this one's new dialogs off that back end too.
+        let ms = self.shared.millis(now);
+        for (b, w) in self.outstanding.totals().iter().enumerate() {
+            let until = w.overloaded_until();
+            if until > ms {
+                self.pool
+                    .overloaded(b, now + std::time::Duration::from_millis(until - ms));
+            }
+        }
         let mut acts = std::mem::take(&mut self.actions);
         self.pool.tick(now, &mut acts);
         self.carry_out(&mut acts);
@@ -160,6 +169,7 @@ impl Worker {
             name: self.rt.backends[b].name.clone(),
             up: self.pool.avail(b) == Avail::Up,
             overloaded: self.pool.is_overloaded(b),
+            outstanding: self.outstanding.mine(b),
             requests: c.requests,
             responses: c.responses,
             dialogs: c.dialogs,
@@ -216,6 +226,7 @@ impl Worker {
             c.rr_tokens.clear();
         }
         self.invites.remap(&map);
+        self.outstanding.remap(self.shared.work_of(&new.backends), &map);
         self.rt = new;
         self.pool_tick(Instant::now());
         tracing::info!(

@@ -65,6 +65,7 @@ impl Worker {
             balance: self.shared.cfg.balance,
             path: self.shared.cfg.path,
             draining: self.shared.draining.load(Ordering::Relaxed),
+            work: self.outstanding.totals(),
         };
         let mut origin = Origin {
             worker: self.id,
@@ -93,6 +94,7 @@ impl Worker {
                 self.m.responses += 1;
                 if let Some(b) = from_backend {
                     self.counters[b].responses += 1;
+                    self.outstanding.answered(b, m);
                 }
             }
         }
@@ -102,6 +104,7 @@ impl Worker {
                     self.write_local(dst, m);
                     self.m.forwarded_requests += 1;
                     self.counters[be].requests += 1;
+                    self.outstanding.sent(be, m, std::time::Instant::now());
                     self.remember_invite(m, (src as u32, generation), dst, be, retries);
                     return true;
                 }
