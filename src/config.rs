@@ -164,6 +164,12 @@ pub struct RunArgs {
     /// Client connections open at once from one source address (0: no limit).
     #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
+    /// Out-of-dialog requests a second from one source address, all workers together (burst: N;
+    /// in-dialog requests, ACK and CANCEL never count); the excess gets 503 with Retry-After from
+    /// siplb and never reaches a server. 0: no limit. Clients behind one NAT share the limit.
+    #[arg(help_heading = LIMITS, long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::limit::MAX_RATE)))]
+    pub rate_limit_per_ip: u32,
     /// Log level (RUST_LOG, when set, refines it per module).
     #[arg(help_heading = OPERATIONS, long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
     pub log: LogLevel,
@@ -232,6 +238,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub rate_limit_per_ip: u32,
     pub metrics: Option<SocketAddr>,
     pub token_key_file: Option<PathBuf>,
     pub reuse_port: bool,
@@ -418,6 +425,7 @@ impl RunArgs {
             idle_timeout: Duration::from_secs(self.idle_timeout),
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            rate_limit_per_ip: self.rate_limit_per_ip,
             metrics: self.metrics,
             token_key_file: self.token_key_file,
             reuse_port: self.reuse_port,

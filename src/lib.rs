@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod limit;
 pub mod load;
 pub mod logging;
 pub mod metrics;

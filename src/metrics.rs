@@ -171,6 +171,8 @@ pub struct Metrics {
     pub failovers: u64,
     /// Initial INVITEs sent to another back end after theirs answered 503.
     pub retries_503: u64,
+    /// Out-of-dialog requests answered 503 for `--rate-limit-per-ip`.
+    pub rate_limited: u64,
     pub messages: u64,
     pub loop_turns: u64,
     pub loop_busy: Duration,
@@ -242,6 +244,7 @@ impl Metrics {
         self.handoffs += o.handoffs;
         self.failovers += o.failovers;
         self.retries_503 += o.retries_503;
+        self.rate_limited += o.rate_limited;
         self.messages += o.messages;
         self.loop_turns += o.loop_turns;
         self.loop_busy += o.loop_busy;
@@ -483,6 +486,12 @@ impl Metrics {
             "counter",
             "INVITEs sent again to another back end after theirs failed unanswered",
             vec![(String::new(), self.failovers.to_string())],
+        );
+        put(
+            "rate_limited_total",
+            "counter",
+            "Out-of-dialog requests answered 503 because their source address passed --rate-limit-per-ip",
+            vec![(String::new(), self.rate_limited.to_string())],
         );
         put(
             "retries_total",

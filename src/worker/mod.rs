@@ -170,6 +170,8 @@ pub struct Shared {
     pub work: Mutex<HashMap<String, Arc<crate::balance::work::Work>>>,
     /// When the balancer started (see [`Shared::millis`]).
     pub epoch: Instant,
+    /// `--rate-limit-per-ip`: every source address's bucket, shared by all workers.
+    pub limit: Option<crate::limit::SourceLimit>,
     /// Per worker: the `runtime_gen` and `admin_gen` it has applied and published, so callers
     /// can wait for a reload or an admin change to be in force everywhere (`wait_applied`).
     pub applied: Vec<[AtomicU64; 2]>,
@@ -324,6 +326,15 @@ impl Balancer {
             ready: AtomicUsize::new(0),
             work: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            limit: match cfg.rate_limit_per_ip {
+                0 => None,
+                n => {
+                    let mut key = [0u8; 16];
+                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                        .map_err(|_| StartError::Key(crate::sip::token::TokenError::Random))?;
+                    Some(crate::limit::SourceLimit::new(n, key))
+                }
+            },
             applied: (0..cfg.workers)
                 .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
                 .collect(),

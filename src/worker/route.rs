@@ -38,6 +38,9 @@ impl Worker {
         {
             return false;
         }
+        if !kind.is_server() && exclude.is_none() && self.rate_limited(src, m) {
+            return false;
+        }
         let mut follow = None;
         if !kind.is_server()
             && matches!(m.method(), Some(Method::Cancel | Method::Ack))
@@ -140,6 +143,32 @@ impl Worker {
             }
         }
         false
+    }
+
+    /// `--rate-limit-per-ip`: an out-of-dialog request (not ACK or CANCEL) from a client whose
+    /// source address has used its rate is answered 503 with Retry-After here; true if so.
+    fn rate_limited(&mut self, src: usize, m: &Message) -> bool {
+        let Some(limit) = &self.shared.limit else {
+            return false;
+        };
+        if m.to_tag().is_some() || matches!(m.method(), None | Some(Method::Ack | Method::Cancel)) {
+            return false;
+        }
+        let Some(ip) = self.slots.get(src).map(|c| c.peer.ip()) else {
+            return false;
+        };
+        if limit.admit(ip, self.shared.millis(std::time::Instant::now())) {
+            return false;
+        }
+        self.m.rate_limited += 1;
+        self.answer(
+            src,
+            m.head(),
+            503,
+            "Service Unavailable (rate limited)",
+            Extra { retry_after: Some(1) },
+        );
+        true
     }
 
     /// A response siplb delivered (so its Via token was valid and minted for its direction):
