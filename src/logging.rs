@@ -37,8 +37,16 @@ pub enum LogFormat {
 /// Installs the subscriber for `level` (an `EnvFilter` directive such as `warn` or
 /// `info,siplb::worker=debug`); `RUST_LOG` wins when set. A second call does nothing.
 pub fn init(level: &str, format: LogFormat) {
+    // rustls logs per connection (a client sending an IP address as SNI makes a warning each
+    // time): its events are for debugging (`--log debug`, or a `rustls=` directive); siplb
+    // counts and summarises what matters.
+    let level = if ["rustls", "debug", "trace"].iter().any(|w| level.contains(w)) {
+        level.to_string()
+    } else {
+        format!("{level},rustls=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

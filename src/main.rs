@@ -146,16 +146,16 @@ fn run(flags: siplb::config::RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Client connections come and go at `debug`; at `info` a busy balancer says once a minute how
-/// many there were, instead of two lines per connection.
+/// Connections come and go, and fail their handshakes or get refused, at `debug`; at `info` a
+/// busy balancer says once a minute how many there were, by reason, instead of a line per
+/// connection — a TLS scan or a flood costs a few lines a minute, not one per attempt.
 fn summarise(collect: &(dyn Fn() -> siplb::metrics::Metrics + Send + Sync)) {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-    let mut accepted = collect().accepted;
+    let mut last = collect();
     loop {
         std::thread::sleep(EVERY);
         let m = collect();
-        let new = m.accepted.saturating_sub(accepted);
-        accepted = m.accepted;
+        let new = m.accepted.saturating_sub(last.accepted);
         if new > 0 {
             tracing::info!(
                 accepted = new,
@@ -163,7 +163,29 @@ fn summarise(collect: &(dyn Fn() -> siplb::metrics::Metrics + Send + Sync)) {
                 "client connections in the last 60 s"
             );
         }
+        if let Some(reasons) = deltas(&m.handshake_failures, &last.handshake_failures) {
+            tracing::info!(%reasons, "TLS handshakes failed in the last 60 s");
+        }
+        if let Some(reasons) = deltas(&m.refused, &last.refused) {
+            tracing::warn!(%reasons, "connections refused in the last 60 s");
+        }
+        last = m;
     }
+}
+
+/// `reason: count` for every reason that grew from `before` to `now`, or `None` if none did.
+fn deltas(
+    now: &std::collections::BTreeMap<String, u64>,
+    before: &std::collections::BTreeMap<String, u64>,
+) -> Option<String> {
+    let grew: Vec<String> = now
+        .iter()
+        .filter_map(|(why, &n)| {
+            let d = n.saturating_sub(before.get(why).copied().unwrap_or(0));
+            (d > 0).then(|| format!("{why}: {d}"))
+        })
+        .collect();
+    (!grew.is_empty()).then(|| grew.join(", "))
 }
 
 /// Tells systemd (`Type=notify`) how the service is doing, when it runs under systemd.

@@ -407,3 +407,60 @@ fn sipload_tells_refused_from_a_stalled_handshake() {
     );
     drop(mute);
 }
+
+/// A TLS scan or a flood of bad handshakes on the client and peer listeners costs a bounded
+/// number of log lines at info and above (per-connection failures are at debug; a summary line
+/// comes at most once a minute).
+#[test]
+fn a_scan_of_failed_handshakes_writes_a_bounded_log() {
+    use std::io::Write;
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let peer_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let peer = format!("127.0.0.1:{peer_port}");
+    let metrics: std::net::SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let (mut child, port) = spawn_siplb(
+        &pki,
+        &backends,
+        &["--peer-listen", &peer, "--metrics", &metrics.to_string()],
+    );
+    let mut attempts = 0;
+    for target in [port, peer_port] {
+        for _ in 0..200 {
+            // Plaintext on a TLS port, and a client that goes away: a failed handshake each.
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", target)) {
+                let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: scan\r\n\r\n");
+                attempts += 1;
+            }
+        }
+    }
+    assert_eq!(attempts, 400, "the listeners took every connection");
+    // Every attempt failed its handshake (counted) before siplb is stopped.
+    wait_until("400 failed handshakes counted", || {
+        let text = get_metrics(metrics);
+        let failed: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("siplb_tls_handshake_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        failed >= 400.0
+    });
+    signal(&child, "-TERM");
+    let (status, log) = exit_and_log(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "exit {status}: {log}");
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| [" INFO ", " WARN ", " ERROR "].iter().any(|lvl| l.contains(lvl)))
+        .collect();
+    assert!(
+        !loud.is_empty() && loud.len() <= 20,
+        "{} lines at info and above for 400 failed handshakes:\n{log}",
+        loud.len()
+    );
+    assert!(!log.contains("handshake failed"), "a per-connection line: {log}");
+}

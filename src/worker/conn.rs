@@ -143,7 +143,9 @@ impl Worker {
         match kind {
             Kind::Client if was_handshaking => {
                 *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
-                tracing::info!(%peer, error = %e, "client TLS handshake failed");
+                // Per connection at debug: a scan or a flood must not flood the log (the
+                // counters feed a summary line once a minute).
+                tracing::debug!(%peer, error = %e, "client TLS handshake failed");
             }
             Kind::Client => tracing::debug!(%peer, error = %e, "client connection failed"),
             Kind::Backend(b) => self.pool_failure(b, e.to_string()),
@@ -151,7 +153,7 @@ impl Worker {
                 if was_handshaking {
                     *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
                 }
-                tracing::warn!(%peer, error = %e, "peer connection failed");
+                tracing::debug!(%peer, error = %e, "peer connection failed");
             }
         }
         self.close(slot, tls_reason(e));
@@ -185,7 +187,12 @@ impl Worker {
                     }
                     None => {
                         let peer = c.peer;
-                        tracing::warn!(%peer, "peer refused: certificate names no configured back end");
+                        *self
+                            .m
+                            .handshake_failures
+                            .entry(PEER_NOT_CONFIGURED.into())
+                            .or_default() += 1;
+                        tracing::debug!(%peer, "peer refused: certificate names no configured back end");
                         self.close(slot, "peer certificate names no configured back end");
                         false
                     }
@@ -229,12 +236,16 @@ impl Worker {
             }
             // Closing our own pool on the way out is not a back end going down.
             Kind::Backend(b) => self.pool_closed(b, slot, why),
-            Kind::Peer(b) => {
+            // A server's connection is news; one that never showed a configured name (a scan,
+            // a failed handshake) is counted and summarised, not logged one by one.
+            Kind::Peer(Some(b)) => {
                 self.unadmit(c.peer);
-                let name = b
-                    .and_then(|b| self.rt.backends.get(b))
-                    .map_or("unknown", |be| be.name.as_str());
+                let name = self.rt.backends.get(b).map_or("unknown", |be| be.name.as_str());
                 tracing::info!(peer = %c.peer, backend = name, why, "peer connection closed")
+            }
+            Kind::Peer(None) => {
+                self.unadmit(c.peer);
+                tracing::debug!(peer = %c.peer, why, "peer connection closed before it was admitted");
             }
         }
     }
@@ -251,7 +262,7 @@ impl Worker {
         if open >= self.shared.cfg.max_connections {
             self.unadmit(peer);
             *self.m.refused.entry("max-connections".into()).or_default() += 1;
-            tracing::warn!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
+            tracing::debug!(%peer, limit = self.shared.cfg.max_connections, "connection refused: --max-connections reached");
             return false;
         }
         true
@@ -300,6 +311,9 @@ impl Worker {
 pub(super) const TLS_ERROR: &str = "TLS error";
 
 /// A short reason for the metrics label of a failed handshake or connection.
+/// The handshake-failure reason of a peer whose certificate names no configured back end.
+pub const PEER_NOT_CONFIGURED: &str = "peer certificate names no configured back end";
+
 pub(super) fn failure_label(e: &StreamError) -> String {
     match e {
         StreamError::Tls(t) => {
