@@ -104,6 +104,12 @@ pub struct RunArgs {
     /// answer beyond 100 Trying; 0: the caller gets what the server said.
     #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 2)]
     pub max_retries: u8,
+    /// Seconds a back end has to answer an initial INVITE at all (even 100 Trying); past it the
+    /// INVITE goes to the next back end (within --max-retries) and the silent one takes no new
+    /// dialogs for 10 s.
+    #[arg(help_heading = BACKENDS, long, value_name = "SECS", default_value_t = 2.0,
+          value_parser = positive_secs)]
+    pub backend_answer_timeout: f64,
     /// Seconds between SIP OPTIONS health probes to each back end.
     #[arg(help_heading = HEALTH, long, value_name = "SECS", default_value_t = 5)]
     pub health_interval: u64,
@@ -227,6 +233,7 @@ pub struct Config {
     pub pool_size: usize,
     pub balance: BalanceKey,
     pub max_retries: u8,
+    pub backend_answer_timeout: Duration,
     /// Health checks and pool size (`--health-*`, `--pool-size`).
     pub health: Policy,
     pub drain_timeout: Duration,
@@ -408,6 +415,7 @@ impl RunArgs {
             pool_size: self.pool_size,
             balance: self.balance,
             max_retries: self.max_retries,
+            backend_answer_timeout: Duration::from_secs_f64(self.backend_answer_timeout),
             health: Policy {
                 check: self.health_check,
                 interval: Duration::from_secs(self.health_interval),
@@ -542,6 +550,16 @@ pub fn read_backends_file(path: &std::path::Path) -> Result<Vec<Backend>, Config
         );
     }
     Ok(out)
+}
+
+/// A number of seconds above zero and at most a day (`--backend-answer-timeout`).
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds above 0 (at most 86400)"
+        )),
+    }
 }
 
 #[cfg(test)]

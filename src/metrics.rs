@@ -171,6 +171,8 @@ pub struct Metrics {
     pub failovers: u64,
     /// Initial INVITEs sent to another back end after theirs answered 503.
     pub retries_503: u64,
+    /// Initial INVITEs sent to another back end after theirs gave no answer in time.
+    pub retries_no_answer: u64,
     /// Out-of-dialog requests answered 503 for `--rate-limit-per-ip`.
     pub rate_limited: u64,
     pub messages: u64,
@@ -245,6 +247,7 @@ impl Metrics {
         self.failovers += o.failovers;
         self.retries_503 += o.retries_503;
         self.rate_limited += o.rate_limited;
+        self.retries_no_answer += o.retries_no_answer;
         self.messages += o.messages;
         self.loop_turns += o.loop_turns;
         self.loop_busy += o.loop_busy;
@@ -500,6 +503,10 @@ impl Metrics {
             vec![
                 ("{reason=\"503\"}".into(), self.retries_503.to_string()),
                 ("{reason=\"server lost\"}".into(), self.failovers.to_string()),
+                (
+                    "{reason=\"no answer\"}".into(),
+                    self.retries_no_answer.to_string(),
+                ),
             ],
         );
         put(

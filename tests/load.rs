@@ -261,3 +261,47 @@ fn a_flooding_source_is_capped_and_nobody_else_notices() {
         b.stop();
     }
 }
+
+/// A server that passes its OPTIONS probes but never answers an INVITE, not even 100 Trying:
+/// after `--backend-answer-timeout` each INVITE it swallowed goes to another server, and it takes
+/// no new dialogs for a while. The callers see calls that took longer, not calls that failed.
+#[test]
+fn a_server_that_never_answers_an_invite_loses_it_to_another() {
+    let pki = Pki::new();
+    let mute = Faults {
+        mute_invites: true,
+        ..Faults::default()
+    };
+    let backends = vec![
+        backend_with(&pki, 0, mute),
+        backend_with(&pki, 1, Faults::default()),
+    ];
+    let lb = start_balancer(
+        &pki,
+        &backends,
+        1,
+        &["--backend-answer-timeout".into(), "0.5".into()],
+    );
+    let report = run_calls(siplb::load::caller::CallOpts {
+        rate: 50.0,
+        ..call_opts(&pki, &lb, 40)
+    });
+    assert_eq!((report.ok, report.failed), (40, 0), "{}", report.summary());
+    let swallowed = |b: &siplb::load::server::ServerHandle| {
+        let s = b.snapshot();
+        report.call_ids.iter().filter(|id| s.saw(id, "INVITE")).count()
+    };
+    let lost = swallowed(&backends[0]);
+    assert!(lost > 0, "no INVITE reached the mute server");
+    let m = metrics_when(&lb, |m| m.retries_no_answer as usize >= lost);
+    assert_eq!(m.retries_no_answer as usize, lost, "{m:?}");
+    let b0 = m.backend(&backend_name(0)).expect("listed");
+    assert!(b0.overloaded, "{b0:?}");
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    for id in &report.call_ids {
+        assert!(
+            stats[1].saw(id, "BYE"),
+            "{id} did not end on the server that answers"
+        );
+    }
+}

@@ -75,6 +75,9 @@ pub struct Faults {
     /// New INVITEs per second the server takes (burst: one second's worth); beyond it `503` with
     /// `Retry-After: 1`.
     pub capacity: Option<f64>,
+    /// Never answer a new INVITE, not even `100 Trying`, while OPTIONS pass (a server whose call
+    /// handling hangs).
+    pub mute_invites: bool,
 }
 
 /// The load a server admits: `Faults::reject_503` spread evenly, then the `capacity` bucket.
@@ -503,6 +506,9 @@ impl Handler for Uas {
             return;
         }
         if m.method() == Some(Method::Options) && self.opts.faults.ignore_options.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.opts.faults.mute_invites && m.method() == Some(Method::Invite) && m.to_tag().is_none() {
             return;
         }
         if self.opts.faults.crash_after_ringing && m.method() == Some(Method::Invite) {

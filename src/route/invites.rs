@@ -37,6 +37,31 @@ impl Stage {
     }
 }
 
+/// The back ends an initial INVITE was already sent to and given up on (a lost connection, a
+/// 503, no answer in time), and how many times it was sent again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// Back ends by position (the first 64).
+    tried: u64,
+    pub count: u8,
+}
+
+impl Retry {
+    /// The INVITE was given up on back end `b`: the next try goes elsewhere.
+    pub fn after(self, b: usize) -> Retry {
+        Retry {
+            tried: self.tried | 1u64.checked_shl(b as u32).unwrap_or(0),
+            count: self.count.saturating_add(1),
+        }
+    }
+
+    /// Whether back end `b` was tried and given up on.
+    pub fn tried(self, b: usize) -> bool {
+        1u64.checked_shl(b as u32)
+            .is_some_and(|bit| self.tried & bit != 0)
+    }
+}
+
 /// One initial INVITE.
 #[derive(Debug, Clone)]
 pub struct Invite {
@@ -48,9 +73,8 @@ pub struct Invite {
     pub call_id: Vec<u8>,
     pub cseq: u32,
     pub stage: Stage,
-    /// Times it was sent again to another back end (a lost connection, a 503): at most
-    /// `--max-retries`.
-    pub retries: u8,
+    /// Back ends it was given up on, and how often it was sent again (at most `--max-retries`).
+    pub retry: Retry,
     /// The INVITE as the client sent it, while a final answer may still have to be made for it.
     pub bytes: Vec<u8>,
     pub since: Instant,
@@ -192,6 +216,24 @@ impl Invites {
         timings
     }
 
+    /// Takes out the INVITEs that got no answer at all (not even 100 Trying) within `limit` and
+    /// whose bytes are kept (so they can go to another back end).
+    pub fn unanswered(&mut self, now: Instant, limit: Duration) -> Vec<Invite> {
+        let keys: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, i)| {
+                i.stage == Stage::Sent
+                    && !i.bytes.is_empty()
+                    && now.saturating_duration_since(i.sent) >= limit
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let late: Vec<Invite> = keys.into_iter().filter_map(|k| self.map.remove(&k)).collect();
+        self.bytes -= late.iter().map(|i| i.bytes.len()).sum::<usize>();
+        late
+    }
+
     /// Takes the entry out of the table (its INVITE is about to go to another back end).
     pub fn take(&mut self, client: (u32, u32), call_id: &[u8], cseq: u32) -> Option<Invite> {
         self.get(client, call_id, cseq)?;
@@ -256,11 +298,51 @@ mod tests {
             call_id: b"c1".to_vec(),
             cseq: 1,
             stage,
-            retries: 0,
+            retry: Retry::default(),
             bytes: b"INVITE".to_vec(),
             since: Instant::now(),
             sent: Instant::now(),
         }
+    }
+
+    #[test]
+    fn retries_remember_every_back_end_given_up_on() {
+        let r = Retry::default();
+        assert!(!r.tried(1) && r.count == 0);
+        let r = r.after(1).after(5);
+        assert!(r.tried(1) && r.tried(5) && !r.tried(0) && !r.tried(2));
+        assert_eq!(r.count, 2);
+        // Back ends past the first 64 are never marked, but still counted.
+        let far = Retry::default().after(70);
+        assert!(!far.tried(70) && far.count == 1);
+    }
+
+    #[test]
+    fn only_invites_with_no_answer_at_all_time_out() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(2);
+        let mut t = Invites::default();
+        let mut silent = inv(Stage::Sent);
+        silent.sent = t0;
+        let mut trying = inv(Stage::Trying);
+        trying.call_id = b"c2".to_vec();
+        trying.sent = t0;
+        let mut no_bytes = inv(Stage::Sent);
+        no_bytes.call_id = b"c3".to_vec();
+        no_bytes.sent = t0;
+        no_bytes.bytes = Vec::new();
+        for i in [silent, trying, no_bytes] {
+            assert!(t.insert(i));
+        }
+        assert!(
+            t.unanswered(t0 + limit - Duration::from_millis(1), limit)
+                .is_empty()
+        );
+        let late = t.unanswered(t0 + limit, limit);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].call_id, b"c1");
+        assert_eq!(t.len(), 2, "the others stay");
+        assert_eq!(t.bytes(), b"INVITE".len(), "the taken one's bytes are released");
     }
 
     #[test]

@@ -124,6 +124,49 @@ pub fn write_ack(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> boo
     true
 }
 
+/// The CANCEL siplb sends for an INVITE it gave up on, once that server's provisional answer
+/// `answer` shows a transaction to cancel (RFC 3261 §9.1): the INVITE's Request-URI, the
+/// answer's top Via (siplb's branch), From, To without the server's tag (the request had none),
+/// Call-ID, the CSeq number. False (and nothing written) if the answer lacks one of them.
+pub fn write_cancel(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> bool {
+    let (Some(via), Some(from), Some(to), Some(call_id), Some((_, n, _))) = (
+        answer.via.map(|f| answer.at(f.top)),
+        answer.value(answer.from),
+        answer.value(answer.to),
+        answer.call_id(),
+        answer.cseq,
+    ) else {
+        return false;
+    };
+    out.extend_from_slice(b"CANCEL ");
+    out.extend_from_slice(request_uri);
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    line(out, "Via", via);
+    line(out, "Max-Forwards", b"70");
+    line(out, "From", from);
+    // The `;tag=` parameter cut out, after the name-addr's `>` if it has one.
+    let after = memchr::memchr(b'>', to).map_or(0, |i| i + 1);
+    let tag = to[after..]
+        .windows(5)
+        .position(|w| w.eq_ignore_ascii_case(b";tag="))
+        .map(|p| after + p);
+    out.extend_from_slice(b"To: ");
+    match tag {
+        Some(p) => {
+            let end = memchr::memchr(b';', &to[p + 1..]).map_or(to.len(), |e| p + 1 + e);
+            out.extend_from_slice(&to[..p]);
+            out.extend_from_slice(&to[end..]);
+        }
+        None => out.extend_from_slice(to),
+    }
+    out.extend_from_slice(b"\r\n");
+    line(out, "Call-ID", call_id);
+    out.extend_from_slice(b"CSeq: ");
+    push_u32(out, n);
+    out.extend_from_slice(b" CANCEL\r\nContent-Length: 0\r\n\r\n");
+    true
+}
+
 /// A Call-ID we can echo: non-empty, one line, no white space (RFC 3261 §25.1 callid).
 fn valid_call_id(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().all(|&b| b > b' ' && b != 0x7f)
@@ -160,6 +203,26 @@ CSeq: 7 INVITE\r\nRetry-After: 42 (overloaded)\r\nContent-Length: 0\r\n\r\n";
         );
         assert_eq!(ack.to_tag(), Some(&b"srv"[..]));
         assert_eq!(ack.cseq.map(|c| (c.1, c.2)), Some((7, crate::sip::Method::Ack)));
+        let ringing = String::from_utf8_lossy(answer)
+            .replace("503 Service Unavailable", "180 Ringing")
+            .replace(
+                "To: <sip:bob@b.example>;tag=srv",
+                "To: \"Bob\" <sip:bob@b.example>;tag=srv;x=1",
+            );
+        let ringing = Message::parse(ringing.as_bytes()).expect("parses");
+        let mut out = Vec::new();
+        assert!(write_cancel(b"sip:bob@b.example", &ringing, &mut out));
+        let cancel = Message::parse(&out).expect("our CANCEL parses");
+        assert_eq!(cancel.method(), Some(crate::sip::Method::Cancel));
+        assert_eq!(cancel.to_tag(), None, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(
+            cancel.value(cancel.to),
+            Some(&b"\"Bob\" <sip:bob@b.example>;x=1"[..])
+        );
+        assert_eq!(
+            cancel.top_via().expect("via").branch(),
+            Some(&b"z9hG4bKours-tok"[..])
+        );
         let no_header = Message::parse(REQ).expect("parses");
         assert_eq!(retry_after(&no_header), None);
     }

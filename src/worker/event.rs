@@ -602,6 +602,7 @@ impl Worker {
     /// Timers: pool reconnects, readiness, handshake and idle timeouts.
     fn sweep(&mut self, now: Instant) {
         self.last_sweep = now;
+        self.answer_timeouts(now);
         self.invites.expire(now);
         self.outstanding.expire(now);
         if !self.ready && (self.pool.all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {

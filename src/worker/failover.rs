@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::event::Worker;
 use crate::route::RETRY_AFTER;
-use crate::route::invites::{Invite, Stage};
-use crate::sip::response::{Extra, retry_after, write_ack};
+use crate::route::invites::{Invite, Retry, Stage};
+use crate::sip::response::{Extra, retry_after, write_ack, write_cancel};
 use crate::sip::{Message, Method, Read, Token};
 
 /// How long a back end that answered 503 without a Retry-After takes no new dialogs.
@@ -26,7 +26,7 @@ impl Worker {
         client: (u32, u32),
         conn: usize,
         backend: usize,
-        retries: u8,
+        retry: Retry,
     ) {
         let (Some(call_id), Some((_, cseq, Method::Invite))) = (m.call_id(), m.cseq) else {
             return;
@@ -41,7 +41,7 @@ impl Worker {
             call_id: call_id.to_vec(),
             cseq,
             stage: Stage::Sent,
-            retries,
+            retry,
             bytes: m.buf.to_vec(),
             since: Instant::now(),
             sent: Instant::now(),
@@ -70,36 +70,63 @@ impl Worker {
         }
     }
 
-    /// A `503` from back end `b` (on connection `server`) on its way to client connection `to`.
-    /// The server is overloaded: it takes no new dialogs for its Retry-After (10 s without one,
-    /// 300 s at most). To an initial INVITE for which nothing but `100 Trying` reached the caller,
-    /// and with retries left, the caller never hears it: siplb ACKs the 503 itself and sends the
-    /// INVITE to the next back end (RFC 3261 §16.7, RFC 3263 §4.3); with none left the router
-    /// answers 503 itself. True if the 503 was kept from the caller.
-    pub(super) fn retry_on_503(&mut self, server: usize, b: usize, to: Token, m: &Message) -> bool {
-        let (Some(503), Some(call_id), Some((_, cseq, Method::Invite))) = (m.status(), m.call_id(), m.cseq)
-        else {
-            return false;
-        };
-        let client = (to.slot, to.generation);
-        let now = Instant::now();
-        let Some(inv) = self.invites.get(client, call_id, cseq) else {
-            return false; // not an initial INVITE of this worker's
-        };
-        let secs = retry_after(m)
-            .unwrap_or(OVERLOAD_DEFAULT_SECS)
-            .min(OVERLOAD_MAX_SECS);
+    /// Back end `b` said it is overloaded (a 503, or no answer at all in time): no new dialogs
+    /// for `secs` (every worker), logged once per episode.
+    fn overloaded(&mut self, b: usize, secs: u32, why: &str, now: Instant) {
+        let secs = secs.min(OVERLOAD_MAX_SECS);
         if !self.pool.is_overloaded(b) {
-            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, retry_after = secs, "back end overloaded (503): no new dialogs for its Retry-After");
+            tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, retry_after = secs, why, "back end overloaded: no new dialogs for a while");
         }
         let until = now + Duration::from_secs(u64::from(secs));
         self.pool.overloaded(b, until);
         if let Some(w) = self.outstanding.totals().get(b) {
             w.overload(self.shared.millis(until));
         }
+    }
+
+    /// An answer from back end `b` (on connection `server`) on its way to client connection `to`,
+    /// looked at before it is delivered; true if it was kept from the caller.
+    ///
+    /// - A `503` says the server is overloaded: it takes no new dialogs for its Retry-After (10 s
+    ///   without one, 300 s at most). To an initial INVITE for which nothing but `100 Trying`
+    ///   reached the caller, and with retries left, the caller never hears it: siplb ACKs the 503
+    ///   and sends the INVITE to the next back end (RFC 3261 §16.7, RFC 3263 §4.3); with none
+    ///   left the router answers 503 itself.
+    /// - A late answer from a back end the INVITE was given up on (no answer in time) is dropped:
+    ///   the caller has another server's transaction now. A late provisional one lets siplb
+    ///   CANCEL that server's transaction (RFC 3261 §9.1 allows it only now).
+    pub(super) fn server_answer(&mut self, server: usize, b: usize, to: Token, m: &Message) -> bool {
+        let (Some(code), Some(call_id), Some((_, cseq, Method::Invite))) = (m.status(), m.call_id(), m.cseq)
+        else {
+            return false;
+        };
+        let client = (to.slot, to.generation);
+        let Some(inv) = self.invites.get(client, call_id, cseq) else {
+            return false; // not an initial INVITE of this worker's
+        };
+        if inv.backend != b && inv.retry.tried(b) {
+            self.m.drop_for("late answer from a back end given up on");
+            if (101..200).contains(&code)
+                && let Read::Message(_, invite) = crate::sip::read(&inv.bytes, usize::MAX)
+            {
+                let mut cancel = Vec::with_capacity(m.head().len());
+                if write_cancel(invite.request_uri().unwrap_or_default(), m, &mut cancel) {
+                    self.send_raw(server, &cancel);
+                }
+            }
+            return true;
+        }
+        if code != 503 {
+            return false;
+        }
+        let now = Instant::now();
+        self.overloaded(b, retry_after(m).unwrap_or(OVERLOAD_DEFAULT_SECS), "503", now);
+        let Some(inv) = self.invites.get(client, call_id, cseq) else {
+            return false;
+        };
         let retry = matches!(inv.stage, Stage::Sent | Stage::Trying)
             && !inv.bytes.is_empty()
-            && inv.retries < self.shared.cfg.max_retries
+            && inv.retry.count < self.shared.cfg.max_retries
             && to.worker == self.id
             && self.slots.get_checked(to.slot as usize, to.generation).is_some();
         if !retry {
@@ -116,8 +143,43 @@ impl Worker {
             self.send_raw(server, &ack);
         }
         self.m.retries_503 += 1;
-        self.route_excluding(to.slot as usize, &invite, Some(b), inv.retries + 1);
+        self.route_excluding(to.slot as usize, &invite, inv.retry.after(b));
         true
+    }
+
+    /// Initial INVITEs with no answer at all (not even 100 Trying) within
+    /// `--backend-answer-timeout`: their back end is taken for overloaded (10 s) and, with
+    /// retries left, the INVITE goes to the next back end; without, the caller gets 503.
+    pub(super) fn answer_timeouts(&mut self, now: Instant) {
+        let limit = self.shared.cfg.backend_answer_timeout;
+        if self.invites.is_empty() {
+            return;
+        }
+        for inv in self.invites.unanswered(now, limit) {
+            let b = inv.backend;
+            self.overloaded(b, OVERLOAD_DEFAULT_SECS, "no answer", now);
+            let (slot, generation) = inv.client;
+            if self.slots.get_checked(slot as usize, generation).is_none() {
+                continue; // the caller has gone
+            }
+            let Read::Message(_, m) = crate::sip::read(&inv.bytes, usize::MAX) else {
+                continue;
+            };
+            if inv.retry.count < self.shared.cfg.max_retries {
+                self.m.retries_no_answer += 1;
+                self.route_excluding(slot as usize, &m, inv.retry.after(b));
+            } else {
+                self.answer(
+                    slot as usize,
+                    m.head(),
+                    503,
+                    "Service Unavailable (no answer from the servers)",
+                    Extra {
+                        retry_after: Some(RETRY_AFTER),
+                    },
+                );
+            }
+        }
     }
 
     /// Pool connection `conn` of back end `b` died: its unfinished INVITEs go once more elsewhere
@@ -131,10 +193,12 @@ impl Worker {
             let Read::Message(_, m) = crate::sip::read(&inv.bytes, usize::MAX) else {
                 continue;
             };
-            if matches!(inv.stage, Stage::Sent | Stage::Trying) && inv.retries < self.shared.cfg.max_retries {
+            if matches!(inv.stage, Stage::Sent | Stage::Trying)
+                && inv.retry.count < self.shared.cfg.max_retries
+            {
                 self.m.failovers += 1;
                 tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, "INVITE unanswered by a lost back end: trying the next one");
-                if self.route_excluding(slot as usize, &m, Some(b), inv.retries + 1) {
+                if self.route_excluding(slot as usize, &m, inv.retry.after(b)) {
                     continue;
                 }
             } else {

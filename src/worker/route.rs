@@ -8,26 +8,20 @@ use std::sync::atomic::Ordering;
 use super::Handoff;
 use super::event::Worker;
 use crate::metrics::method_index;
-use crate::route::invites::Stage;
+use crate::route::invites::{Retry, Stage};
 use crate::route::{Avail, Decision, Origin, RETRY_AFTER, Router};
 use crate::sip::response::Extra;
 use crate::sip::{Message, Method, Token};
 
 impl Worker {
     pub(super) fn route(&mut self, src: usize, m: &Message) {
-        self.route_excluding(src, m, None, 0);
+        self.route_excluding(src, m, Retry::default());
     }
 
-    /// Routes `m` from connection `src`; `exclude` is a back end not to use (an INVITE sent again
-    /// after its back end was lost or answered 503, for the `retries`-th time, which it is then
-    /// remembered with). True if it went to a back end.
-    pub(super) fn route_excluding(
-        &mut self,
-        src: usize,
-        m: &Message,
-        exclude: Option<usize>,
-        retries: u8,
-    ) -> bool {
+    /// Routes `m` from connection `src`; `retry` names the back ends not to use (an INVITE sent
+    /// again after its back end was lost, answered 503 or did not answer; it is remembered with
+    /// it). True if it went to a back end.
+    pub(super) fn route_excluding(&mut self, src: usize, m: &Message, retry: Retry) -> bool {
         let generation = self.slots.generation(src);
         let Some(kind) = self.slots.get(src).map(|c| c.kind) else {
             return false;
@@ -38,7 +32,7 @@ impl Worker {
         {
             return false;
         }
-        if !kind.is_server() && exclude.is_none() && self.rate_limited(src, m) {
+        if !kind.is_server() && retry.count == 0 && self.rate_limited(src, m) {
             return false;
         }
         let mut follow = None;
@@ -84,7 +78,7 @@ impl Worker {
         };
         let (pool, disabled) = (&self.pool, &self.disabled);
         let avail = |b: usize| {
-            if Some(b) == exclude || disabled.get(b).copied().unwrap_or(false) {
+            if retry.tried(b) || disabled.get(b).copied().unwrap_or(false) {
                 Avail::Down
             } else {
                 pool.avail(b)
@@ -108,7 +102,7 @@ impl Worker {
                     self.m.forwarded_requests += 1;
                     self.counters[be].requests += 1;
                     self.outstanding.sent(be, m, std::time::Instant::now());
-                    self.remember_invite(m, (src as u32, generation), dst, be, retries);
+                    self.remember_invite(m, (src as u32, generation), dst, be, retry);
                     return true;
                 }
                 None => self.answer(
@@ -122,7 +116,7 @@ impl Worker {
                 ),
             },
             Decision::ToConnection { to, request }
-                if !request && from_backend.is_some_and(|b| self.retry_on_503(src, b, to, m)) => {}
+                if !request && from_backend.is_some_and(|b| self.server_answer(src, b, to, m)) => {}
             Decision::ToConnection { to, request } => match (self.deliver(to, m, request), request) {
                 (true, true) => self.m.forwarded_requests += 1,
                 (true, false) => {
