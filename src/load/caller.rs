@@ -59,6 +59,12 @@ impl CallReport {
         self.setup[i.min(self.setup.len() - 1)]
     }
 
+    /// The mean setup latency of the calls that were answered.
+    pub fn mean(&self) -> Duration {
+        let n = self.setup.len().max(1) as u32;
+        self.setup.iter().sum::<Duration>() / n
+    }
+
     pub fn calls_per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -66,11 +72,12 @@ impl CallReport {
     pub fn summary(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let mut s = format!(
-            "calls: {} ok, {} failed in {:.2}s ({:.1} calls/s); setup latency ms p50 {:.2} p90 {:.2} p99 {:.2}",
+            "calls: {} ok, {} failed in {:.2}s ({:.1} calls/s); setup latency ms mean {:.2} p50 {:.2} p90 {:.2} p99 {:.2}",
             self.ok,
             self.failed,
             self.elapsed.as_secs_f64(),
             self.calls_per_sec(),
+            ms(self.mean()),
             ms(self.percentile(50.0)),
             ms(self.percentile(90.0)),
             ms(self.percentile(99.0)),
