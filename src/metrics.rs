@@ -175,6 +175,9 @@ pub struct Metrics {
     pub retries_no_answer: u64,
     /// Out-of-dialog requests answered 503 for `--rate-limit-per-ip`.
     pub rate_limited: u64,
+    /// New dialogs answered 503 because their worker was saturated, and times a worker became so.
+    pub shed: u64,
+    pub saturations: u64,
     pub messages: u64,
     pub loop_turns: u64,
     pub loop_busy: Duration,
@@ -247,6 +250,8 @@ impl Metrics {
         self.failovers += o.failovers;
         self.retries_503 += o.retries_503;
         self.rate_limited += o.rate_limited;
+        self.shed += o.shed;
+        self.saturations += o.saturations;
         self.retries_no_answer += o.retries_no_answer;
         self.messages += o.messages;
         self.loop_turns += o.loop_turns;
@@ -495,6 +500,18 @@ impl Metrics {
             "counter",
             "Out-of-dialog requests answered 503 because their source address passed --rate-limit-per-ip",
             vec![(String::new(), self.rate_limited.to_string())],
+        );
+        put(
+            "shed_total",
+            "counter",
+            "New dialogs answered 503 because their worker was saturated (in-dialog traffic goes first)",
+            vec![(String::new(), self.shed.to_string())],
+        );
+        put(
+            "worker_saturations_total",
+            "counter",
+            "Times a worker became saturated (a turn over 250 ms or a quarter-full hand-off queue)",
+            vec![(String::new(), self.saturations.to_string())],
         );
         put(
             "retries_total",

@@ -35,6 +35,13 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// which reading resumes.
 const PAUSE_ABOVE: usize = 1 << 20;
 const RESUME_BELOW: usize = 256 << 10;
+/// A turn busier than this (every message read in it waited that long for the next), or a
+/// hand-off queue past [`SATURATED_HANDOFF`], and the worker is saturated: it answers new dialogs
+/// 503 until it is not. Data left unread after a turn is not a sign (one flooding connection
+/// leaves some, and must cost only its own requests), nor are the tens of milliseconds a debug
+/// build under attack takes per turn while it still keeps up.
+const SATURATED_TURN: Duration = Duration::from_millis(250);
+const SATURATED_HANDOFF: usize = super::HANDOFF_BYTES / 4;
 /// How often a worker hands its counters to the metrics reader.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const PEER: Token = Token(usize::MAX - 1);
@@ -90,6 +97,8 @@ pub struct Worker {
     pub(super) invites: Invites,
     /// Transactions forwarded and not yet finally answered, per back end (least work).
     pub(super) outstanding: Outstanding,
+    /// Saturated after the last turn (see [`SATURATED_TURN`]): new dialogs get 503.
+    pub(super) saturated: bool,
     /// When draining ends at the latest (set when the drain starts).
     drain_until: Option<Instant>,
     ready: bool,
@@ -155,6 +164,7 @@ impl Worker {
             m: Metrics::default(),
             invites: Invites::default(),
             outstanding,
+            saturated: false,
             drain_until: None,
             ready: false,
             started: Instant::now(),
@@ -248,6 +258,7 @@ impl Worker {
             self.finish_batch();
             self.m.loop_busy += now.duration_since(busy);
             self.m.loop_turns += 1;
+            self.saturation(now.duration_since(busy));
             if now.duration_since(self.last_sweep) >= SWEEP_EVERY || !self.ready {
                 self.sweep(now);
             }
@@ -260,6 +271,24 @@ impl Worker {
         }
         self.close_all();
         self.publish(Instant::now());
+    }
+
+    /// Whether this worker is saturated after a turn that took `busy`: the turn or its hand-off
+    /// queue past its bound.
+    fn saturation(&mut self, busy: Duration) {
+        let queued = self
+            .shared
+            .handoff_bytes
+            .get(usize::from(self.id))
+            .map_or(0, |q| q.load(Ordering::Relaxed));
+        let now = saturated(busy, queued);
+        if now != self.saturated {
+            self.saturated = now;
+            if now {
+                self.m.saturations += 1;
+            }
+            tracing::debug!(worker = self.id, saturated = now, ?busy, queued, "worker load");
+        }
     }
 
     /// Flushes what the batch wrote, closes what it doomed, updates poll interest.
@@ -687,6 +716,28 @@ impl Worker {
     }
 }
 
+/// Whether a worker whose last turn took `busy` and whose hand-off queue holds `queued` bytes is
+/// saturated.
+fn saturated(busy: Duration, queued: usize) -> bool {
+    busy > SATURATED_TURN || queued > SATURATED_HANDOFF
+}
+
 fn is_request(msg: &[u8]) -> bool {
     !msg.starts_with(b"SIP/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saturation_takes_a_long_turn_or_a_backed_up_hand_off_queue() {
+        assert!(
+            !saturated(Duration::from_millis(40), 0),
+            "a busy debug-build turn is not"
+        );
+        assert!(!saturated(SATURATED_TURN, SATURATED_HANDOFF));
+        assert!(saturated(SATURATED_TURN + Duration::from_millis(1), 0));
+        assert!(saturated(Duration::ZERO, SATURATED_HANDOFF + 1));
+    }
 }

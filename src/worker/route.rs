@@ -32,7 +32,7 @@ impl Worker {
         {
             return false;
         }
-        if !kind.is_server() && retry.count == 0 && self.rate_limited(src, m) {
+        if !kind.is_server() && retry.count == 0 && !self.admit_new(src, m) {
             return false;
         }
         let mut follow = None;
@@ -139,30 +139,34 @@ impl Worker {
         false
     }
 
-    /// `--rate-limit-per-ip`: an out-of-dialog request (not ACK or CANCEL) from a client whose
-    /// source address has used its rate is answered 503 with Retry-After here; true if so.
-    fn rate_limited(&mut self, src: usize, m: &Message) -> bool {
-        let Some(limit) = &self.shared.limit else {
-            return false;
-        };
-        if m.to_tag().is_some() || matches!(m.method(), None | Some(Method::Ack | Method::Cancel)) {
-            return false;
+    /// Shedding starts with new dialogs: an out-of-dialog request (not ACK or CANCEL) from a
+    /// client is answered 503 with `Retry-After: 1` here when its source address has used its
+    /// `--rate-limit-per-ip`, or when this worker is saturated (its last turn or its hand-off
+    /// queue past their bounds), so in-dialog requests, CANCEL, ACK and responses go first.
+    /// False if it was answered.
+    fn admit_new(&mut self, src: usize, m: &Message) -> bool {
+        if (self.shared.limit.is_none() && !self.saturated)
+            || m.to_tag().is_some()
+            || matches!(m.method(), None | Some(Method::Ack | Method::Cancel))
+        {
+            return true;
         }
-        let Some(ip) = self.slots.get(src).map(|c| c.peer.ip()) else {
-            return false;
+        let reason = if self.saturated {
+            self.m.shed += 1;
+            "Service Unavailable (overloaded)"
+        } else {
+            let Some(ip) = self.slots.get(src).map(|c| c.peer.ip()) else {
+                return true;
+            };
+            let now = self.shared.millis(std::time::Instant::now());
+            if self.shared.limit.as_ref().is_none_or(|l| l.admit(ip, now)) {
+                return true;
+            }
+            self.m.rate_limited += 1;
+            "Service Unavailable (rate limited)"
         };
-        if limit.admit(ip, self.shared.millis(std::time::Instant::now())) {
-            return false;
-        }
-        self.m.rate_limited += 1;
-        self.answer(
-            src,
-            m.head(),
-            503,
-            "Service Unavailable (rate limited)",
-            Extra { retry_after: Some(1) },
-        );
-        true
+        self.answer(src, m.head(), 503, reason, Extra { retry_after: Some(1) });
+        false
     }
 
     /// A response siplb delivered (so its Via token was valid and minted for its direction):
