@@ -106,7 +106,7 @@ pub fn manpage(out: &mut dyn Write) -> std::io::Result<()> {
     clap_mangen::Man::new(Args::command()).render(out)
 }
 
-/// A clap error as DESIGN.md wants it: help and version printed in full (exit 0), anything else
+/// A clap error as operators' scripts expect it: help and version printed in full (exit 0), anything else
 /// as its one first line (exit 2).
 pub fn flag_error(e: &clap::Error, program: &str) -> i32 {
     if !e.use_stderr() {

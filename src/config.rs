@@ -1,4 +1,5 @@
-//! Command line to validated configuration. Owns the flag names of DESIGN.md's contract, their
+//! Command line to validated configuration. Owns the flag names (a contract: scripts and units
+//! name them; add flags, never rename one), their
 //! defaults, and the two kinds of refusal: a bad flag (exit 2) and an unreadable or invalid file
 //! (exit 1), each as one line naming the flag or file and what is wrong.
 

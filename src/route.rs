@@ -1,4 +1,4 @@
-//! The routing contract of DESIGN.md (stateless, RFC 3261 §16) as a pure decision: given a
+//! The routing contract (stateless, RFC 3261 §16; the README's "Routing") as a pure decision: given a
 //! message, where it came from and which back ends can take new dialogs, say where it goes and
 //! prepare its rewrite — no sockets, no threads, so it is unit-tested and fuzzed on its own. The
 //! worker carries out the [`Decision`].

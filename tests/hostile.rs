@@ -1,4 +1,4 @@
-//! Hostile input against a running balancer: each case gets the answer DESIGN.md names (a SIP
+//! Hostile input against a running balancer: each case gets the answer the README names (a SIP
 //! error response or a closed connection), and afterwards 100 good calls all complete — nothing
 //! a hostile peer does may harm other connections.
 

@@ -31,17 +31,6 @@ const READ_ROUNDS: usize = 4;
 pub(super) const SHUTTING_DOWN: &str = "shutting down";
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// Output waiting for slow servers above which clients are not read (backpressure), and below
-/// which reading resumes.
-const PAUSE_ABOVE: usize = 1 << 20;
-const RESUME_BELOW: usize = 256 << 10;
-/// A turn busier than this (every message read in it waited that long for the next), or a
-/// hand-off queue past [`SATURATED_HANDOFF`], and the worker is saturated: it answers new dialogs
-/// 503 until it is not. Data left unread after a turn is not a sign (one flooding connection
-/// leaves some, and must cost only its own requests), nor are the tens of milliseconds a debug
-/// build under attack takes per turn while it still keeps up.
-const SATURATED_TURN: Duration = Duration::from_millis(250);
-const SATURATED_HANDOFF: usize = super::HANDOFF_BYTES / 4;
 /// How often a worker hands its counters to the metrics reader.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const PEER: Token = Token(usize::MAX - 1);
@@ -78,19 +67,19 @@ pub struct Worker {
     /// Connections written to since the last flush.
     pub(super) dirty: Vec<usize>,
     /// Connections with data left to read after their rounds this turn.
-    backlog: Vec<usize>,
+    pub(super) backlog: Vec<usize>,
     /// Connections to close after the current batch, with why.
     pub(super) doomed: Vec<(usize, &'static str)>,
     /// Output queued in this worker's streams (bounded by `--max-output-bytes`), and whether a
     /// connection was already picked to close for it this batch.
     pub(super) out_queued: usize,
-    shedding: bool,
+    pub(super) shedding: bool,
     /// The part of `out_queued` waiting for servers; past [`PAUSE_ABOVE`] clients are not read
     /// (backpressure) until it falls below [`RESUME_BELOW`].
     pub(super) server_queued: usize,
-    paused: bool,
+    pub(super) paused: bool,
     /// Client connections with data left unread while paused.
-    paused_clients: Vec<usize>,
+    pub(super) paused_clients: Vec<usize>,
     /// This worker's counters (published to `Shared::published` by `publish`).
     pub(super) m: Metrics,
     /// Initial INVITEs until their transaction is over (CANCEL / ACK routing, failover).
@@ -273,123 +262,6 @@ impl Worker {
         self.publish(Instant::now());
     }
 
-    /// Whether this worker is saturated after a turn that took `busy`: the turn or its hand-off
-    /// queue past its bound.
-    fn saturation(&mut self, busy: Duration) {
-        let queued = self
-            .shared
-            .handoff_bytes
-            .get(usize::from(self.id))
-            .map_or(0, |q| q.load(Ordering::Relaxed));
-        let now = saturated(busy, queued);
-        if now != self.saturated {
-            self.saturated = now;
-            if now {
-                self.m.saturations += 1;
-            }
-            tracing::debug!(worker = self.id, saturated = now, ?busy, queued, "worker load");
-        }
-    }
-
-    /// Flushes what the batch wrote, closes what it doomed, updates poll interest.
-    pub(super) fn finish_batch(&mut self) {
-        while let Some(slot) = self.dirty.pop() {
-            let Some(c) = self.slots.get_mut(slot) else {
-                continue;
-            };
-            c.dirty = false;
-            let before = c.stream.queued();
-            let flushed = c.stream.flush();
-            let after = c.stream.queued();
-            if let Err(e) = flushed {
-                tracing::debug!(worker = self.id, slot, error = %e, "write failed");
-                self.doomed.push((slot, "write failed"));
-                self.account(slot, before, after);
-                continue;
-            }
-            self.out_queued = (self.out_queued + after).saturating_sub(before);
-            let Some(c) = self.slots.get_mut(slot) else {
-                continue;
-            };
-            if c.kind.is_server() {
-                self.server_queued = (self.server_queued + after).saturating_sub(before);
-            }
-            let want = c.stream.interest();
-            if want != c.interest {
-                c.interest = want;
-                let _ = self
-                    .poll
-                    .registry()
-                    .reregister(&mut c.stream.sock, Token(slot), want);
-            }
-        }
-        while let Some((slot, why)) = self.doomed.pop() {
-            self.close(slot, why);
-        }
-        self.shedding = false;
-        self.backpressure();
-    }
-
-    /// Stops reading clients while servers are slow to take what was read from them, and goes
-    /// back to the clients left unread once they catch up.
-    fn backpressure(&mut self) {
-        if !self.paused && self.server_queued > PAUSE_ABOVE {
-            self.paused = true;
-            self.m.backpressure_pauses += 1;
-            tracing::info!(
-                worker = self.id,
-                queued = self.server_queued,
-                "servers are slow: not reading clients"
-            );
-        } else if self.paused && self.server_queued < RESUME_BELOW {
-            self.paused = false;
-            for slot in std::mem::take(&mut self.paused_clients) {
-                if let Some(c) = self.slots.get_mut(slot) {
-                    c.paused = false;
-                    self.backlog.push(slot);
-                }
-            }
-        }
-    }
-
-    /// Keeps the count of output queued in this worker after a write or flush moved one
-    /// connection's queue from `before` to `after` bytes. Past `--max-output-bytes` the connection
-    /// holding the most is closed: a slow reader loses its own connection, never another's.
-    pub(super) fn account(&mut self, slot: usize, before: usize, after: usize) {
-        self.out_queued = (self.out_queued + after).saturating_sub(before);
-        if self.slots.get(slot).is_some_and(|c| c.kind.is_server()) {
-            self.server_queued = (self.server_queued + after).saturating_sub(before);
-        }
-        // Output waiting for servers is met with backpressure, not counted here: a budget
-        // filled by slow servers would otherwise shoot whichever client had a few bytes queued.
-        let to_clients = self.out_queued.saturating_sub(self.server_queued);
-        if to_clients <= self.shared.cfg.max_output_bytes || self.shedding {
-            return;
-        }
-        // Servers are met with backpressure, not closed: the hog is the client with the most.
-        let hog = self
-            .slots
-            .occupied()
-            .into_iter()
-            .filter(|&s| self.slots.get(s).is_some_and(|c| !c.kind.is_server()))
-            .max_by_key(|&s| self.slots.get(s).map_or(0, |c| c.stream.queued()));
-        if let Some(slot) = hog {
-            self.shedding = true;
-            self.m.output_budget_closes += 1;
-            self.doomed.push((slot, "output budget"));
-        }
-    }
-
-    /// Queues a connection for the flush at the end of this turn (once, however many messages).
-    pub(super) fn mark_dirty(&mut self, slot: usize) {
-        if let Some(c) = self.slots.get_mut(slot)
-            && !c.dirty
-        {
-            c.dirty = true;
-            self.dirty.push(slot);
-        }
-    }
-
     fn conn_event(&mut self, slot: usize, ev: &Event) {
         if let Some(c) = self.slots.get_mut(slot) {
             c.stream.read_to_eof = ev.is_read_closed() || ev.is_error();
@@ -566,33 +438,6 @@ impl Worker {
         }
     }
 
-    /// Writes an answer siplb generates itself to the connection the request came from.
-    pub(super) fn answer(&mut self, slot: usize, request: &[u8], code: u16, reason: &str, extra: Extra) {
-        if request.starts_with(b"ACK ") {
-            return; // ACK is never answered.
-        }
-        self.out.clear();
-        write_response(request, code, reason, extra, &mut self.out);
-        self.m.answer(code);
-        let out = std::mem::take(&mut self.out);
-        self.send_raw(slot, &out);
-        self.out = out;
-    }
-
-    pub(super) fn send_raw(&mut self, slot: usize, bytes: &[u8]) {
-        self.m.bytes_out += bytes.len() as u64;
-        if let Some(c) = self.slots.get_mut(slot) {
-            let before = c.stream.queued();
-            let written = c.stream.write_all(bytes);
-            let after = c.stream.queued();
-            if written.is_err() {
-                self.doomed.push((slot, "peer not reading"));
-            }
-            self.account(slot, before, after);
-            self.mark_dirty(slot);
-        }
-    }
-
     fn take_handoffs(&mut self) {
         while let Ok(Handoff {
             slot,
@@ -716,28 +561,6 @@ impl Worker {
     }
 }
 
-/// Whether a worker whose last turn took `busy` and whose hand-off queue holds `queued` bytes is
-/// saturated.
-fn saturated(busy: Duration, queued: usize) -> bool {
-    busy > SATURATED_TURN || queued > SATURATED_HANDOFF
-}
-
 fn is_request(msg: &[u8]) -> bool {
     !msg.starts_with(b"SIP/")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn saturation_takes_a_long_turn_or_a_backed_up_hand_off_queue() {
-        assert!(
-            !saturated(Duration::from_millis(40), 0),
-            "a busy debug-build turn is not"
-        );
-        assert!(!saturated(SATURATED_TURN, SATURATED_HANDOFF));
-        assert!(saturated(SATURATED_TURN + Duration::from_millis(1), 0));
-        assert!(saturated(Duration::ZERO, SATURATED_HANDOFF + 1));
-    }
 }

@@ -4,12 +4,20 @@
 //! message for a connection another worker owns, sent over a crossbeam channel with that worker's
 //! `mio::Waker`. [`Balancer`] starts, watches and stops the workers.
 
+mod admin_view;
 mod conn;
 mod event;
 mod failover;
+mod output;
 mod pool;
 mod route;
+mod runtime;
 pub mod slots;
+mod sockets;
+
+pub use runtime::{KEY_GRACE, Runtime, RuntimeError};
+pub use sockets::reuseport_listener;
+use sockets::{host_of, listener_group};
 
 use std::collections::HashMap;
 use std::io;
@@ -23,14 +31,10 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
-use rustls::pki_types::ServerName;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::balance::Backend;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::sip::TokenKey;
-use crate::tls::{self, trust::TlsSet};
 
 /// A message for a connection owned by another worker: already rewritten, ready to write.
 pub struct Handoff {
@@ -43,8 +47,8 @@ pub struct Handoff {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
-    Load(String),
+    #[error(transparent)]
+    Load(#[from] RuntimeError),
     #[error("{addr}: cannot create socket: {why}")]
     Socket { addr: SocketAddr, why: io::Error },
     #[error("{addr}: cannot set SO_REUSEPORT/SO_REUSEADDR: {why}")]
@@ -62,83 +66,14 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Exit code per DESIGN.md: 1 for files and certificates (and the system refusing us).
+    /// Exit code: 1 for files, certificates and the system refusing us; 2 for what a flag says.
     pub fn exit_code(&self) -> i32 {
-        1
+        match self {
+            StartError::Load(e) => e.exit_code(),
+            _ => 1,
+        }
     }
 }
-
-/// What can change at run time (SIGHUP): every TLS configuration and the back-end set. Workers
-/// hold an `Arc` of the one they use and look for a newer one once per event-loop turn, never per
-/// message.
-pub struct Runtime {
-    /// The token key (`--token-key-file`, or random per process), and a digest of the file's
-    /// secret to tell a changed key on reload.
-    pub key: Arc<TokenKey>,
-    key_digest: Option<[u8; 32]>,
-    pub tls: TlsSet,
-    pub backends: Vec<Backend>,
-    pub backend_names: Vec<ServerName<'static>>,
-    pub backend_name_strings: Vec<String>,
-}
-
-impl Runtime {
-    /// Reads every file the configuration names: certificates, keys, CAs, CRLs, back-ends file,
-    /// token key. `prev` is the configuration running now (on reload): its key stays unless the
-    /// key file changed, and then stays accepted for [`KEY_GRACE`].
-    pub fn load(cfg: &Config, prev: Option<&Runtime>, instance: u32) -> Result<Runtime, String> {
-        let backends = cfg.current_backends().map_err(|e| e.to_string())?;
-        let backend_name_strings: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
-        let backend_names = backends
-            .iter()
-            .map(|b| tls::server_name(&b.name))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let tls = tls::trust::build(&cfg.tls, &backend_name_strings).map_err(|e| e.to_string())?;
-        let (key, key_digest) = match (&cfg.token_key_file, prev) {
-            (Some(path), prev) => {
-                let secret = crate::config::read_token_key(path).map_err(|e| e.to_string())?;
-                let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &secret)
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| "digest length".to_string())?;
-                match prev {
-                    Some(p) if p.key_digest == Some(digest) => (Arc::clone(&p.key), Some(digest)),
-                    Some(p) => {
-                        tracing::info!("token key changed: the previous one is accepted for 10 minutes");
-                        let k =
-                            TokenKey::from_secret(&secret).rotated_from(&p.key, Instant::now() + KEY_GRACE);
-                        (Arc::new(k), Some(digest))
-                    }
-                    None => (
-                        Arc::new(TokenKey::from_secret(&secret).with_instance(instance)),
-                        Some(digest),
-                    ),
-                }
-            }
-            (None, Some(p)) => (Arc::clone(&p.key), None),
-            (None, None) => (
-                Arc::new(
-                    TokenKey::generate()
-                        .map_err(|e| format!("cannot make the token key: {e}"))?
-                        .with_instance(instance),
-                ),
-                None,
-            ),
-        };
-        Ok(Runtime {
-            key,
-            key_digest,
-            tls,
-            backends,
-            backend_names,
-            backend_name_strings,
-        })
-    }
-}
-
-/// How long a rotated-out token key is still accepted.
-pub const KEY_GRACE: Duration = Duration::from_secs(600);
 
 /// What all workers read and nobody writes on the hot path.
 pub struct Shared {
@@ -260,7 +195,7 @@ impl Balancer {
                 .map_err(|_| StartError::Key(crate::sip::token::TokenError::Random))?;
             u32::from_le_bytes(b)
         };
-        let runtime = Runtime::load(&cfg, None, instance).map_err(StartError::Load)?;
+        let runtime = Runtime::load(&cfg, None, instance)?;
         // Listeners: the first of each address picks the port, the others share it.
         let mut listeners: Vec<Vec<TcpListener>> = (0..cfg.workers).map(|_| Vec::new()).collect();
         let mut listen_addrs = Vec::new();
@@ -365,12 +300,13 @@ impl Balancer {
             admin_addr: None,
         };
         if let Some(addr) = lb.shared.cfg.admin.clone() {
-            let ctl: Arc<dyn crate::admin::Control> = Arc::new(AdminHandle(Arc::clone(&lb.shared)));
+            let ctl: Arc<dyn crate::admin::Control> =
+                Arc::new(admin_view::AdminHandle(Arc::clone(&lb.shared)));
             match crate::admin::serve(&addr, lb.shared.cfg.admin_allow_remote, ctl) {
                 Ok(bound) => lb.admin_addr = bound,
                 Err(e) => {
                     lb.shutdown();
-                    return Err(StartError::Load(e));
+                    return Err(StartError::Load(RuntimeError::Admin(e)));
                 }
             }
         }
@@ -464,14 +400,14 @@ impl Balancer {
 
     /// Reads certificates, keys, CRLs and the back-ends file again; new connections use them,
     /// existing ones stay up. On failure the running configuration stays and the error says why.
-    pub fn reload(&self) -> Result<(), String> {
-        reload(&self.shared)
+    pub fn reload(&self) -> Result<(), RuntimeError> {
+        runtime::reload(&self.shared)
     }
 
     /// A handle that reloads this balancer from another thread (SIGHUP).
-    pub fn reloader(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    pub fn reloader(&self) -> impl Fn() -> Result<(), RuntimeError> + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
-        move || reload(&shared)
+        move || runtime::reload(&shared)
     }
 
     /// A handle that starts a graceful stop (SIGTERM): no new connections or dialogs, dialogs in
@@ -519,79 +455,6 @@ impl Drop for Balancer {
     }
 }
 
-/// The admin API's view of a running balancer.
-struct AdminHandle(Arc<Shared>);
-
-impl crate::admin::Control for AdminHandle {
-    fn list(&self) -> String {
-        use crate::admin::json_str;
-        let rt = self.0.runtime.load();
-        let overrides = self.0.admin.lock().map(|o| o.clone()).unwrap_or_default();
-        let workers: Vec<Metrics> = self
-            .0
-            .published
-            .iter()
-            .map(|p| p.lock().map(|m| m.clone()).unwrap_or_default())
-            .collect();
-        let rows: Vec<String> = rt
-            .backends
-            .iter()
-            .map(|b| {
-                let o = overrides.get(&b.name).copied().unwrap_or_default();
-                let per: Vec<&crate::metrics::BackendMetrics> =
-                    workers.iter().filter_map(|w| w.backend(&b.name)).collect();
-                let health: Vec<&str> = per
-                    .iter()
-                    .map(|m| match (m.overloaded, m.up) {
-                        (true, _) => "overloaded",
-                        (false, true) => "up",
-                        (false, false) => "down",
-                    })
-                    .collect();
-                let dialogs: u64 = per.iter().map(|m| m.dialogs).sum();
-                let work: f64 = per.iter().map(|m| m.outstanding).sum();
-                let rtt = per
-                    .iter()
-                    .filter_map(|m| m.probe_rtt)
-                    .max()
-                    .map_or("null".to_string(), |d| format!("{:.6}", d.as_secs_f64()));
-                format!(
-                    "{{\"name\":\"{}\",\"address\":\"{}\",\"weight\":{},\"configured_weight\":{},\"admin_state\":\"{}\",\"health\":[{}],\"dialogs\":{},\"outstanding_work\":{},\"probe_rtt_seconds\":{}}}",
-                    json_str(&b.name),
-                    b.addr,
-                    o.weight.unwrap_or(b.weight),
-                    b.weight,
-                    o.state.as_str(),
-                    health.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(","),
-                    dialogs,
-                    work,
-                    rtt
-                )
-            })
-            .collect();
-        format!("[{}]\n", rows.join(","))
-    }
-
-    fn set(&self, name: &str, change: crate::admin::Change) -> bool {
-        if !self.0.runtime.load().backends.iter().any(|b| b.name == name) {
-            return false;
-        }
-        if let Ok(mut o) = self.0.admin.lock() {
-            let e = o.entry(name.to_string()).or_default();
-            match change {
-                crate::admin::Change::State(s) => e.state = s,
-                crate::admin::Change::Weight(w) => e.weight = Some(w),
-            }
-        }
-        self.0.admin_gen.fetch_add(1, Ordering::AcqRel);
-        for (_, waker) in &self.0.handoff {
-            let _ = waker.wake();
-        }
-        tracing::info!(backend = name, change = %change, "admin change");
-        true
-    }
-}
-
 fn collect(shared: &Shared) -> Metrics {
     let mut total = Metrics::default();
     for p in &shared.published {
@@ -600,104 +463,6 @@ fn collect(shared: &Shared) -> Metrics {
         }
     }
     total
-}
-
-fn reload(shared: &Shared) -> Result<(), String> {
-    let current = shared.runtime.load_full();
-    match Runtime::load(&shared.cfg, Some(&current), shared.instance) {
-        Ok(rt) => {
-            let n = rt.backends.len();
-            shared.runtime.store(Arc::new(rt));
-            shared.runtime_gen.fetch_add(1, Ordering::AcqRel);
-            shared.reloads.fetch_add(1, Ordering::Relaxed);
-            for (_, waker) in &shared.handoff {
-                let _ = waker.wake();
-            }
-            tracing::info!(backends = n, "configuration reloaded");
-            Ok(())
-        }
-        Err(e) => {
-            shared.reload_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "reload failed; the running configuration stays");
-            Err(e)
-        }
-    }
-}
-
-/// Without `--reuse-port`, a port another process listens on is refused: our own listeners
-/// share theirs through SO_REUSEPORT, which would let a second instance silently share it too. A
-/// plain bind (no SO_REUSEPORT) fails on a port in use.
-fn refuse_if_in_use(addr: SocketAddr) -> Result<(), StartError> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|why| StartError::Socket { addr, why })?;
-    sock.set_reuse_address(true)
-        .map_err(|why| StartError::ReusePort { addr, why })?;
-    sock.bind(&addr.into())
-        .map_err(|why| StartError::Bind { addr, why })?;
-    Ok(())
-}
-
-/// One SO_REUSEPORT listener per worker on `addr`, and the address they share. Port 0: the
-/// first bind picks the port and the others join it; the kernel may pick a port that another
-/// socket holds in a way SO_REUSEPORT cannot share (a connection's ephemeral port, say), so on
-/// `AddrInUse` the whole group is given up and picked again, a few times.
-fn listener_group(
-    addr: SocketAddr,
-    workers: usize,
-    reuse_port: bool,
-) -> Result<(SocketAddr, Vec<TcpListener>), StartError> {
-    if !reuse_port {
-        refuse_if_in_use(addr)?;
-    }
-    let mut tries = 0;
-    loop {
-        let mut group = Vec::with_capacity(workers);
-        let mut real = addr;
-        let joined = (0..workers).try_for_each(|_| {
-            let l = reuseport_listener(real)?;
-            real = l.local_addr().map_err(|why| StartError::Bind { addr, why })?;
-            group.push(l);
-            Ok(())
-        });
-        match joined {
-            Ok(()) => return Ok((real, group)),
-            Err(StartError::Bind { why, .. })
-                if addr.port() == 0 && why.kind() == io::ErrorKind::AddrInUse && tries < 10 =>
-            {
-                tries += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The host part of `host:port`.
-fn host_of(a: &str) -> String {
-    match a.rfind(':') {
-        Some(i) if !a[i..].contains(']') => a[..i].to_string(),
-        _ => a.to_string(),
-    }
-}
-
-/// A non-blocking listener with SO_REUSEPORT, so each worker accepts on its own socket and the
-/// kernel spreads connections over them.
-pub fn reuseport_listener(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|why| StartError::Socket { addr, why })?;
-    sock.set_reuse_address(true)
-        .map_err(|why| StartError::ReusePort { addr, why })?;
-    sock.set_reuse_port(true)
-        .map_err(|why| StartError::ReusePort { addr, why })?;
-    sock.set_nonblocking(true)
-        .map_err(|why| StartError::Socket { addr, why })?;
-    sock.bind(&addr.into())
-        .map_err(|why| StartError::Bind { addr, why })?;
-    sock.listen(1024)
-        .map_err(|why| StartError::Listen { addr, why })?;
-    Ok(TcpListener::from_std(sock.into()))
 }
 
 /// Receiver side of a worker's hand-off channel.
