@@ -153,53 +153,6 @@ fn least_work_keeps_new_calls_off_a_slow_server() {
     assert!(least <= 0.10, "least work: the slow server took {least:.2}");
 }
 
-/// A flooding connection from `from`: INVITEs as fast as TLS carries them until `stop`, reading
-/// (and dropping) whatever comes back. Returns how many it sent.
-fn flood(
-    pki: &Pki,
-    to: std::net::SocketAddr,
-    from: &str,
-    n: usize,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<usize> {
-    use std::io::{Read, Write};
-    let tls = pki.client_tls(None);
-    let from: std::net::SocketAddr = format!("{from}:0").parse().expect("address");
-    std::thread::spawn(move || {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        sock.bind(&from.into()).expect("bind the flood's source address");
-        sock.connect(&to.into()).expect("connect");
-        let tcp: std::net::TcpStream = sock.into();
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        tcp.set_write_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        let conn =
-            rustls::ClientConnection::new(tls, siplb::tls::server_name(LB_NAME).expect("name")).expect("tls");
-        let mut s = rustls::StreamOwned::new(conn, tcp);
-        while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock).expect("handshake");
-        }
-        s.sock
-            .set_read_timeout(Some(std::time::Duration::from_millis(1)))
-            .expect("timeout");
-        let (mut sent, mut buf) = (0, vec![0u8; 64 << 10]);
-        while !stop.load(std::sync::atomic::Ordering::Acquire) {
-            let mut batch = Vec::new();
-            for _ in 0..20 {
-                let mut d = new_dialog(&format!("flood-{n}-{sent}"), "sip:service@pool.test");
-                batch.extend(d.request("INVITE", None, None, ""));
-                sent += 1;
-            }
-            if s.write_all(&batch).and_then(|_| s.flush()).is_err() {
-                break;
-            }
-            while s.read(&mut buf).is_ok_and(|got| got > 0) {}
-        }
-        sent
-    })
-}
-
 /// One source floods INVITEs over 4 connections for 4 s while another calls at 25 calls/s:
 /// with `--rate-limit-per-ip 50` the flood reaching the server is capped (50 a second and a
 /// burst of 50), siplb answers the excess, and every legitimate call completes.
@@ -212,29 +165,23 @@ fn a_flooding_source_is_capped_and_nobody_else_notices() {
     }
     let backends = start_backends(&pki, Backends::n(2), None);
     let lb = start_balancer(&pki, &backends, 2, &["--rate-limit-per-ip".into(), "50".into()]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_opts = siplb::load::flood::FloodOpts {
+        target: lb.listen_addrs[0],
+        server_name: siplb::tls::server_name(LB_NAME).expect("name"),
+        tls: pki.client_tls(None),
+        from: Some("127.0.0.2".parse().expect("address")),
+        connections: 4,
+        duration: std::time::Duration::from_secs(4),
+    };
     let started = std::time::Instant::now();
-    let flooders: Vec<_> = (0..4)
-        .map(|n| {
-            flood(
-                &pki,
-                lb.listen_addrs[0],
-                "127.0.0.2",
-                n,
-                std::sync::Arc::clone(&stop),
-            )
-        })
-        .collect();
+    let flooder = std::thread::spawn(move || siplb::load::flood::run(flood_opts));
     let report = run_calls(siplb::load::caller::CallOpts {
         rate: 25.0,
         ..call_opts(&pki, &lb, 100)
     });
-    // The flood lasts at least 4 s (and as long as the calls do).
-    wait_until("4 s of flood", || {
-        started.elapsed() >= std::time::Duration::from_secs(4)
-    });
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let sent: usize = flooders.into_iter().map(|f| f.join().expect("flooder")).sum();
+    let flood = flooder.join().expect("flooder");
+    assert!(flood.failures.is_empty(), "{}", flood.summary());
+    let sent = flood.sent;
     let lasted = started.elapsed().as_secs_f64();
     assert_eq!((report.ok, report.failed), (100, 0), "{}", report.summary());
     let reached: usize = backends
@@ -249,12 +196,18 @@ fn a_flooding_source_is_capped_and_nobody_else_notices() {
         .sum();
     // 50 a second for as long as it lasted, plus the burst.
     let cap = (50.0 * lasted).ceil() as usize + 50;
-    eprintln!("flood: {sent} INVITEs sent in {lasted:.1} s, {reached} reached the servers (cap {cap})");
+    eprintln!(
+        "{} in {lasted:.1} s, {reached} reached the servers (cap {cap})",
+        flood.summary()
+    );
     assert!(sent > cap * 2, "the flood was not a flood: {sent} sent");
     assert!(
         reached > 0 && reached <= cap,
         "{reached} flood INVITEs reached the servers (cap {cap})"
     );
+    // siplb answered the excess itself, and the flooder heard it.
+    let refused = flood.answers.get(&503).copied().unwrap_or(0);
+    assert!(refused > 0, "{}", flood.summary());
     let m = metrics_when(&lb, |m| m.rate_limited > 0);
     assert!(m.rate_limited > 0, "{m:?}");
     for b in backends {
@@ -304,4 +257,41 @@ fn a_server_that_never_answers_an_invite_loses_it_to_another() {
             "{id} did not end on the server that answers"
         );
     }
+}
+
+/// Out-of-dialog requests other than INVITE (a MESSAGE here) are retried on a 503 too: no ACK
+/// goes to the server, the caller gets the other server's 200.
+#[test]
+fn an_out_of_dialog_message_answered_503_goes_to_another_server() {
+    let pki = Pki::new();
+    let backends = vec![
+        backend_with(&pki, 0, busy()),
+        backend_with(&pki, 1, Faults::default()),
+    ];
+    let lb = start_balancer(&pki, &backends, 1, &[]);
+    let mut c = TestClient::connect(&pki, &lb);
+    let ids: Vec<String> = (0..10).map(|i| format!("message-{i}")).collect();
+    for id in &ids {
+        let mut d = new_dialog(id, "sip:someone@pool.test");
+        c.send(&d.request("MESSAGE", None, None, ""));
+        let answer = c.wait_for("the answer to the MESSAGE", |m| {
+            m.status().is_some() && m.call_id() == Some(id.as_bytes())
+        });
+        let m = Message::parse(&answer).expect("parses");
+        assert!(
+            is_response(&m, 200, Method::Message),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    let tried: Vec<&String> = ids.iter().filter(|id| stats[0].saw(id, "MESSAGE")).collect();
+    assert!(!tried.is_empty(), "no MESSAGE reached the busy server");
+    for id in &tried {
+        assert_eq!(stats[0].calls[*id], ["MESSAGE"], "{id}: no ACK for a non-INVITE");
+    }
+    assert_eq!(
+        ids.iter().filter(|id| stats[1].saw(id, "MESSAGE")).count(),
+        ids.len()
+    );
 }

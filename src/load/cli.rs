@@ -39,6 +39,31 @@ pub enum Cmd {
     /// Open N TLS connections, finish their handshakes and keep them open, silent (memory and
     /// connection-count measurements).
     Idle(IdleArgs),
+    /// Flood a target with new INVITEs over N TLS connections for a while, as fast as TLS
+    /// carries them (tests of rate limits and overload); reports the answers by status code.
+    Flood(FloodArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FloodArgs {
+    /// Address to flood (siplb's front listener).
+    #[arg(long, value_name = "ADDR")]
+    pub target: SocketAddr,
+    /// Name the target's certificate must carry.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
+    /// CA the target's certificate must chain to.
+    #[arg(long, value_name = "PEM")]
+    pub ca: PathBuf,
+    /// Source address to connect from (one of this machine's: 127.0.0.2, say).
+    #[arg(long, value_name = "IP")]
+    pub from: Option<std::net::IpAddr>,
+    /// TLS connections, each writing INVITEs as fast as it can.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub connections: usize,
+    /// How long the flood lasts, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 4.0, value_parser = positive)]
+    pub seconds: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,6 +205,7 @@ pub fn main(args: Args) -> i32 {
         Cmd::Server(s) => run_server(s),
         Cmd::Call(c) => run_call(c),
         Cmd::Certs(c) => run_certs(c),
+        Cmd::Flood(f) => run_flood(f),
         Cmd::Idle(i) => run_idle(i),
     };
     match result {
@@ -279,6 +305,20 @@ fn run_call(a: CallArgs) -> Result<i32, String> {
     let report = caller::run(opts).map_err(|e| format!("{}: {e}", a.target))?;
     println!("{}", report.summary());
     Ok(if report.failed == 0 { 0 } else { 1 })
+}
+
+fn run_flood(a: FloodArgs) -> Result<i32, String> {
+    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let report = crate::load::flood::run(crate::load::flood::FloodOpts {
+        target: a.target,
+        server_name: tls::server_name(&a.server_name).map_err(|e| e.to_string())?,
+        tls: tls::client_config(roots, None).map_err(|e| e.to_string())?,
+        from: a.from,
+        connections: a.connections,
+        duration: Duration::from_secs_f64(a.seconds),
+    });
+    println!("{}", report.summary());
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
 }
 
 fn run_certs(a: CertsArgs) -> Result<i32, String> {

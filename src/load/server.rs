@@ -69,8 +69,9 @@ pub struct Faults {
     /// How late an INVITE's 180 and final answer come (its 100 Trying comes at once): a busy or
     /// slow server.
     pub answer_delay: Duration,
-    /// The share (0..=1) of new INVITEs answered `503` with `Retry-After: 30` while OPTIONS pass
-    /// (overloaded, licence exhausted, a B2BUA out of channels).
+    /// The share (0..=1) of new INVITEs and other out-of-dialog requests (OPTIONS aside) answered
+    /// `503` with `Retry-After: 30` while OPTIONS pass (overloaded, licence exhausted, a B2BUA out
+    /// of channels).
     pub reject_503: f64,
     /// New INVITEs per second the server takes (burst: one second's worth); beyond it `503` with
     /// `Retry-After: 1`.
@@ -91,14 +92,14 @@ struct Admission {
 }
 
 impl Admission {
-    /// `Retry-After` seconds if this INVITE is to be refused.
-    fn refuse(&mut self, f: &Faults, now: Instant) -> Option<u32> {
+    /// `Retry-After` seconds if this new request is to be refused (`capacity` counts INVITEs).
+    fn refuse(&mut self, f: &Faults, invite: bool, now: Instant) -> Option<u32> {
         self.owed += f.reject_503.clamp(0.0, 1.0);
         if self.owed >= 1.0 {
             self.owed -= 1.0;
             return Some(30);
         }
-        let cps = f.capacity?;
+        let cps = f.capacity.filter(|_| invite)?;
         let since = self.refilled.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
         self.tokens = (self.tokens + since * cps).min(cps.max(1.0));
         self.refilled = Some(now);
@@ -252,6 +253,17 @@ impl Uas {
         // per request, so a 100, a 180 and the final answer name the same dialog).
         let to_tag = unique("t");
         let reply = |code, reason| msg::response(m, code, reason, Some(&to_tag), false, "");
+        let new = m.to_tag().is_none() && !matches!(method, Method::Options | Method::Ack | Method::Cancel);
+        if new
+            && let Some(secs) =
+                self.admission
+                    .refuse(&self.opts.faults, method == Method::Invite, Instant::now())
+        {
+            let extra = format!("Retry-After: {secs}\r\n");
+            let busy = msg::response(m, 503, "Service Unavailable", Some(&to_tag), false, &extra);
+            out.send(conn, busy);
+            return;
+        }
         match method {
             Method::Invite if m.to_tag().is_some() => {
                 out.send(
@@ -267,12 +279,6 @@ impl Uas {
                 );
             }
             Method::Invite => {
-                if let Some(secs) = self.admission.refuse(&self.opts.faults, Instant::now()) {
-                    let extra = format!("Retry-After: {secs}\r\n");
-                    let busy = msg::response(m, 503, "Service Unavailable", Some(&to_tag), false, &extra);
-                    out.send(conn, busy);
-                    return;
-                }
                 out.send(conn, reply(100, "Trying"));
                 let delay = self.opts.faults.answer_delay;
                 if delay.is_zero() {

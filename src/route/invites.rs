@@ -72,6 +72,9 @@ pub struct Invite {
     pub client: (u32, u32),
     pub call_id: Vec<u8>,
     pub cseq: u32,
+    /// An INVITE (else another out-of-dialog request: no ACK, no setup time, forgotten at its
+    /// final answer).
+    pub invite: bool,
     pub stage: Stage,
     /// Back ends it was given up on, and how often it was sent again (at most `--max-retries`).
     pub retry: Retry,
@@ -194,12 +197,18 @@ impl Invites {
         };
         let took = now.saturating_duration_since(inv.sent);
         let timings = Timings {
-            first_answer: (inv.stage == Stage::Sent).then_some((inv.backend, took)),
-            setup: (200..300).contains(&code).then_some(took),
+            first_answer: (inv.invite && inv.stage == Stage::Sent).then_some((inv.backend, took)),
+            setup: (inv.invite && (200..300).contains(&code)).then_some(took),
         };
         match code {
             100 if inv.stage == Stage::Sent => inv.stage = Stage::Trying,
             101..=199 => inv.stage = Stage::Ringing,
+            // A non-INVITE transaction has no ACK to route: over at its final answer.
+            200.. if !inv.invite => {
+                if let Some(old) = self.map.remove(&k) {
+                    self.bytes -= old.bytes.len();
+                }
+            }
             200..=299 => {
                 // The ACK of a 2xx is in the dialog, routed by its pin.
                 if let Some(old) = self.map.remove(&k) {
@@ -297,6 +306,7 @@ mod tests {
             client: (7, 2),
             call_id: b"c1".to_vec(),
             cseq: 1,
+            invite: true,
             stage,
             retry: Retry::default(),
             bytes: b"INVITE".to_vec(),

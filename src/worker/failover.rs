@@ -18,8 +18,9 @@ const OVERLOAD_DEFAULT_SECS: u32 = 10;
 const OVERLOAD_MAX_SECS: u32 = 300;
 
 impl Worker {
-    /// Remembers an initial INVITE sent from client connection `client` to back end `backend`
-    /// over pool connection `conn`.
+    /// Remembers an initial INVITE (or another out-of-dialog request but ACK and CANCEL) sent
+    /// from client connection `client` to back end `backend` over pool connection `conn`, so it
+    /// can go to another back end if this one is lost, answers 503 or does not answer.
     pub(super) fn remember_invite(
         &mut self,
         m: &Message,
@@ -28,11 +29,11 @@ impl Worker {
         backend: usize,
         retry: Retry,
     ) {
-        let (Some(call_id), Some((_, cseq, Method::Invite))) = (m.call_id(), m.cseq) else {
+        let (Some(call_id), Some((_, cseq, method))) = (m.call_id(), m.cseq) else {
             return;
         };
-        if m.to_tag().is_some() {
-            return; // re-INVITE: part of a dialog, pinned
+        if m.to_tag().is_some() || matches!(method, Method::Ack | Method::Cancel) {
+            return; // part of a dialog (pinned), or of an INVITE's transaction
         }
         self.invites.insert(Invite {
             backend,
@@ -40,6 +41,7 @@ impl Worker {
             client,
             call_id: call_id.to_vec(),
             cseq,
+            invite: method == Method::Invite,
             stage: Stage::Sent,
             retry,
             bytes: m.buf.to_vec(),
@@ -53,8 +55,8 @@ impl Worker {
         if self.invites.is_empty() {
             return;
         }
-        if let (Some(code), Some(call_id), Some((_, cseq, Method::Invite))) =
-            (m.status(), m.call_id(), m.cseq)
+        if let (Some(code), Some(call_id), Some((_, cseq, method))) = (m.status(), m.call_id(), m.cseq)
+            && !matches!(method, Method::Ack | Method::Cancel)
         {
             let t = self
                 .invites
@@ -96,17 +98,20 @@ impl Worker {
     ///   the caller has another server's transaction now. A late provisional one lets siplb
     ///   CANCEL that server's transaction (RFC 3261 §9.1 allows it only now).
     pub(super) fn server_answer(&mut self, server: usize, b: usize, to: Token, m: &Message) -> bool {
-        let (Some(code), Some(call_id), Some((_, cseq, Method::Invite))) = (m.status(), m.call_id(), m.cseq)
-        else {
+        let (Some(code), Some(call_id), Some((_, cseq, method))) = (m.status(), m.call_id(), m.cseq) else {
             return false;
         };
+        if matches!(method, Method::Ack | Method::Cancel) {
+            return false;
+        }
         let client = (to.slot, to.generation);
         let Some(inv) = self.invites.get(client, call_id, cseq) else {
-            return false; // not an initial INVITE of this worker's
+            return false; // not an initial request of this worker's
         };
         if inv.backend != b && inv.retry.tried(b) {
             self.m.drop_for("late answer from a back end given up on");
-            if (101..200).contains(&code)
+            if inv.invite
+                && (101..200).contains(&code)
                 && let Read::Message(_, invite) = crate::sip::read(&inv.bytes, usize::MAX)
             {
                 let mut cancel = Vec::with_capacity(m.head().len());
@@ -138,8 +143,9 @@ impl Worker {
         let Read::Message(_, invite) = crate::sip::read(&inv.bytes, usize::MAX) else {
             return false;
         };
+        // Only an INVITE's final answer is ACKed (RFC 3261 §17.1.1.3).
         let mut ack = Vec::with_capacity(m.head().len());
-        if write_ack(invite.request_uri().unwrap_or_default(), m, &mut ack) {
+        if inv.invite && write_ack(invite.request_uri().unwrap_or_default(), m, &mut ack) {
             self.send_raw(server, &ack);
         }
         self.m.retries_503 += 1;
