@@ -8,7 +8,7 @@ mod common;
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -18,6 +18,18 @@ fn installed(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// True (and says why `test` skips) when SIPp or stunnel4 is missing; `.ci/run` installs both.
+fn missing_tools(test: &str) -> bool {
+    let missing: Vec<&str> = ["sipp", "stunnel4"]
+        .into_iter()
+        .filter(|t| !installed(t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("SKIPPED {test}: {missing:?} not installed (apt-get install sip-tester stunnel4)");
+    }
+    !missing.is_empty()
 }
 
 struct Killed(Child);
@@ -38,13 +50,8 @@ fn free_port() -> u16 {
 
 #[test]
 fn sipp_calls_through_stunnel_and_siplb() {
-    for tool in ["sipp", "stunnel4"] {
-        if !installed(tool) {
-            eprintln!(
-                "SKIPPED sipp_calls_through_stunnel_and_siplb: `{tool}` is not installed (apt-get install sip-tester stunnel4)"
-            );
-            return;
-        }
+    if missing_tools("sipp_calls_through_stunnel_and_siplb") {
+        return;
     }
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::default(), None);
@@ -63,19 +70,7 @@ fn sipp_calls_through_stunnel_and_siplb() {
         ),
     )
     .expect("stunnel conf");
-    let _stunnel = Killed(
-        Command::new("stunnel4")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("stunnel4 runs"),
-    );
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", plain)).is_err() {
-        assert!(Instant::now() < until, "stunnel4 did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _stunnel = stunnel(&conf, plain);
 
     let calls = 20;
     let out = Command::new("sipp")
@@ -139,7 +134,7 @@ fn sipp_calls_through_stunnel_and_siplb() {
 }
 
 /// stunnel4 as a back end's TLS face: MTLS (siplb's client certificate verified against the test
-/// CA) in front of a plain-TCP SIPp UAS, showing `name`'s certificate.
+/// CA) in front of a plain-TCP SIPp UAS, showing `name`'s certificate; returns once it listens.
 fn stunnel_server(pki: &Pki, name: &str, tls_port: u16, sipp_port: u16) -> Killed {
     let leaf = pki
         .ca
@@ -159,14 +154,23 @@ fn stunnel_server(pki: &Pki, name: &str, tls_port: u16, sipp_port: u16) -> Kille
         ),
     )
     .expect("stunnel conf");
-    Killed(
+    stunnel(&conf, tls_port)
+}
+
+/// stunnel4 running `conf`, once it listens on `port`.
+fn stunnel(conf: &std::path::Path, port: u16) -> Killed {
+    let k = Killed(
         Command::new("stunnel4")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("stunnel4 runs"),
-    )
+    );
+    wait_until(&format!("stunnel4 listening on {port}"), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    k
 }
 
 /// A SIPp UAS that passes OPTIONS (`-aa`) but answers every INVITE 503 with a Retry-After.
@@ -195,13 +199,8 @@ const BUSY_UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 /// retries the INVITE on another server and keeps new dialogs off the busy one.
 #[test]
 fn sipp_servers_one_overloaded_lose_no_call() {
-    for tool in ["sipp", "stunnel4"] {
-        if !installed(tool) {
-            eprintln!(
-                "SKIPPED sipp_servers_one_overloaded_lose_no_call: `{tool}` is not installed (apt-get install sip-tester stunnel4)"
-            );
-            return;
-        }
+    if missing_tools("sipp_servers_one_overloaded_lose_no_call") {
+        return;
     }
     let pki = Pki::new();
     std::fs::write(pki.dir.path().join("busy.xml"), BUSY_UAS).expect("scenario");
@@ -225,18 +224,11 @@ fn sipp_servers_one_overloaded_lose_no_call() {
                 .spawn()
                 .expect("sipp runs"),
         ));
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", plain)).is_err() {
-            assert!(Instant::now() < until, "sipp did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(&format!("sipp listening on {plain}"), || {
+            TcpStream::connect(("127.0.0.1", plain)).is_ok()
+        });
         let name = backend_name(i);
         keep.push(stunnel_server(&pki, &name, tls, plain));
-        let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", tls)).is_err() {
-            assert!(Instant::now() < until, "stunnel4 did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         extra.extend(["--backend".into(), format!("{name}=127.0.0.1:{tls}")]);
     }
     let lb = start_balancer(&pki, &[], 2, &extra);

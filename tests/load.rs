@@ -295,3 +295,48 @@ fn an_out_of_dialog_message_answered_503_goes_to_another_server() {
         ids.len()
     );
 }
+
+/// The trust boundary: a request a server drops (a client can send such requests at will) does
+/// not take that server out of new dialogs while it answers other requests. The INVITE itself
+/// gets its 503 from siplb once no other back end is left to try.
+#[test]
+fn a_request_a_server_drops_does_not_take_it_out() {
+    let pki = Pki::new();
+    let mute = Faults {
+        mute_invites: true,
+        ..Faults::default()
+    };
+    let backends = vec![backend_with(&pki, 0, mute)];
+    let lb = start_balancer(
+        &pki,
+        &backends,
+        1,
+        &["--backend-answer-timeout".into(), "0.5".into()],
+    );
+    let mut c = TestClient::connect(&pki, &lb);
+    let mut invite = new_dialog("dropped-invite", "sip:service@pool.test");
+    c.send(&invite.request("INVITE", None, None, ""));
+    // The server answers other requests meanwhile.
+    for i in 0..3 {
+        let id = format!("answered-{i}");
+        let mut d = new_dialog(&id, "sip:someone@pool.test");
+        c.send(&d.request("MESSAGE", None, None, ""));
+        c.wait_for("200 MESSAGE", |m| {
+            is_response(m, 200, Method::Message) && m.call_id() == Some(id.as_bytes())
+        });
+    }
+    let answer = c.wait_for("siplb's 503 for the dropped INVITE", |m| {
+        is_response(m, 503, Method::Invite)
+    });
+    assert!(String::from_utf8_lossy(&answer).contains("Server: siplb"));
+    let m = metrics_when(&lb, |m| m.retries_no_answer > 0);
+    assert_eq!(m.retries_no_answer, 1, "{m:?}");
+    let b0 = m.backend(&backend_name(0)).expect("listed");
+    assert!(
+        b0.up && !b0.overloaded,
+        "a dropped request took the server out: {b0:?}"
+    );
+    for b in backends {
+        b.stop();
+    }
+}

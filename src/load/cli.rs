@@ -44,9 +44,10 @@ pub enum Cmd {
     Flood(FloodArgs),
 }
 
+/// Where a client tool connects, and how it checks the certificate it finds there.
 #[derive(Debug, clap::Args)]
-pub struct FloodArgs {
-    /// Address to flood (siplb's front listener).
+pub struct TargetArgs {
+    /// Address to connect to (siplb's front listener).
     #[arg(long, value_name = "ADDR")]
     pub target: SocketAddr,
     /// Name the target's certificate must carry.
@@ -55,6 +56,12 @@ pub struct FloodArgs {
     /// CA the target's certificate must chain to.
     #[arg(long, value_name = "PEM")]
     pub ca: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub to: TargetArgs,
     /// Source address to connect from (one of this machine's: 127.0.0.2, say).
     #[arg(long, value_name = "IP")]
     pub from: Option<std::net::IpAddr>,
@@ -68,15 +75,8 @@ pub struct FloodArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
-    /// Address to connect to (siplb's front listener).
-    #[arg(long, value_name = "ADDR")]
-    pub target: SocketAddr,
-    /// Name the target's certificate must carry.
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
-    pub server_name: String,
-    /// CA the target's certificate must chain to.
-    #[arg(long, value_name = "PEM")]
-    pub ca: PathBuf,
+    #[command(flatten)]
+    pub to: TargetArgs,
     /// Connections to open.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub connections: usize,
@@ -147,15 +147,8 @@ pub struct ServerArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CallArgs {
-    /// Address of siplb's front listener.
-    #[arg(long, value_name = "ADDR")]
-    pub target: SocketAddr,
-    /// Name the target's certificate must carry.
-    #[arg(long, value_name = "NAME", default_value = "localhost")]
-    pub server_name: String,
-    /// CA the target's certificate must chain to.
-    #[arg(long, value_name = "PEM")]
-    pub ca: PathBuf,
+    #[command(flatten)]
+    pub to: TargetArgs,
     /// Client certificate (for --require-client-cert balancers).
     #[arg(long, value_name = "PEM", requires = "key")]
     pub cert: Option<PathBuf>,
@@ -281,14 +274,14 @@ fn run_server(a: ServerArgs) -> Result<i32, String> {
 fn run_call(a: CallArgs) -> Result<i32, String> {
     flag_check(a.rate > 0.0, "--rate", "must be above 0")?;
     flag_check(a.concurrency > 0, "--concurrency", "must be at least 1")?;
-    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let roots = tls::load_roots(&a.to.ca).map_err(|e| e.to_string())?;
     let id = match (&a.cert, &a.key) {
         (Some(c), Some(k)) => Some(Identity::load(c, k).map_err(|e| e.to_string())?),
         _ => None,
     };
     let opts = CallOpts {
-        target: a.target,
-        server_name: tls::server_name(&a.server_name).map_err(|e| format!("--server-name: {e}"))?,
+        target: a.to.target,
+        server_name: tls::server_name(&a.to.server_name).map_err(|e| format!("--server-name: {e}"))?,
         tls: tls::client_config(roots, id.as_ref()).map_err(|e| e.to_string())?,
         calls: a.calls,
         rate: a.rate,
@@ -302,16 +295,16 @@ fn run_call(a: CallArgs) -> Result<i32, String> {
         progress: !a.quiet,
         retry: a.retry,
     };
-    let report = caller::run(opts).map_err(|e| format!("{}: {e}", a.target))?;
+    let report = caller::run(opts).map_err(|e| format!("{}: {e}", a.to.target))?;
     println!("{}", report.summary());
     Ok(if report.failed == 0 { 0 } else { 1 })
 }
 
 fn run_flood(a: FloodArgs) -> Result<i32, String> {
-    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let roots = tls::load_roots(&a.to.ca).map_err(|e| e.to_string())?;
     let report = crate::load::flood::run(crate::load::flood::FloodOpts {
-        target: a.target,
-        server_name: tls::server_name(&a.server_name).map_err(|e| e.to_string())?,
+        target: a.to.target,
+        server_name: tls::server_name(&a.to.server_name).map_err(|e| e.to_string())?,
         tls: tls::client_config(roots, None).map_err(|e| e.to_string())?,
         from: a.from,
         connections: a.connections,
@@ -342,14 +335,14 @@ fn run_idle(a: IdleArgs) -> Result<i32, String> {
     impl super::endpoint::Handler for Quiet {
         fn on_message(&mut self, _: &mut super::endpoint::Out, _: usize, _: &crate::sip::Message) {}
     }
-    let roots = tls::load_roots(&a.ca).map_err(|e| e.to_string())?;
+    let roots = tls::load_roots(&a.to.ca).map_err(|e| e.to_string())?;
     let cfg = tls::client_config(roots, None).map_err(|e| e.to_string())?;
-    let name = tls::server_name(&a.server_name).map_err(|e| format!("--server-name: {e}"))?;
+    let name = tls::server_name(&a.to.server_name).map_err(|e| format!("--server-name: {e}"))?;
     let mut ep = super::endpoint::Endpoint::new().map_err(|e| e.to_string())?;
     let mut quiet = Quiet;
     let start = std::time::Instant::now();
     for i in 0..a.connections {
-        ep.connect(a.target, std::sync::Arc::clone(&cfg), name.clone())
+        ep.connect(a.to.target, std::sync::Arc::clone(&cfg), name.clone())
             .map_err(|e| format!("connection {i}: {e}"))?;
         if i % 200 == 199 {
             // Let handshakes progress instead of queueing thousands at once.

@@ -101,34 +101,25 @@ pub fn retry_after(m: &Message) -> Option<u32> {
 /// transaction), From, To with the server's tag, Call-ID and the CSeq number. False (and nothing
 /// written) if the answer lacks one of them.
 pub fn write_ack(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> bool {
-    let (Some(via), Some(from), Some(to), Some(call_id), Some((_, n, _))) = (
-        answer.via.map(|f| answer.at(f.top)),
-        answer.value(answer.from),
-        answer.value(answer.to),
-        answer.call_id(),
-        answer.cseq,
-    ) else {
-        return false;
-    };
-    out.extend_from_slice(b"ACK ");
-    out.extend_from_slice(request_uri);
-    out.extend_from_slice(b" SIP/2.0\r\n");
-    line(out, "Via", via);
-    line(out, "Max-Forwards", b"70");
-    line(out, "From", from);
-    line(out, "To", to);
-    line(out, "Call-ID", call_id);
-    out.extend_from_slice(b"CSeq: ");
-    push_u32(out, n);
-    out.extend_from_slice(b" ACK\r\nContent-Length: 0\r\n\r\n");
-    true
+    write_for_answer("ACK", request_uri, answer, false, out)
 }
 
 /// The CANCEL siplb sends for an INVITE it gave up on, once that server's provisional answer
-/// `answer` shows a transaction to cancel (RFC 3261 §9.1): the INVITE's Request-URI, the
-/// answer's top Via (siplb's branch), From, To without the server's tag (the request had none),
-/// Call-ID, the CSeq number. False (and nothing written) if the answer lacks one of them.
+/// `answer` shows a transaction to cancel (RFC 3261 §9.1): as the ACK, but with the To of the
+/// request (the server's tag left out). False (and nothing written) if the answer lacks a part.
 pub fn write_cancel(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> bool {
+    write_for_answer("CANCEL", request_uri, answer, true, out)
+}
+
+/// A request in the INVITE transaction `answer` answers (ACK or CANCEL: same branch, Call-ID,
+/// From and CSeq number), to `request_uri`; `untagged` leaves the To tag out.
+fn write_for_answer(
+    method: &str,
+    request_uri: &[u8],
+    answer: &Message,
+    untagged: bool,
+    out: &mut Vec<u8>,
+) -> bool {
     let (Some(via), Some(from), Some(to), Some(call_id), Some((_, n, _))) = (
         answer.via.map(|f| answer.at(f.top)),
         answer.value(answer.from),
@@ -138,7 +129,8 @@ pub fn write_cancel(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> 
     ) else {
         return false;
     };
-    out.extend_from_slice(b"CANCEL ");
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
     out.extend_from_slice(request_uri);
     out.extend_from_slice(b" SIP/2.0\r\n");
     line(out, "Via", via);
@@ -149,7 +141,8 @@ pub fn write_cancel(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> 
     let tag = to[after..]
         .windows(5)
         .position(|w| w.eq_ignore_ascii_case(b";tag="))
-        .map(|p| after + p);
+        .map(|p| after + p)
+        .filter(|_| untagged);
     out.extend_from_slice(b"To: ");
     match tag {
         Some(p) => {
@@ -163,7 +156,9 @@ pub fn write_cancel(request_uri: &[u8], answer: &Message, out: &mut Vec<u8>) -> 
     line(out, "Call-ID", call_id);
     out.extend_from_slice(b"CSeq: ");
     push_u32(out, n);
-    out.extend_from_slice(b" CANCEL\r\nContent-Length: 0\r\n\r\n");
+    out.push(b' ');
+    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
     true
 }
 

@@ -162,11 +162,19 @@ impl Worker {
             return;
         }
         for inv in self.invites.unanswered(now, limit) {
-            let b = inv.backend;
-            self.overloaded(b, OVERLOAD_DEFAULT_SECS, "no answer", now);
             let (slot, generation) = inv.client;
             if self.slots.get_checked(slot as usize, generation).is_none() {
                 continue; // the caller has gone
+            }
+            let b = inv.backend;
+            // Silent since the request left: overloaded (or hung). A server that answers other
+            // requests only dropped this one, which a client can provoke at will.
+            if self
+                .counters
+                .get(b)
+                .is_none_or(|c| c.last_answer.is_none_or(|t| t < inv.sent))
+            {
+                self.overloaded(b, OVERLOAD_DEFAULT_SECS, "no answer", now);
             }
             let Read::Message(_, m) = crate::sip::read(&inv.bytes, usize::MAX) else {
                 continue;

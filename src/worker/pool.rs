@@ -32,6 +32,10 @@ pub struct Counters {
     pub failures: BTreeMap<String, u64>,
     /// Initial INVITE forwarded to its first answer from this back end.
     pub answer_seconds: crate::metrics::Histogram,
+    /// When the back end last answered anything (a request that gets no answer in time makes it
+    /// overloaded only if it has answered nothing since: one request a server chooses to drop, a
+    /// client's doing, must not take it out of new dialogs).
+    pub last_answer: Option<std::time::Instant>,
     /// The detailed reason of the last connection failure (a TLS alert, say), for the close
     /// that follows.
     pub failure: Option<String>,

@@ -91,6 +91,7 @@ impl Worker {
                 self.m.responses += 1;
                 if let Some(b) = from_backend {
                     self.counters[b].responses += 1;
+                    self.counters[b].last_answer = Some(std::time::Instant::now());
                     self.outstanding.answered(b, m);
                 }
             }
@@ -216,13 +217,14 @@ impl Worker {
     fn deliver(&mut self, t: Token, m: &Message, request: bool) -> bool {
         let to_client = t.role.names_client();
         if t.worker == self.id {
+            // The server answered, whether or not its caller is still there to hear it.
+            if !request && to_client {
+                self.invite_progress(t.slot, t.generation, m);
+            }
             let slot = t.slot as usize;
             match self.slots.get_checked(slot, t.generation) {
                 Some(c) if c.kind.is_server() != to_client => {}
                 _ => return false,
-            }
-            if !request && to_client {
-                self.invite_progress(t.slot, t.generation, m);
             }
             return self.write_local(slot, m);
         }
