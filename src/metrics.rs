@@ -168,6 +168,8 @@ pub struct Metrics {
     /// Tokens in our Route or Via whose MAC failed (another key, or forged).
     pub bad_tokens: u64,
     pub handoffs: u64,
+    /// Configuration reloads that took effect, and that failed (set by the collector).
+    pub reloads: [u64; 2],
     pub failovers: u64,
     /// Initial INVITEs sent to another back end after theirs answered 503.
     pub retries_503: u64,
@@ -512,6 +514,15 @@ impl Metrics {
             "counter",
             "Times a worker became saturated (a turn over 250 ms or a quarter-full hand-off queue)",
             vec![(String::new(), self.saturations.to_string())],
+        );
+        put(
+            "reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP), by whether they took effect",
+            vec![
+                ("{result=\"ok\"}".into(), self.reloads[0].to_string()),
+                ("{result=\"failed\"}".into(), self.reloads[1].to_string()),
+            ],
         );
         put(
             "retries_total",

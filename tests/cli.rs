@@ -80,9 +80,18 @@ fn sighup_reloads_and_sigterm_exits_zero() {
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::n(1), None);
     // Listening means the signal handlers are in place (they come first).
-    let (mut child, _) = spawn_siplb(&pki, &backends, &[]);
+    let metrics = free_port();
+    let (mut child, _) = spawn_siplb(&pki, &backends, &["--metrics", &format!("127.0.0.1:{metrics}")]);
+    wait_started(metrics);
     signal(&child, "-HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the reload counted in /metrics", || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("metrics");
+        use std::io::{Read, Write};
+        let mut text = String::new();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_ok()
+            && s.read_to_string(&mut text).is_ok()
+            && text.contains("siplb_reloads_total{result=\"ok\"} 1")
+    });
     signal(&child, "-TERM");
     let (status, log) = exit_and_log(&mut child, Duration::from_secs(10));
     assert!(status.success(), "exit {status}: {log}");

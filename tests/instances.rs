@@ -173,12 +173,13 @@ fn a_port_in_use_is_refused_unless_every_instance_asks_to_share_it() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use") && err.lines().count() == 1, "{err}");
-    // With --reuse-port on both, the second one runs too.
-    let mut second = run(&["--reuse-port"])
+    // With --reuse-port on both, the second one starts (and serves its metrics) too.
+    let metrics = free_port();
+    let mut second = run(&["--reuse-port", "--metrics", &format!("127.0.0.1:{metrics}")])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("runs");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_started(metrics);
     assert!(
         second.try_wait().expect("status").is_none(),
         "the second instance exited"
@@ -233,7 +234,9 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
         .expect("port")
         .port();
     let spawn = || {
+        let metrics = free_port();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+        cmd.args(["--metrics", &format!("127.0.0.1:{metrics}")]);
         cmd.args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -250,7 +253,7 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
             cmd.args(["--backend", &format!("{}={}", b.name, b.addr)]);
         }
         let child = cmd.spawn().expect("siplb starts");
-        std::thread::sleep(Duration::from_millis(700));
+        wait_started(metrics);
         child
     };
     let stop = |mut c: std::process::Child| {
@@ -269,11 +272,16 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
         ..call_opts_to(&pki, format!("127.0.0.1:{port}").parse().expect("addr"), 400)
     };
     let caller = std::thread::spawn(move || run_calls(opts));
-    // Replace A, then B, while the calls go on.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Replace A once a quarter of the calls are done, B at half, while the calls go on.
+    let done = |n: usize| {
+        wait_until(&format!("{n} calls done"), || {
+            calls_that_saw(&backends, "BYE") >= n
+        })
+    };
+    done(100);
     let a2 = spawn();
     stop(a);
-    std::thread::sleep(Duration::from_millis(1500));
+    done(200);
     let b2 = spawn();
     stop(b);
     let report = caller.join().expect("caller");

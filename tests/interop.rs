@@ -41,13 +41,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 #[test]
 fn sipp_calls_through_stunnel_and_siplb() {
     if missing_tools("sipp_calls_through_stunnel_and_siplb") {

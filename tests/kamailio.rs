@@ -27,13 +27,6 @@ use siplb::tls;
 
 const MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A Kamailio process group, stopped on drop.
 struct Kamailio {
     child: Child,

@@ -416,14 +416,9 @@ fn a_scan_of_failed_handshakes_writes_a_bounded_log() {
     use std::io::Write;
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::n(1), None);
-    let peer_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let peer_port = free_port();
     let peer = format!("127.0.0.1:{peer_port}");
-    let metrics: std::net::SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port");
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let (mut child, port) = spawn_siplb(
         &pki,
         &backends,

@@ -462,6 +462,11 @@ fn collect(shared: &Shared) -> Metrics {
             total.add(&m);
         }
     }
+    // Reloads are the balancer's, not a worker's.
+    total.reloads = [
+        shared.reloads.load(Ordering::Relaxed),
+        shared.reload_failures.load(Ordering::Relaxed),
+    ];
     total
 }
 

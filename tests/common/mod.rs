@@ -415,10 +415,7 @@ pub fn establish(c: &mut TestClient, call_id: &str) -> siplb::load::msg::Dialog 
 /// The siplb binary on a free port in front of `backends`, with `extra` flags, its stderr piped;
 /// returns once it listens.
 pub fn spawn_siplb(pki: &Pki, backends: &[ServerHandle], extra: &[&str]) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
     cmd.args([
         "--listen",
@@ -511,6 +508,22 @@ pub fn calls_that_saw(backends: &[ServerHandle], what: &str) -> usize {
                 .count()
         })
         .sum()
+}
+
+/// A free loopback port (for a spawned siplb's `--metrics`, say).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Waits until a spawned siplb serves `--metrics` on `port`: it binds that last, once every
+/// listener is bound and its workers run ("siplb started").
+pub fn wait_started(port: u16) {
+    wait_until(&format!("siplb serving /metrics on {port}"), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 }
 
 /// Reloads and waits until every worker runs with the result.
