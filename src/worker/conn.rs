@@ -10,6 +10,7 @@ use mio::Token;
 use mio::net::TcpStream;
 use rustls::{Connection, ServerConnection};
 
+use super::close::CloseReason;
 use super::event::Worker;
 use super::slots::{Conn, IpText, Kind};
 use crate::sip::{Role, Token as SipToken};
@@ -156,7 +157,7 @@ impl Worker {
                 tracing::debug!(%peer, error = %e, "peer connection failed");
             }
         }
-        self.close(slot, tls_reason(e));
+        self.close(slot, CloseReason::from(e));
     }
 
     /// Called once when a connection's handshake completes; false if it was closed.
@@ -190,10 +191,10 @@ impl Worker {
                         *self
                             .m
                             .handshake_failures
-                            .entry(PEER_NOT_CONFIGURED.into())
+                            .entry(CloseReason::PeerNotConfigured.as_str().into())
                             .or_default() += 1;
                         tracing::debug!(%peer, "peer refused: certificate names no configured back end");
-                        self.close(slot, "peer certificate names no configured back end");
+                        self.close(slot, CloseReason::PeerNotConfigured);
                         false
                     }
                 }
@@ -219,7 +220,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn close(&mut self, slot: usize, why: &'static str) {
+    pub(super) fn close(&mut self, slot: usize, why: CloseReason) {
         let Some(mut c) = self.slots.remove(slot) else {
             return;
         };
@@ -232,7 +233,7 @@ impl Worker {
         match c.kind {
             Kind::Client => {
                 self.unadmit(c.peer);
-                tracing::debug!(worker = self.id, peer = %c.peer, why, "client connection closed");
+                tracing::debug!(worker = self.id, peer = %c.peer, why = why.as_str(), "client connection closed");
             }
             // Closing our own pool on the way out is not a back end going down.
             Kind::Backend(b) => self.pool_closed(b, slot, why),
@@ -241,11 +242,11 @@ impl Worker {
             Kind::Peer(Some(b)) => {
                 self.unadmit(c.peer);
                 let name = self.rt.backends.get(b).map_or("unknown", |be| be.name.as_str());
-                tracing::info!(peer = %c.peer, backend = name, why, "peer connection closed")
+                tracing::info!(peer = %c.peer, backend = name, why = why.as_str(), "peer connection closed")
             }
             Kind::Peer(None) => {
                 self.unadmit(c.peer);
-                tracing::debug!(peer = %c.peer, why, "peer connection closed before it was admitted");
+                tracing::debug!(peer = %c.peer, why = why.as_str(), "peer connection closed before it was admitted");
             }
         }
     }
@@ -307,13 +308,7 @@ impl Worker {
     }
 }
 
-/// The close reason of a connection whose TLS failed (the pool backs off longer for it).
-pub(super) const TLS_ERROR: &str = "TLS error";
-
 /// A short reason for the metrics label of a failed handshake or connection.
-/// The handshake-failure reason of a peer whose certificate names no configured back end.
-pub const PEER_NOT_CONFIGURED: &str = "peer certificate names no configured back end";
-
 pub(super) fn failure_label(e: &StreamError) -> String {
     match e {
         StreamError::Tls(t) => {
@@ -323,13 +318,5 @@ pub(super) fn failure_label(e: &StreamError) -> String {
         }
         StreamError::Io(io) => format!("i/o: {:?}", io.kind()),
         StreamError::Backlog => "peer not reading".into(),
-    }
-}
-
-fn tls_reason(e: &crate::tls::stream::StreamError) -> &'static str {
-    match e {
-        crate::tls::stream::StreamError::Tls(_) => TLS_ERROR,
-        crate::tls::stream::StreamError::Io(_) => "i/o error",
-        crate::tls::stream::StreamError::Backlog => "peer not reading",
     }
 }

@@ -12,6 +12,7 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
+use super::close::CloseReason;
 use super::pool::Counters;
 use super::slots::{Kind, Slots};
 use super::{Handoff, HandoffRx, Runtime, Shared};
@@ -28,7 +29,6 @@ pub const WAKER: Token = Token(usize::MAX);
 const READ_SLACK: usize = 16 * 1024;
 /// Bounded reads one connection gets per event-loop turn before the others' turn.
 const READ_ROUNDS: usize = 4;
-pub(super) const SHUTTING_DOWN: &str = "shutting down";
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How often a worker hands its counters to the metrics reader.
@@ -69,7 +69,7 @@ pub struct Worker {
     /// Connections with data left to read after their rounds this turn.
     pub(super) backlog: Vec<usize>,
     /// Connections to close after the current batch, with why.
-    pub(super) doomed: Vec<(usize, &'static str)>,
+    pub(super) doomed: Vec<(usize, CloseReason)>,
     /// Output queued in this worker's streams (bounded by `--max-output-bytes`), and whether a
     /// connection was already picked to close for it this batch.
     pub(super) out_queued: usize,
@@ -271,9 +271,9 @@ impl Worker {
         }
         let Some(c) = self.slots.get(slot) else { return };
         let why = match (ev.is_error(), c.stream.unclean_close) {
-            (true, _) => "socket error",
-            (false, true) => "closed without close_notify",
-            (false, false) => "closed by peer",
+            (true, _) => CloseReason::SocketError,
+            (false, true) => CloseReason::ClosedWithoutCloseNotify,
+            (false, false) => CloseReason::ClosedByPeer,
         };
         if c.stream.closed || ev.is_read_closed() && !ev.is_readable() || ev.is_error() {
             self.doomed.push((slot, why));
@@ -404,7 +404,7 @@ impl Worker {
                             Extra::default(),
                         );
                     }
-                    self.doomed.push((slot, "unframable input"));
+                    self.doomed.push((slot, CloseReason::UnframableInput));
                     pos = buf.len();
                     break;
                 }
@@ -463,7 +463,7 @@ impl Worker {
                     let written = c.stream.write_all(&bytes);
                     let after = c.stream.queued();
                     if written.is_err() {
-                        self.doomed.push((slot, "peer not reading"));
+                        self.doomed.push((slot, CloseReason::PeerNotReading));
                     }
                     self.account(slot, before, after);
                     self.mark_dirty(slot);
@@ -495,11 +495,11 @@ impl Worker {
             // ends client and peer connections, and pool connections too (the pool reconnects;
             // OPTIONS probes keep a healthy one busy).
             if c.stream.is_handshaking() && now.duration_since(c.opened) > hs {
-                self.doomed.push((slot, "handshake timeout"));
+                self.doomed.push((slot, CloseReason::HandshakeTimeout));
             } else if c.partial_since.is_some_and(|t| now.duration_since(t) > msg) {
-                self.doomed.push((slot, "message timeout"));
+                self.doomed.push((slot, CloseReason::MessageTimeout));
             } else if now.duration_since(c.last_active) > idle {
-                self.doomed.push((slot, "idle timeout"));
+                self.doomed.push((slot, CloseReason::IdleTimeout));
             }
         }
         self.finish_batch();
@@ -556,7 +556,7 @@ impl Worker {
 
     fn close_all(&mut self) {
         for slot in self.slots.occupied() {
-            self.close(slot, SHUTTING_DOWN);
+            self.close(slot, CloseReason::ShuttingDown);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `mio::Waker`. [`Balancer`] starts, watches and stops the workers.
 
 mod admin_view;
+mod close;
 mod conn;
 mod event;
 mod failover;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mio::Token;
 
+use super::close::CloseReason;
 use super::event::Worker;
 use crate::sip::response::{Extra, write_response};
 
@@ -55,7 +56,7 @@ impl Worker {
             let after = c.stream.queued();
             if let Err(e) = flushed {
                 tracing::debug!(worker = self.id, slot, error = %e, "write failed");
-                self.doomed.push((slot, "write failed"));
+                self.doomed.push((slot, CloseReason::WriteFailed));
                 self.account(slot, before, after);
                 continue;
             }
@@ -128,7 +129,7 @@ impl Worker {
         if let Some(slot) = hog {
             self.shedding = true;
             self.m.output_budget_closes += 1;
-            self.doomed.push((slot, "output budget"));
+            self.doomed.push((slot, CloseReason::OutputBudget));
         }
     }
 
@@ -162,7 +163,7 @@ impl Worker {
             let written = c.stream.write_all(bytes);
             let after = c.stream.queued();
             if written.is_err() {
-                self.doomed.push((slot, "peer not reading"));
+                self.doomed.push((slot, CloseReason::PeerNotReading));
             }
             self.account(slot, before, after);
             self.mark_dirty(slot);

@@ -12,14 +12,14 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use rustls::{ClientConnection, Connection};
 
-use super::event::{SHUTTING_DOWN, Worker};
+use super::close::CloseReason;
+use super::event::Worker;
 use super::slots::Kind;
-use crate::balance::pool::{Action, Closed, ConnId, Pool};
+use crate::balance::pool::{Action, ConnId, Pool};
 use crate::metrics::BackendMetrics;
 use crate::route::Avail;
 
 /// Why siplb closed a pool connection itself after a reload.
-pub(super) const REMOVED: &str = "removed from the back-end set";
 /// Call-ID prefix of siplb's own probes; their answers never leave siplb.
 pub const PROBE_PREFIX: &[u8] = b"siplb-probe-";
 
@@ -136,13 +136,8 @@ impl Worker {
     }
 
     /// A pool connection closed (or never came up).
-    pub(super) fn pool_closed(&mut self, b: usize, slot: usize, why: &'static str) {
-        let how = match why {
-            SHUTTING_DOWN | REMOVED => Closed::Ours,
-            super::conn::TLS_ERROR => Closed::Tls,
-            _ => Closed::Io,
-        };
-        self.pool_event(|p, acts| p.closed(b, slot, how, why, Instant::now(), acts));
+    pub(super) fn pool_closed(&mut self, b: usize, slot: usize, why: CloseReason) {
+        self.pool_event(|p, acts| p.closed(b, slot, why.for_pool(), why.as_str(), Instant::now(), acts));
     }
 
     /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
@@ -206,7 +201,7 @@ impl Worker {
             if let Some(Kind::Backend(b)) = self.slots.get(slot).map(|c| c.kind)
                 && map[b].is_none()
             {
-                self.close(slot, REMOVED);
+                self.close(slot, CloseReason::Removed);
             }
         }
         self.pool.remap(&map, new.backends.len(), Instant::now());

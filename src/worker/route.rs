@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Handoff;
+use super::close::CloseReason;
 use super::event::Worker;
 use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
@@ -205,7 +206,7 @@ impl Worker {
         let written = c.stream.write(slices.as_slice());
         let after = c.stream.queued();
         if written.is_err() {
-            self.doomed.push((dst, "peer not reading"));
+            self.doomed.push((dst, CloseReason::PeerNotReading));
         }
         self.account(dst, before, after);
         self.mark_dirty(dst);
