@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// answer beyond 100 Trying; 0: the caller gets what the server said.
     #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 2)]
     pub max_retries: u8,
+    /// Transactions a back end may have forwarded and unanswered (an INVITE counting 1.75, all
+    /// workers together) before it takes no new dialogs; its dialogs, CANCELs and ACKs still go
+    /// to it. For servers that fall behind without saying so (a 503). 0: no limit.
+    #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 0)]
+    pub max_outstanding: u32,
     /// Seconds a back end has to answer an initial INVITE at all (even 100 Trying); past it the
     /// INVITE goes to the next back end (within --max-retries) and the silent one takes no new
     /// dialogs for 10 s.
@@ -234,6 +239,7 @@ pub struct Config {
     pub pool_size: usize,
     pub balance: BalanceKey,
     pub max_retries: u8,
+    pub max_outstanding: u32,
     pub backend_answer_timeout: Duration,
     /// Health checks and pool size (`--health-*`, `--pool-size`).
     pub health: Policy,
@@ -416,6 +422,7 @@ impl RunArgs {
             pool_size: self.pool_size,
             balance: self.balance,
             max_retries: self.max_retries,
+            max_outstanding: self.max_outstanding,
             backend_answer_timeout: Duration::from_secs_f64(self.backend_answer_timeout),
             health: Policy {
                 check: self.health_check,

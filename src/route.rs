@@ -35,8 +35,8 @@ pub enum PathMode {
     Always,
 }
 
-/// What a back end can take in this worker now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a back end can take in this worker now, from least to most (so `min` limits it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Avail {
     /// No usable connection.
     Down,

@@ -340,3 +340,30 @@ fn a_request_a_server_drops_does_not_take_it_out() {
         b.stop();
     }
 }
+
+/// `--max-outstanding`: a server that falls behind without saying so (no 503) stops taking new
+/// dialogs once it has that much work unanswered; the calls go elsewhere, its own call completes.
+#[test]
+fn a_server_past_max_outstanding_takes_no_new_dialogs() {
+    let pki = Pki::new();
+    let slow = Faults {
+        answer_delay: std::time::Duration::from_secs(5),
+        ..Faults::default()
+    };
+    let backends = vec![
+        backend_with(&pki, 0, slow),
+        backend_with(&pki, 1, Faults::default()),
+    ];
+    let lb = start_balancer(&pki, &backends, 1, &["--max-outstanding".into(), "1".into()]);
+    let report = run_calls(siplb::load::caller::CallOpts {
+        rate: 50.0,
+        ..call_opts(&pki, &lb, 20)
+    });
+    assert_eq!((report.ok, report.failed), (20, 0), "{}", report.summary());
+    let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
+    let per = assert_one_backend_per_call(&report, &stats);
+    assert_eq!(per.iter().sum::<usize>(), 20);
+    // One INVITE (1.75) puts it past 1: it takes one call until that one is answered (5 s later,
+    // after the last of these 20 started, even on a slow machine).
+    assert!((1..=2).contains(&per[0]), "the slow server took {per:?}");
+}

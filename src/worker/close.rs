@@ -88,7 +88,11 @@ mod tests {
         assert_eq!(CloseReason::ShuttingDown.for_pool(), Closed::Ours);
         assert_eq!(CloseReason::Removed.for_pool(), Closed::Ours);
         assert_eq!(CloseReason::Tls.for_pool(), Closed::Tls);
-        for why in [CloseReason::IdleTimeout, CloseReason::ClosedByPeer, CloseReason::Io] {
+        for why in [
+            CloseReason::IdleTimeout,
+            CloseReason::ClosedByPeer,
+            CloseReason::Io,
+        ] {
             assert_eq!(why.for_pool(), Closed::Io, "{why}");
         }
     }

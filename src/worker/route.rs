@@ -78,9 +78,15 @@ impl Worker {
             rr_cache: &mut c.rr_tokens,
         };
         let (pool, disabled) = (&self.pool, &self.disabled);
+        // `--max-outstanding`: a back end with that much work unanswered takes no new dialogs
+        // (it keeps its own), whatever it says: servers that fall behind without a 503.
+        let cap = u64::from(self.shared.cfg.max_outstanding) * 4;
+        let outstanding = &self.outstanding;
         let avail = |b: usize| {
             if retry.tried(b) || disabled.get(b).copied().unwrap_or(false) {
                 Avail::Down
+            } else if cap > 0 && outstanding.total(b) >= cap {
+                pool.avail(b).min(Avail::Connected)
             } else {
                 pool.avail(b)
             }
