@@ -88,6 +88,10 @@ pub struct Worker {
     pub(super) outstanding: Outstanding,
     /// Saturated after the last turn (see [`SATURATED_TURN`]): new dialogs get 503.
     pub(super) saturated: bool,
+    /// When this event-loop turn began: the clock of per-message bookkeeping that a turn's
+    /// length cannot distort (work expiry after 32 s, rate buckets, last answers), read once a
+    /// turn instead of once a message.
+    pub(super) turn: Instant,
     /// When draining ends at the latest (set when the drain starts).
     drain_until: Option<Instant>,
     ready: bool,
@@ -154,6 +158,7 @@ impl Worker {
             invites: Invites::default(),
             outstanding,
             saturated: false,
+            turn: Instant::now(),
             drain_until: None,
             ready: false,
             started: Instant::now(),
@@ -224,6 +229,7 @@ impl Worker {
                 break;
             }
             let busy = Instant::now();
+            self.turn = busy;
             self.apply_settings(busy);
             for ev in events.iter() {
                 match ev.token() {

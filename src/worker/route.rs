@@ -98,7 +98,7 @@ impl Worker {
                 self.m.responses += 1;
                 if let Some(b) = from_backend {
                     self.counters[b].responses += 1;
-                    self.counters[b].last_answer = Some(std::time::Instant::now());
+                    self.counters[b].last_answer = Some(self.turn);
                     self.outstanding.answered(b, m);
                 }
             }
@@ -109,7 +109,7 @@ impl Worker {
                     self.write_local(dst, m);
                     self.m.forwarded_requests += 1;
                     self.counters[be].requests += 1;
-                    self.outstanding.sent(be, m, std::time::Instant::now());
+                    self.outstanding.sent(be, m, self.turn);
                     self.remember_invite(m, (src as u32, generation), dst, be, retry);
                     return true;
                 }
@@ -166,7 +166,7 @@ impl Worker {
             let Some(ip) = self.slots.get(src).map(|c| c.peer.ip()) else {
                 return true;
             };
-            let now = self.shared.millis(std::time::Instant::now());
+            let now = self.shared.millis(self.turn);
             if self.shared.limit.as_ref().is_none_or(|l| l.admit(ip, now)) {
                 return true;
             }
