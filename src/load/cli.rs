@@ -137,8 +137,9 @@ pub struct ServerArgs {
     pub reject_503: f64,
     /// Take at most CPS new INVITEs per second (burst: one second's worth); beyond it answer
     /// `503` with `Retry-After: 1`.
-    #[arg(long, value_name = "CPS", value_parser = positive)]
-    pub capacity: Option<f64>,
+    #[arg(long, value_name = "CPS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::limit::MAX_RATE)))]
+    pub capacity: Option<u32>,
     /// On exit, write one line per Call-ID seen with what was seen, tab-separated (calls are
     /// recorded only with it: a load run without it spends nothing on records).
     #[arg(long, value_name = "FILE")]

@@ -75,23 +75,30 @@ pub struct Faults {
     pub reject_503: f64,
     /// New INVITEs per second the server takes (burst: one second's worth); beyond it `503` with
     /// `Retry-After: 1`.
-    pub capacity: Option<f64>,
+    pub capacity: Option<u32>,
     /// Never answer a new INVITE, not even `100 Trying`, while OPTIONS pass (a server whose call
     /// handling hangs).
     pub mute_invites: bool,
 }
 
-/// The load a server admits: `Faults::reject_503` spread evenly, then the `capacity` bucket.
-#[derive(Debug, Default)]
+/// The load a server admits: `Faults::reject_503` spread evenly, then the `capacity` bucket
+/// (the balancer's own token bucket, [`crate::limit`], with one source).
 struct Admission {
-    /// Accumulated share of INVITEs owed a 503.
+    /// Accumulated share of new requests owed a 503.
     owed: f64,
-    /// Capacity tokens and when they were last refilled.
-    tokens: f64,
-    refilled: Option<Instant>,
+    capacity: Option<(crate::limit::SourceLimit, Instant)>,
 }
 
 impl Admission {
+    fn new(f: &Faults) -> Admission {
+        Admission {
+            owed: 0.0,
+            capacity: f
+                .capacity
+                .map(|cps| (crate::limit::SourceLimit::new(cps, [0; 16]), Instant::now())),
+        }
+    }
+
     /// `Retry-After` seconds if this new request is to be refused (`capacity` counts INVITEs).
     fn refuse(&mut self, f: &Faults, invite: bool, now: Instant) -> Option<u32> {
         self.owed += f.reject_503.clamp(0.0, 1.0);
@@ -99,16 +106,9 @@ impl Admission {
             self.owed -= 1.0;
             return Some(30);
         }
-        let cps = f.capacity.filter(|_| invite)?;
-        let since = self.refilled.map_or(1.0, |t| now.duration_since(t).as_secs_f64());
-        self.tokens = (self.tokens + since * cps).min(cps.max(1.0));
-        self.refilled = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(1)
-        }
+        let (bucket, epoch) = self.capacity.as_ref().filter(|_| invite)?;
+        let ms = now.saturating_duration_since(*epoch).as_millis() as u64 + 1;
+        (!bucket.admit(std::net::Ipv4Addr::UNSPECIFIED.into(), ms)).then_some(1)
     }
 }
 
@@ -169,6 +169,7 @@ pub fn spawn(opts: ServerOpts) -> std::io::Result<ServerHandle> {
     let stats = Arc::new(Mutex::new(ServerStats::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let name = opts.name.clone();
+    let admission = Admission::new(&opts.faults);
     let mut uas = Uas {
         host: format!("{}:{}", opts.name, addr.port()),
         addr,
@@ -179,7 +180,7 @@ pub fn spawn(opts: ServerOpts) -> std::io::Result<ServerHandle> {
         timers: Vec::new(),
         conns: Vec::new(),
         peer_conn: None,
-        admission: Admission::default(),
+        admission,
     };
     let stop2 = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
@@ -541,5 +542,38 @@ impl Handler for Uas {
 
     fn on_close(&mut self, conn: usize, _why: super::endpoint::Closed) {
         self.conns.retain(|&c| c != conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_admits_cps_new_invites_a_second_and_reject_503_its_share() {
+        let f = Faults {
+            capacity: Some(10),
+            ..Faults::default()
+        };
+        let mut a = Admission::new(&f);
+        let t0 = Instant::now();
+        let refused =
+            |a: &mut Admission, at: Instant| (0..30).filter(|_| a.refuse(&f, true, at).is_some()).count();
+        assert_eq!(refused(&mut a, t0), 20, "a burst of one second's worth");
+        assert_eq!(
+            refused(&mut a, t0 + Duration::from_secs(1)),
+            20,
+            "then 10 a second"
+        );
+        assert_eq!(a.refuse(&f, false, t0), None, "capacity counts INVITEs only");
+        let half = Faults {
+            reject_503: 0.5,
+            ..Faults::default()
+        };
+        let mut b = Admission::new(&half);
+        let n = (0..100)
+            .filter(|_| b.refuse(&half, false, t0) == Some(30))
+            .count();
+        assert_eq!(n, 50);
     }
 }
