@@ -50,9 +50,12 @@ impl SourceLimit {
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
             let (mut at, mut tokens) = (cur >> TOKEN_BITS, cur & TOKEN_MASK);
-            if at == 0 || at > now_ms {
+            if at == 0 {
                 (at, tokens) = (now_ms, cap);
             }
+            // Another worker's clock read a little later than ours: no refill, never a reset
+            // (a reset to a full bucket let a flood through twice the burst).
+            let now_ms = now_ms.max(at);
             // Refill by whole sixteenths, moving the fill time only by what they account for, so
             // requests closer together than a sixteenth's worth still refill over time.
             let added = (now_ms - at) * self.rate * FRAC / 1000;
@@ -116,6 +119,15 @@ mod tests {
         assert!(!l.admit(ip("::ffff:192.0.2.1"), 5));
         // An hour idle: a full bucket, not an hour's worth.
         assert_eq!((0..100).filter(|_| l.admit(a, 3_600_005)).count(), 10);
+    }
+
+    #[test]
+    fn a_clock_read_earlier_by_another_worker_refills_nothing() {
+        let l = SourceLimit::new(50, [3; 16]);
+        let a = ip("192.0.2.9");
+        assert_eq!((0..60).filter(|_| l.admit(a, 10_000)).count(), 50);
+        // A worker whose turn began 5 ms earlier sees a fill time ahead of its clock.
+        assert!(!l.admit(a, 9_995), "an earlier clock reset the bucket");
     }
 
     #[test]
