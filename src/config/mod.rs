@@ -100,9 +100,10 @@ pub struct RunArgs {
     /// What keeps a dialog on one back end: the hash key for new dialogs.
     #[arg(help_heading = BACKENDS, long, value_enum, default_value_t = BalanceKey::CallId)]
     pub balance: BalanceKey,
-    /// Times an initial INVITE is sent to another back end when its own answers 503 (and takes
-    /// no new dialogs for its Retry-After) or its connection is lost before any provisional
-    /// answer beyond 100 Trying; 0: the caller gets what the server said.
+    /// Times an initial INVITE or other out-of-dialog request is sent to another back end when
+    /// its own answers 503 (and takes no new dialogs for its Retry-After), does not answer in time
+    /// (--backend-answer-timeout) or loses its connection, while nothing beyond 100 Trying reached
+    /// the caller; 0: the caller gets what the server said.
     #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 2)]
     pub max_retries: u8,
     /// Transactions a back end may have forwarded and unanswered (an INVITE counting 1.75, all
@@ -110,9 +111,9 @@ pub struct RunArgs {
     /// to it. For servers that fall behind without saying so (a 503). 0: no limit.
     #[arg(help_heading = BACKENDS, long, value_name = "N", default_value_t = 0)]
     pub max_outstanding: u32,
-    /// Seconds a back end has to answer an initial INVITE at all (even 100 Trying); past it the
-    /// INVITE goes to the next back end (within --max-retries) and the silent one takes no new
-    /// dialogs for 10 s.
+    /// Seconds a back end has to answer an initial request at all (even 100 Trying); past it the
+    /// request goes to the next back end (within --max-retries), and a back end that has answered
+    /// nothing at all since takes no new dialogs for 10 s.
     #[arg(help_heading = BACKENDS, long, value_name = "SECS", default_value_t = 2.0,
           value_parser = positive_secs)]
     pub backend_answer_timeout: f64,
