@@ -131,8 +131,8 @@ pub struct ServerArgs {
     /// or slow server).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub answer_delay: u64,
-    /// Answer this share (0 to 1) of new INVITEs `503` with `Retry-After: 30`, while OPTIONS
-    /// pass (an overloaded server, a B2BUA out of channels).
+    /// Answer this share (0 to 1) of new INVITEs and other out-of-dialog requests `503` with
+    /// `Retry-After: 30`, while OPTIONS pass (an overloaded server, a B2BUA out of channels).
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = share)]
     pub reject_503: f64,
     /// Take at most CPS new INVITEs per second (burst: one second's worth); beyond it answer

@@ -340,34 +340,24 @@ impl Balancer {
     /// Waits until every worker has an MTLS connection to every back end (or gave up waiting
     /// for the ones that are down). Returns whether that happened within `timeout`.
     pub fn wait_ready(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self.shared.ready.load(Ordering::Acquire) >= self.threads.len() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
+        poll_until(timeout, || {
+            self.shared.ready.load(Ordering::Acquire) >= self.threads.len()
+        })
     }
 
     /// Waits until every worker runs with the latest reload and admin change (and has published
     /// metrics that show them). Returns whether that happened within `timeout`.
     pub fn wait_applied(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        loop {
+        poll_until(timeout, || {
             let want = [
                 self.shared.runtime_gen.load(Ordering::Acquire),
                 self.shared.admin_gen.load(Ordering::Acquire),
             ];
-            let done =
-                self.shared.applied.iter().all(|a| {
-                    a[0].load(Ordering::Acquire) == want[0] && a[1].load(Ordering::Acquire) == want[1]
-                });
-            if done || Instant::now() >= until {
-                return done;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            self.shared
+                .applied
+                .iter()
+                .all(|a| a[0].load(Ordering::Acquire) == want[0] && a[1].load(Ordering::Acquire) == want[1])
+        })
     }
 
     /// The workers' counters added up (each worker publishes a few times a second).
@@ -453,6 +443,21 @@ impl Drop for Balancer {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Polls `done` every few milliseconds until it holds (true) or `timeout` passes (false): for
+/// callers outside the workers (tests, the demo) waiting on what the workers publish.
+fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
