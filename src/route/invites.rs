@@ -1,12 +1,15 @@
-//! What a worker remembers about the initial INVITEs it forwarded, until their transaction is
-//! over: which back end and connection each went to, and how far it got. No I/O; the worker
-//! feeds it and acts on what it says.
+//! What a worker remembers about the initial INVITEs (and other out-of-dialog requests) it
+//! forwarded, until their transaction is over: which back end and connection each went to, how
+//! far it got, which back ends it was already given up on, and its bytes while it may still have
+//! to go elsewhere. No I/O; the worker feeds it and acts on what it says. (The table kept the
+//! name `Invites` from when it held INVITEs only.)
 //!
 //! - CANCEL and the ACK of a non-2xx answer carry no pin; they go where their INVITE went (not to
 //!   whatever the hash says after a weight change, a health flap, a reload or a failover).
-//! - When a back end's connection dies before the final answer: an INVITE that got nothing or only
-//!   `100 Trying` never reached a point where a server owns the call, so it is sent once more to
-//!   the next back end; one that got a provisional answer gets `503` from siplb at once (the caller
+//! - A request that got nothing or only `100 Trying` never reached a point where a server owns
+//!   it: when its back end's connection dies, answers 503 or says nothing in time, it is sent to
+//!   the next back end (within `--max-retries`, never to one already given up on). An INVITE that
+//!   got a provisional answer gets `503` from siplb at once when its connection dies (the caller
 //!   would otherwise wait for its own timers, minutes), and the ACK to that 503 stops here.
 //!
 //! Entries are keyed by client connection, Call-ID and CSeq number (what CANCEL and ACK share with
@@ -225,9 +228,16 @@ impl Invites {
         timings
     }
 
-    /// Takes out the INVITEs that got no answer at all (not even 100 Trying) within `limit` and
-    /// whose bytes are kept (so they can go to another back end).
-    pub fn unanswered(&mut self, now: Instant, limit: Duration) -> Vec<Invite> {
+    /// Takes out the requests that got no answer at all (not even 100 Trying) within `limit` and
+    /// whose bytes are kept (so they can go to another back end). `waiting(conn)` says the pool
+    /// connection a request went out on still holds output: the request may not have left siplb
+    /// yet, and the delay is ours, not the server's, so it is not taken.
+    pub fn unanswered(
+        &mut self,
+        now: Instant,
+        limit: Duration,
+        waiting: impl Fn(usize) -> bool,
+    ) -> Vec<Invite> {
         let keys: Vec<u64> = self
             .map
             .iter()
@@ -235,6 +245,7 @@ impl Invites {
                 i.stage == Stage::Sent
                     && !i.bytes.is_empty()
                     && now.saturating_duration_since(i.sent) >= limit
+                    && !waiting(i.conn)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -345,10 +356,12 @@ mod tests {
             assert!(t.insert(i));
         }
         assert!(
-            t.unanswered(t0 + limit - Duration::from_millis(1), limit)
+            t.unanswered(t0 + limit - Duration::from_millis(1), limit, |_| false)
                 .is_empty()
         );
-        let late = t.unanswered(t0 + limit, limit);
+        // Still in our own output queue towards the server: not the server's silence.
+        assert!(t.unanswered(t0 + limit, limit, |conn| conn == 4).is_empty());
+        let late = t.unanswered(t0 + limit, limit, |_| false);
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].call_id, b"c1");
         assert_eq!(t.len(), 2, "the others stay");

@@ -1,8 +1,10 @@
-//! Initial INVITEs in a worker, carried out: each one forwarded is remembered
-//! ([`Invites`](crate::route::invites::Invites)) until its final answer, so its CANCEL and
-//! non-2xx ACK follow it, and so losing its back end's connection costs the caller nothing (sent
-//! once more to the next back end while only `100 Trying` was seen) or at worst a prompt `503`
-//! instead of minutes of silence.
+//! Initial requests in a worker, carried out: each INVITE or other out-of-dialog request forwarded
+//! is remembered ([`Invites`](crate::route::invites::Invites)) until its final answer, so an
+//! INVITE's CANCEL and non-2xx ACK follow it, and so a back end that is lost, answers 503 or says
+//! nothing in time costs the caller nothing (the request goes to the next back end while only
+//! `100 Trying` was seen) or at worst a prompt `503` instead of minutes of silence. A back end
+//! that answered 503, or nothing at all, is taken out of new dialogs for a while, in every
+//! worker.
 
 use std::time::{Duration, Instant};
 
@@ -104,9 +106,13 @@ impl Worker {
         if matches!(method, Method::Ack | Method::Cancel) {
             return false;
         }
+        // Entries are this worker's: a client connection of another worker is not in its table.
+        if to.worker != self.id {
+            return false;
+        }
         let client = (to.slot, to.generation);
         let Some(inv) = self.invites.get(client, call_id, cseq) else {
-            return false; // not an initial request of this worker's
+            return false; // not an initial request
         };
         if inv.backend != b && inv.retry.tried(b) {
             self.m.drop_for("late answer from a back end given up on");
@@ -124,16 +130,12 @@ impl Worker {
         if code != 503 {
             return false;
         }
-        let now = Instant::now();
-        self.overloaded(b, retry_after(m).unwrap_or(OVERLOAD_DEFAULT_SECS), "503", now);
-        let Some(inv) = self.invites.get(client, call_id, cseq) else {
-            return false;
-        };
         let retry = matches!(inv.stage, Stage::Sent | Stage::Trying)
             && !inv.bytes.is_empty()
             && inv.retry.count < self.shared.cfg.max_retries
-            && to.worker == self.id
             && self.slots.get_checked(to.slot as usize, to.generation).is_some();
+        let secs = retry_after(m).unwrap_or(OVERLOAD_DEFAULT_SECS);
+        self.overloaded(b, secs, "503", Instant::now());
         if !retry {
             return false;
         }
@@ -161,7 +163,9 @@ impl Worker {
         if self.invites.is_empty() {
             return;
         }
-        for inv in self.invites.unanswered(now, limit) {
+        let slots = &self.slots;
+        let waiting = |conn: usize| slots.get(conn).is_some_and(|c| c.stream.queued() > 0);
+        for inv in self.invites.unanswered(now, limit, waiting) {
             let (slot, generation) = inv.client;
             if self.slots.get_checked(slot as usize, generation).is_none() {
                 continue; // the caller has gone
