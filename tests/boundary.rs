@@ -378,10 +378,24 @@ To: <sip:b@pool.test>;tag=2\r\nCall-ID: route-{n}\r\nCSeq: 2 BYE\r\nContent-Leng
     for a in attackers {
         let _ = a.join();
     }
-    assert_eq!(report.failed, 0, "{}", report.summary());
     // A snapshot published after the last forged answer was read.
     let seen = lb.metrics().messages;
     let m = metrics_when(&lb, |m| m.messages > seen && m.dropped_responses > 0);
+    assert_eq!(
+        report.failed,
+        0,
+        "{}\nsiplb: shed {} (saturated {} times), retries: 503 {} no answer {} lost {}, \
+         backpressure pauses {}, output-budget closes {}, answered by siplb {:?}",
+        report.summary(),
+        m.shed,
+        m.saturations,
+        m.retries_503,
+        m.retries_no_answer,
+        m.failovers,
+        m.backpressure_pauses,
+        m.output_budget_closes,
+        m.answers
+    );
     assert_eq!(m.backends.len(), 3, "{:?}", m.backends);
     for b in &m.backends {
         assert!(

@@ -265,7 +265,7 @@ impl Metrics {
         put(
             "worker_saturations_total",
             "counter",
-            "Times a worker became saturated (a turn over 250 ms or a quarter-full hand-off queue)",
+            "Times a worker became saturated (three turns in a row over 250 ms, or a quarter-full hand-off queue)",
             vec![(String::new(), self.saturations.to_string())],
         );
         put(

@@ -88,6 +88,7 @@ pub struct Worker {
     pub(super) outstanding: Outstanding,
     /// Saturated after the last turn (see [`SATURATED_TURN`]): new dialogs get 503.
     pub(super) saturated: bool,
+    pub(super) load: super::output::Load,
     /// When this event-loop turn began: the clock of per-message bookkeeping that a turn's
     /// length cannot distort (work expiry after 32 s, rate buckets, last answers), read once a
     /// turn instead of once a message.
@@ -158,6 +159,7 @@ impl Worker {
             invites: Invites::default(),
             outstanding,
             saturated: false,
+            load: Default::default(),
             turn: Instant::now(),
             drain_until: None,
             ready: false,
