@@ -1,6 +1,6 @@
 //! The runtime admin API (`--admin ADDR`): what `kamcmd dispatcher.set_state`, OpenSIPS
 //! `lb_status` and HAProxy's runtime API do for their users. HTTP on a loopback address or a Unix
-//! socket: `GET /backends` lists the back ends as JSON; `POST /backends/NAME/drain|enable|disable`
+//! socket: `GET /backends` lists the back ends as JSON, `GET /partners` the federation partners; `POST /backends/NAME/drain|enable|disable`
 //! and `POST /backends/NAME/weight/N` change one, applied by every worker within one event-loop
 //! turn. Admin states are kept by name, so they survive a SIGHUP reload for back ends that stay.
 //! `siplb ctl` is its command line.
@@ -84,6 +84,8 @@ impl std::fmt::Display for Change {
 pub trait Control: Send + Sync {
     /// The back ends as JSON.
     fn list(&self) -> String;
+    /// The federation partners and their connections as JSON.
+    fn partners(&self) -> String;
     /// Applies `change` to back end `name`; false if there is none of that name.
     fn set(&self, name: &str, change: Change) -> bool;
 }
@@ -95,36 +97,52 @@ pub enum Change {
     Weight(u32),
 }
 
-/// Parses `METHOD PATH` into what to do: `None` for a list, `Some((name, change))` for a change.
-#[allow(clippy::type_complexity)]
-fn parse(line: &str) -> Result<Option<(String, Change)>, &'static str> {
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Backends,
+    Partners,
+    Change(String, Change),
+}
+
+/// Parses `METHOD PATH` into what to do.
+fn parse(line: &str) -> Result<Request, &'static str> {
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segs.as_slice()) {
-        ("GET", ["backends"]) => Ok(None),
-        ("POST", ["backends", name, "drain"]) => {
-            Ok(Some((name.to_string(), Change::State(AdminState::Draining))))
-        }
-        ("POST", ["backends", name, "enable"]) => {
-            Ok(Some((name.to_string(), Change::State(AdminState::Enabled))))
-        }
-        ("POST", ["backends", name, "disable"]) => {
-            Ok(Some((name.to_string(), Change::State(AdminState::Disabled))))
-        }
+        ("GET", ["backends"]) => Ok(Request::Backends),
+        ("GET", ["partners"]) => Ok(Request::Partners),
+        ("POST", ["backends", name, "drain"]) => Ok(Request::Change(
+            name.to_string(),
+            Change::State(AdminState::Draining),
+        )),
+        ("POST", ["backends", name, "enable"]) => Ok(Request::Change(
+            name.to_string(),
+            Change::State(AdminState::Enabled),
+        )),
+        ("POST", ["backends", name, "disable"]) => Ok(Request::Change(
+            name.to_string(),
+            Change::State(AdminState::Disabled),
+        )),
         ("POST", ["backends", name, "weight", w]) => w
             .parse::<u32>()
-            .map(|w| Some((name.to_string(), Change::Weight(w))))
+            .map(|w| Request::Change(name.to_string(), Change::Weight(w)))
             .map_err(|_| "weight is not a whole number"),
-        _ => Err("unknown request: GET /backends, POST /backends/NAME/drain|enable|disable|weight/N"),
+        _ => Err(
+            "unknown request: GET /backends, GET /partners, POST /backends/NAME/drain|enable|disable|weight/N",
+        ),
     }
 }
 
 fn handle(line: &str, ctl: &dyn Control) -> crate::http::Reply {
     let (status, body) = match parse(line) {
-        Ok(None) => ("200 OK", ctl.list()),
-        Ok(Some((name, change))) if ctl.set(&name, change) => ("200 OK", "{\"ok\":true}\n".to_string()),
-        Ok(Some((name, _))) => (
+        Ok(Request::Backends) => ("200 OK", ctl.list()),
+        Ok(Request::Partners) => ("200 OK", ctl.partners()),
+        Ok(Request::Change(name, change)) if ctl.set(&name, change) => {
+            ("200 OK", "{\"ok\":true}\n".to_string())
+        }
+        Ok(Request::Change(name, _)) => (
             "404 Not Found",
             format!("{{\"error\":\"no back end named {}\"}}\n", json_str(&name)),
         ),
@@ -211,17 +229,18 @@ mod tests {
 
     #[test]
     fn requests() {
-        assert_eq!(parse("GET /backends HTTP/1.1"), Ok(None));
+        assert_eq!(parse("GET /backends HTTP/1.1"), Ok(Request::Backends));
+        assert_eq!(parse("GET /partners HTTP/1.1"), Ok(Request::Partners));
         assert_eq!(
             parse("POST /backends/fe1.example.com/drain HTTP/1.1"),
-            Ok(Some((
+            Ok(Request::Change(
                 "fe1.example.com".into(),
                 Change::State(AdminState::Draining)
-            )))
+            ))
         );
         assert_eq!(
             parse("POST /backends/b/weight/250 HTTP/1.1"),
-            Ok(Some(("b".into(), Change::Weight(250))))
+            Ok(Request::Change("b".into(), Change::Weight(250)))
         );
         assert!(parse("POST /backends/b/weight/x HTTP/1.1").is_err());
         assert!(parse("DELETE /backends HTTP/1.1").is_err());

@@ -59,6 +59,9 @@ pub enum CtlAction {
     /// List the back ends (JSON): address, weight, admin state, health per worker, dialogs,
     /// last probe round trip.
     Backends,
+    /// List the federation partners (JSON): domain, connections open and accepted, requests,
+    /// refusals by reason.
+    Partners,
     /// Take no new dialogs; dialogs in flight go on.
     Drain {
         /// The back end's NAME (as in --backend NAME=...).
@@ -88,6 +91,7 @@ impl CtlAction {
     pub fn request(&self) -> (&'static str, String) {
         match self {
             CtlAction::Backends => ("GET", "/backends".into()),
+            CtlAction::Partners => ("GET", "/partners".into()),
             CtlAction::Drain { name } => ("POST", format!("/backends/{name}/drain")),
             CtlAction::Enable { name } => ("POST", format!("/backends/{name}/enable")),
             CtlAction::Disable { name } => ("POST", format!("/backends/{name}/disable")),

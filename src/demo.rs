@@ -138,6 +138,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         timeout: Duration::from_secs(10),
         ruri: "sip:conference@pool.demo".into(),
         vary_user: false,
+        from_domain: "sipload.invalid".into(),
         progress: true,
         retry: false,
     };

@@ -111,20 +111,10 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         backends.iter().all(|b| b.snapshot().connections >= 2)
     });
     let opts = siplb::load::caller::CallOpts {
-        target: format!("127.0.0.1:{port}").parse().expect("addr"),
-        server_name: siplb::tls::server_name(LB_NAME).expect("name"),
-        tls: pki.client_tls(None),
-        calls: 20,
         rate: 200.0,
-        concurrency: 20,
-        per_call_connection: false,
         hold: Duration::from_millis(1500),
-        remote_bye: false,
         timeout: Duration::from_secs(15),
-        ruri: "sip:service@pool.test".into(),
-        vary_user: false,
-        progress: false,
-        retry: false,
+        ..call_opts_to(&pki, format!("127.0.0.1:{port}").parse().expect("addr"), 20)
     };
     let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));
     // SIGTERM once calls are established and held (1.5 s each).

@@ -11,7 +11,10 @@ use crate::balance::pool::{HealthCheck, Policy};
 use crate::balance::{Backend, BalanceKey};
 use crate::logging::{LogFormat, LogLevel};
 use crate::route::PathMode;
+use crate::tls::partner::PartnerSpec;
 use crate::tls::trust::TlsFiles;
+
+pub mod partner;
 
 /// Headings of `siplb --help`, in the order an operator sets things up.
 const LISTEN: &str = "Listeners and TLS";
@@ -38,6 +41,15 @@ pub struct RunArgs {
     /// CA (PEM) for client certificates; with it, clients may present one and it is verified.
     #[arg(help_heading = LISTEN, long, value_name = "PEM")]
     pub client_ca: Option<PathBuf>,
+    /// Federation partner: DOMAIN=CA_PEM[,name=HOST]...; its edges connect to --listen with a
+    /// certificate from their own CA carrying one of its names (default: DOMAIN and names under
+    /// it), and may only speak for DOMAIN (From, P-Asserted-Identity) (repeatable).
+    #[arg(help_heading = LISTEN, long = "partner", value_name = "DOMAIN=CA_PEM[,name=HOST]")]
+    pub partner: Vec<String>,
+    /// File with one partner per line, same syntax as --partner; '#' starts a comment. Read
+    /// again on SIGHUP: connections of a partner it no longer names are closed.
+    #[arg(help_heading = LISTEN, long, value_name = "FILE")]
+    pub partners_file: Option<PathBuf>,
     /// Refuse clients without a valid certificate from --client-ca.
     #[arg(help_heading = LISTEN, long, requires = "client_ca")]
     pub require_client_cert: bool,
@@ -228,6 +240,9 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// The `--backend` flags alone (a reload re-reads only the file).
     pub flag_backends: Vec<Backend>,
+    /// The `--partner` flags, and the `--partners-file` read with them at start and on reload.
+    pub flag_partners: Vec<PartnerSpec>,
+    pub partners_file: Option<PathBuf>,
     pub backends_file: Option<PathBuf>,
     pub peer_listen: Option<SocketAddr>,
     /// `host:port` as written into Via / Record-Route towards clients.
@@ -278,6 +293,19 @@ impl Config {
             all.extend(read_backends_file(file)?);
         }
         check_backends(&all)?;
+        Ok(all)
+    }
+
+    /// The partners now: the `--partner` flags and the `--partners-file` as it reads now.
+    pub fn current_partners(&self) -> Result<Vec<PartnerSpec>, ConfigError> {
+        let mut all = self.flag_partners.clone();
+        if let Some(file) = &self.partners_file {
+            all.extend(partner::read_partners_file(file)?);
+        }
+        partner::check_partners(&all).map_err(|why| match &self.partners_file {
+            Some(f) => ConfigError::File(format!("{}: {why}", f.display())),
+            None => flag("--partner", why),
+        })?;
         Ok(all)
     }
 }
@@ -334,6 +362,11 @@ impl RunArgs {
             backends.extend(read_backends_file(file)?);
         }
         check_backends(&backends)?;
+        let mut flag_partners = Vec::new();
+        for spec in &self.partner {
+            flag_partners.push(partner::parse_partner(spec).map_err(|why| flag("--partner", why))?);
+        }
+        partner::check_partners(&flag_partners).map_err(|why| flag("--partner", why))?;
         let mut sni = Vec::new();
         for spec in &self.sni_cert {
             let (c, k) = spec
@@ -414,6 +447,8 @@ impl RunArgs {
             },
             backends,
             flag_backends,
+            flag_partners,
+            partners_file: self.partners_file,
             backends_file: self.backends_file,
             peer_listen: self.peer_listen,
             advertise,

@@ -33,6 +33,8 @@ pub struct CallOpts {
     pub ruri: String,
     /// Give every call its own Request-URI user (`u<n>`), for `--balance ruri-user`.
     pub vary_user: bool,
+    /// Host of the caller's From, Contact and Via.
+    pub from_domain: String,
     pub progress: bool,
     /// As an RFC 3263 client does: a call whose connection fails before any answer, or that is
     /// answered 503, is tried once more on a new connection.
@@ -252,16 +254,17 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
             };
             let mut dialog = Dialog {
                 call_id: call_id.clone(),
-                local: format!("<sip:caller@sipload.invalid>;tag={}", unique("f")),
+                local: format!("<sip:caller@{}>;tag={}", opts.from_domain, unique("f")),
                 remote: format!("<{ruri}>"),
                 remote_target: ruri,
                 route: Vec::new(),
                 cseq: 0,
-                host: "sipload.invalid".into(),
+                host: opts.from_domain.clone(),
             };
             let body = msg::sdp("192.0.2.10", 40000);
             let extra = format!(
-                "Contact: <sip:caller@sipload.invalid;transport=tls>\r\n{}",
+                "Contact: <sip:caller@{};transport=tls>\r\n{}",
+                opts.from_domain,
                 msg::with_body("application/sdp", &body)
             );
             let invite = dialog.request("INVITE", None, None, &extra);

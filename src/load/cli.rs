@@ -180,6 +180,9 @@ pub struct CallArgs {
     /// A different Request-URI user per call (u0, u1, ...).
     #[arg(long)]
     pub vary_user: bool,
+    /// Host of the caller's From and Contact (a federation partner calls from its own domain).
+    #[arg(long, value_name = "DOMAIN", default_value = "sipload.invalid")]
+    pub from_domain: String,
     /// Seconds a call may take before it counts as failed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
@@ -293,6 +296,7 @@ fn run_call(a: CallArgs) -> Result<i32, String> {
         timeout: Duration::from_secs(a.timeout),
         ruri: a.ruri,
         vary_user: a.vary_user,
+        from_domain: a.from_domain,
         progress: !a.quiet,
         retry: a.retry,
     };

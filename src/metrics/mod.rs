@@ -13,7 +13,7 @@ use crate::sip::Method;
 mod prometheus;
 
 /// Answers siplb generates, by code, in this order; anything else counts as "other".
-pub const ANSWER_CODES: [u16; 8] = [400, 404, 430, 482, 483, 503, 513, 0];
+pub const ANSWER_CODES: [u16; 9] = [400, 403, 404, 430, 482, 483, 503, 513, 0];
 /// Request methods counted one by one; the rest are "OTHER".
 pub const METHODS: [&str; 15] = [
     "INVITE",
@@ -116,6 +116,20 @@ pub struct BackendMetrics {
     pub failures: BTreeMap<String, u64>,
 }
 
+/// One federation partner (`--partner`), by its domain.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PartnerMetrics {
+    /// Its edges' connections open now, and their addresses.
+    pub open: u64,
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Its edges' connections accepted (certificate and name passed).
+    pub connections: u64,
+    /// Requests its edges sent.
+    pub requests: u64,
+    /// Certificates refused and requests answered 403, by reason.
+    pub refusals: BTreeMap<String, u64>,
+}
+
 /// What one worker counted (or, added up, the whole balancer).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Metrics {
@@ -163,6 +177,7 @@ pub struct Metrics {
     pub loop_busy: Duration,
     pub connections_open: u64,
     pub backends: Vec<BackendMetrics>,
+    pub partners: BTreeMap<String, PartnerMetrics>,
     /// From an initial INVITE read from a client to the first 2xx forwarded back to it.
     pub setup_seconds: Histogram,
     /// Per worker: messages handled and time busy (only in the added-up form).
@@ -194,6 +209,19 @@ impl Metrics {
             .iter()
             .position(|&c| c == code)
             .map_or(0, |i| self.answers[i])
+    }
+
+    /// Counts with `f` for partner `domain` (its entry made on first use: one allocation per
+    /// partner, not per message).
+    pub fn partner(&mut self, domain: &str, f: impl FnOnce(&mut PartnerMetrics)) {
+        match self.partners.get_mut(domain) {
+            Some(p) => f(p),
+            None => {
+                let mut p = PartnerMetrics::default();
+                f(&mut p);
+                self.partners.insert(domain.to_string(), p);
+            }
+        }
     }
 
     pub fn backend(&self, name: &str) -> Option<&BackendMetrics> {
@@ -239,6 +267,14 @@ impl Metrics {
         self.connections_open += o.connections_open;
         self.setup_seconds.add(&o.setup_seconds);
         self.per_worker.push((o.messages, o.loop_busy));
+        for (name, p) in &o.partners {
+            let x = self.partners.entry(name.clone()).or_default();
+            x.open += p.open;
+            x.peers.extend(&p.peers);
+            x.connections += p.connections;
+            x.requests += p.requests;
+            add_map(&mut x.refusals, &p.refusals);
+        }
         for b in &o.backends {
             match self.backends.iter_mut().find(|x| x.name == b.name) {
                 Some(x) => {

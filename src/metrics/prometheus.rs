@@ -166,6 +166,48 @@ impl Metrics {
                 ("{verified=\"false\"}".into(), self.clients_unverified.to_string()),
             ],
         );
+        let per_partner = |f: &dyn Fn(&super::PartnerMetrics) -> u64| -> Vec<(String, String)> {
+            self.partners
+                .iter()
+                .map(|(d, p)| (format!("{{partner=\"{}\"}}", esc(d)), f(p).to_string()))
+                .collect()
+        };
+        put(
+            "partner_connections_open",
+            "gauge",
+            "Connections open from a federation partner's edges",
+            per_partner(&|p| p.open),
+        );
+        put(
+            "partner_connections_total",
+            "counter",
+            "Connections from a federation partner's edges whose certificate and name passed",
+            per_partner(&|p| p.connections),
+        );
+        put(
+            "partner_requests_total",
+            "counter",
+            "Requests a federation partner's edges sent",
+            per_partner(&|p| p.requests),
+        );
+        let refusals = self
+            .partners
+            .iter()
+            .flat_map(|(d, p)| {
+                p.refusals.iter().map(move |(r, n)| {
+                    (
+                        format!("{{partner=\"{}\",reason=\"{}\"}}", esc(d), esc(r)),
+                        n.to_string(),
+                    )
+                })
+            })
+            .collect();
+        put(
+            "partner_refusals_total",
+            "counter",
+            "Federation partner certificates refused and requests answered 403, by partner and reason",
+            refusals,
+        );
         put(
             "peer_connections_total",
             "counter",

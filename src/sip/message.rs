@@ -435,11 +435,21 @@ impl<'a> Message<'a> {
     /// Every value of header `name`, in order, over all its lines. Lexes the head again, so it is
     /// for the less common paths (loop checks, load tools), not for every message.
     pub fn values_of(&self, name: Name) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.values_where(move |n| Name::classify(n) == name)
+    }
+
+    /// Every value of a header siplb has no [`Name`] for (`name` in any case), as
+    /// [`Message::values_of`].
+    pub fn values_named(&self, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.values_where(move |n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    fn values_where(&self, keep: impl Fn(&[u8]) -> bool + 'a) -> impl Iterator<Item = &'a [u8]> + 'a {
         let head = self.head();
         let block = &head[self.headers_start.min(head.len())..];
         Lines::new(block)
             .map_while(Result::ok)
-            .filter(move |h| Name::classify(h.name) == name)
+            .filter(move |h| keep(h.name))
             .flat_map(|h| scan::Values::new(h.value))
     }
 

@@ -1,7 +1,8 @@
 //! The SIP layer, pure and I/O-free: framing a byte stream into messages ([`frame`]), parsing a
 //! message into borrowed views ([`message`], [`via`], [`addr`]), rewriting it for forwarding as a
 //! list of slices ([`rewrite`]), the answers siplb generates itself ([`response`]), and the
-//! MAC-protected tokens that carry routing state inside messages ([`token`]).
+//! MAC-protected tokens that carry routing state inside messages ([`token`]), and who a request
+//! says it comes from ([`identity`]).
 //!
 //! Nothing here allocates per message except the scratch buffer a caller reuses, and nothing
 //! panics on input: every malformed byte sequence comes back as an error value.
@@ -10,6 +11,7 @@ pub mod addr;
 pub mod exercise;
 pub mod frame;
 pub mod header;
+pub mod identity;
 pub mod message;
 pub mod method;
 pub mod response;

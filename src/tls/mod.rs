@@ -1,9 +1,11 @@
 //! TLS for every hop, rustls with the ring provider only: loading PEM files ([`load_certs`],
 //! [`load_key`]), the three configurations siplb needs — front (clients verify us), back (MTLS to
 //! the pool, each server verified against `--backend-ca` and its configured NAME) and peer
-//! (servers that connect to us with a certificate carrying a configured NAME) — and the
+//! (servers that connect to us with a certificate carrying a configured NAME), federation
+//! partners with their own CA ([`partner`]) — and the
 //! non-blocking [`stream::TlsStream`] every connection, balancer or load tool, runs on.
 
+pub mod partner;
 pub mod stream;
 pub mod trust;
 

@@ -1,7 +1,8 @@
 //! Who is trusted, built from files into one [`TlsSet`] (rebuilt as a whole on SIGHUP):
 //! - front: the `--cert` pair, plus `--sni-cert` pairs chosen by the name a client asks for
-//!   ([`SniResolver`]); client certificates optional (`--client-ca`) or required
-//!   (`--require-client-cert`), checked against CRLs;
+//!   ([`SniResolver`]); federation partners' edges checked against their own CA and names
+//!   ([`super::partner`]), other client certificates optional (`--client-ca`) or required
+//!   (`--require-client-cert`), all checked against CRLs ([`FrontVerifier`]);
 //! - back: MTLS to the pool, each server checked against `--backend-ca`, its configured NAME and
 //!   the CRLs (validity dates are checked by webpki);
 //! - peer listener: certificates from `--backend-ca` that name a configured back end, refused at
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -20,6 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClient
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use super::partner::{PartnerClass, PartnerRefused, PartnerSpec, Partners};
 use super::{Identity, TlsError, load_roots, peer_name_allowed, provider};
 
 /// The files behind a [`TlsSet`].
@@ -49,14 +52,38 @@ pub struct TlsSet {
     /// The strict client verifier (`--client-ca` and CRLs), to tell verified clients from
     /// unverified ones after the handshake when client certificates are optional.
     pub client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    pub partners: Arc<Partners>,
+}
+
+/// Who a client is, by the certificate it showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientClass {
+    /// No certificate, or one from no CA siplb was told to trust (when certificates are
+    /// optional).
+    Unverified,
+    /// A certificate that passes `--client-ca` and the CRLs.
+    Verified,
+    /// A federation partner's edge.
+    Partner(Arc<str>),
+    /// A partner's certificate that fails that partner's checks.
+    Refused(PartnerRefused),
 }
 
 impl TlsSet {
-    /// Whether a client's certificate chain passes `--client-ca` and the CRLs.
-    pub fn client_verified(&self, chain: &[CertificateDer<'_>]) -> bool {
-        match (&self.client_verifier, chain.split_first()) {
-            (Some(v), Some((ee, rest))) => v.verify_client_cert(ee, rest, UnixTime::now()).is_ok(),
-            _ => false,
+    /// What a client's certificate chain (as the handshake left it) makes of the client.
+    pub fn classify_client(&self, chain: &[CertificateDer<'_>]) -> ClientClass {
+        let Some((ee, rest)) = chain.split_first() else {
+            return ClientClass::Unverified;
+        };
+        let now = UnixTime::now();
+        match self.partners.classify(ee, rest, now) {
+            PartnerClass::Partner(p) => return ClientClass::Partner(p),
+            PartnerClass::Refused(r) => return ClientClass::Refused(r),
+            PartnerClass::NotPartner => {}
+        }
+        match &self.client_verifier {
+            Some(v) if v.verify_client_cert(ee, rest, now).is_ok() => ClientClass::Verified,
+            _ => ClientClass::Unverified,
         }
     }
 }
@@ -86,7 +113,7 @@ fn certified(id: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
 
 /// The CRLs on a client-certificate verifier: each applies to the chains of the CA that issued
 /// it; a chain whose CA published no CRL passes unless `required`.
-fn client_revocation(
+pub(super) fn client_revocation(
     b: rustls::server::ClientCertVerifierBuilder,
     crls: &[CertificateRevocationListDer<'static>],
     required: bool,
@@ -100,9 +127,14 @@ fn client_revocation(
 }
 
 /// Builds every configuration from `files`; `backend_names` are the NAMEs the peer listener
-/// accepts.
-pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsError> {
+/// accepts, `partners` the federation partners the front listener knows.
+pub fn build(
+    files: &TlsFiles,
+    backend_names: &[String],
+    partners: &[PartnerSpec],
+) -> Result<TlsSet, TlsError> {
     let crls = load_crls(&files.crls)?;
+    let partners = Arc::new(Partners::build(partners, &crls, files.crl_required)?);
     let front_id = Identity::load(&files.cert, &files.key)?;
     let mut named = Vec::new();
     for (c, k) in &files.sni {
@@ -115,28 +147,35 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(config_err)?;
-    let mut client_verifier = None;
-    let mut front = match &files.client_ca {
-        Some(ca) => {
-            let strict: Arc<dyn ClientCertVerifier> = client_revocation(
+    let client_verifier = match &files.client_ca {
+        Some(ca) => Some(
+            client_revocation(
                 WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider()),
                 &crls,
                 files.crl_required,
             )
             .build()
-            .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
-            client_verifier = Some(Arc::clone(&strict));
-            let v: Arc<dyn ClientCertVerifier> = if files.require_client_cert {
-                strict
-            } else {
-                Arc::new(PolicyVerifier {
-                    inner: strict,
-                    policy: Policy::Optional,
-                })
-            };
-            builder.with_client_cert_verifier(v).with_cert_resolver(resolver)
+            .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?,
+        ),
+        None => None,
+    };
+    let mut front = if client_verifier.is_some() || !partners.is_empty() {
+        let mut hints = partners.hints();
+        if let Some(v) = &client_verifier {
+            hints.extend(v.root_hint_subjects().iter().cloned());
         }
-        None => builder.with_no_client_auth().with_cert_resolver(resolver),
+        let v = FrontVerifier {
+            partners: Arc::clone(&partners),
+            client: client_verifier.clone(),
+            required: files.require_client_cert,
+            hints,
+            algs: provider().signature_verification_algorithms,
+        };
+        builder
+            .with_client_cert_verifier(Arc::new(v))
+            .with_cert_resolver(resolver)
+    } else {
+        builder.with_no_client_auth().with_cert_resolver(resolver)
     };
     front.ticketer = rustls::crypto::ring::Ticketer::new().map_err(config_err)?;
     super::prefer_ours(&mut front);
@@ -166,9 +205,9 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
         )
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-        let verifier = Arc::new(PolicyVerifier {
+        let verifier = Arc::new(PeerVerifier {
             inner,
-            policy: Policy::NamedBackends(backend_names.to_vec()),
+            names: backend_names.to_vec(),
         });
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -187,6 +226,7 @@ pub fn build(files: &TlsFiles, backend_names: &[String]) -> Result<TlsSet, TlsEr
         backend: Arc::new(backend),
         peer,
         client_verifier,
+        partners,
     })
 }
 
@@ -225,38 +265,38 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Who may present which client certificate, on top of webpki's CA and CRL checks.
-#[derive(Debug)]
-enum Policy {
-    /// `--client-ca` without `--require-client-cert`: any client connects; one whose certificate
-    /// does not verify is treated like one without a certificate (the worker re-checks with the
-    /// strict verifier and labels it unverified). The handshake signature is still checked, so a
-    /// client cannot claim a certificate it has no key for.
-    Optional,
-    /// The peer listener: the certificate must verify and name one of these back ends, else the
-    /// handshake fails.
-    NamedBackends(Vec<String>),
+/// The front listener's client certificates: a chain from a partner's CA is that partner's edge
+/// or refused at the handshake ([`Partners::classify`]); any other chain is checked against
+/// `--client-ca` — required with `--require-client-cert`, else a chain that fails is treated as
+/// no certificate (the worker labels the client unverified). The handshake signature is always
+/// checked, so a client cannot claim a certificate it has no key for.
+struct FrontVerifier {
+    partners: Arc<Partners>,
+    client: Option<Arc<dyn ClientCertVerifier>>,
+    required: bool,
+    hints: Vec<DistinguishedName>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
-/// A webpki client verifier with a [`Policy`] on top.
-pub struct PolicyVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    policy: Policy,
-}
-
-impl fmt::Debug for PolicyVerifier {
+impl fmt::Debug for FrontVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PolicyVerifier({:?})", self.policy)
+        write!(
+            f,
+            "FrontVerifier({:?}, client CA: {}, required: {})",
+            self.partners,
+            self.client.is_some(),
+            self.required
+        )
     }
 }
 
-impl ClientCertVerifier for PolicyVerifier {
+impl ClientCertVerifier for FrontVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.hints
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        matches!(self.policy, Policy::NamedBackends(_))
+        self.required
     }
 
     fn verify_client_cert(
@@ -265,18 +305,73 @@ impl ClientCertVerifier for PolicyVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match &self.policy {
-            Policy::Optional => Ok(ClientCertVerified::assertion()),
-            Policy::NamedBackends(names) => {
-                let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-                if peer_name_allowed(end_entity, names).is_none() {
-                    return Err(rustls::Error::InvalidCertificate(
-                        CertificateError::NotValidForName,
-                    ));
+        match self.partners.classify(end_entity, intermediates, now) {
+            PartnerClass::Partner(_) => Ok(ClientCertVerified::assertion()),
+            PartnerClass::Refused(r) => Err(r.into_tls()),
+            PartnerClass::NotPartner => match &self.client {
+                Some(v) if self.required => v.verify_client_cert(end_entity, intermediates, now),
+                None if self.required => {
+                    Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
                 }
-                Ok(ok)
-            }
+                _ => Ok(ClientCertVerified::assertion()),
+            },
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The peer listener: a webpki client verifier (`--backend-ca`, CRLs) whose certificate must
+/// also name one of the configured back ends, else the handshake fails.
+pub struct PeerVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+}
+
+impl fmt::Debug for PeerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerVerifier({:?})", self.names)
+    }
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if peer_name_allowed(end_entity, &self.names).is_none() {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ok)
     }
 
     fn verify_tls12_signature(

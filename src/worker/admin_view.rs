@@ -1,5 +1,5 @@
-//! The admin API's view of a running balancer (`siplb ctl`, `--admin`): the back ends as JSON,
-//! with what every worker last published about them, and the operator's changes (drain, enable,
+//! The admin API's view of a running balancer (`siplb ctl`, `--admin`): the back ends and the
+//! federation partners as JSON, with what every worker last published about them, and the operator's changes (drain, enable,
 //! disable, weight), which every worker applies within one turn.
 
 use std::sync::Arc;
@@ -55,6 +55,40 @@ impl crate::admin::Control for AdminHandle {
                     dialogs,
                     work,
                     rtt
+                )
+            })
+            .collect();
+        format!("[{}]\n", rows.join(","))
+    }
+
+    fn partners(&self) -> String {
+        use crate::admin::json_str;
+        let mut total = Metrics::default();
+        for p in self.0.published.iter() {
+            if let Ok(m) = p.lock() {
+                total.add(&m);
+            }
+        }
+        let rt = self.0.runtime.load();
+        let rows: Vec<String> = rt
+            .tls
+            .partners
+            .domains()
+            .map(|d| {
+                let p = total.partners.get(&**d).cloned().unwrap_or_default();
+                let refusals: Vec<String> = p
+                    .refusals
+                    .iter()
+                    .map(|(r, n)| format!("\"{}\":{n}", json_str(r)))
+                    .collect();
+                format!(
+                    "{{\"domain\":\"{}\",\"connections_open\":{},\"connections\":[{}],\"connections_total\":{},\"requests\":{},\"refusals\":{{{}}}}}",
+                    json_str(d),
+                    p.open,
+                    p.peers.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(","),
+                    p.connections,
+                    p.requests,
+                    refusals.join(",")
                 )
             })
             .collect();

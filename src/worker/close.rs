@@ -21,6 +21,10 @@ pub enum CloseReason {
     OutputBudget,
     /// A server connection to the peer listener whose certificate names no configured back end.
     PeerNotConfigured,
+    /// A federation partner's certificate that fails that partner's checks.
+    PartnerRefused,
+    /// A reload removed the partner this connection belongs to.
+    PartnerRemoved,
     /// Bytes that cannot be framed as SIP.
     UnframableInput,
     HandshakeTimeout,
@@ -42,6 +46,8 @@ impl CloseReason {
             CloseReason::PeerNotReading => "peer not reading",
             CloseReason::OutputBudget => "output budget",
             CloseReason::PeerNotConfigured => "peer certificate names no configured back end",
+            CloseReason::PartnerRefused => "partner certificate refused",
+            CloseReason::PartnerRemoved => "partner removed",
             CloseReason::UnframableInput => "unframable input",
             CloseReason::HandshakeTimeout => "handshake timeout",
             CloseReason::MessageTimeout => "message timeout",

@@ -1,6 +1,7 @@
 //! A worker's connections over their life: accepting clients (with the connection limits) and
 //! servers on the peer listener, registering a connection and giving it its token, what happens
-//! when a handshake completes (pool up, peer name, verified client), read failures and closing.
+//! when a handshake completes (pool up, peer name; clients in [`super::partner`]), read failures
+//! and closing.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -121,6 +122,7 @@ impl Worker {
             skip: 0,
             partial_since: None,
             paused: false,
+            partner: None,
         };
         if let Err(e) = self
             .poll
@@ -143,6 +145,14 @@ impl Worker {
         let (kind, peer) = (c.kind, c.peer);
         match kind {
             Kind::Client if was_handshaking => {
+                if let StreamError::Tls(t) = e
+                    && let Some(r) = crate::tls::partner::PartnerRefused::from_tls(t)
+                {
+                    let r = r.clone();
+                    self.partner_refused(peer, &r);
+                    self.close(slot, CloseReason::PartnerRefused);
+                    return;
+                }
                 *self.m.handshake_failures.entry(failure_label(e)).or_default() += 1;
                 // Per connection at debug: a scan or a flood must not flood the log (the
                 // counters feed a summary line once a minute).
@@ -199,24 +209,7 @@ impl Worker {
                     }
                 }
             }
-            Kind::Client => {
-                let Some(c) = self.slots.get(slot) else {
-                    return false;
-                };
-                let chain = c.stream.tls.peer_certificates().unwrap_or(&[]);
-                let verified = self.rt.tls.client_verified(chain);
-                let sni = match &c.stream.tls {
-                    Connection::Server(s) => s.server_name().map(str::to_string),
-                    Connection::Client(_) => None,
-                };
-                if verified {
-                    self.m.clients_verified += 1;
-                } else {
-                    self.m.clients_unverified += 1;
-                }
-                tracing::debug!(worker = self.id, peer = %c.peer, verified, sni = sni.as_deref().unwrap_or("none"), "client connected");
-                true
-            }
+            Kind::Client => self.client_handshake_done(slot),
         }
     }
 

@@ -93,6 +93,8 @@ pub struct Worker {
     /// length cannot distort (work expiry after 32 s, rate buckets, last answers), read once a
     /// turn instead of once a message.
     pub(super) turn: Instant,
+    /// Partner refusals this worker may still log in the current minute.
+    pub(super) partner_log: super::partner::LogBudget,
     /// When draining ends at the latest (set when the drain starts).
     drain_until: Option<Instant>,
     ready: bool,
@@ -161,6 +163,7 @@ impl Worker {
             saturated: false,
             load: Default::default(),
             turn: Instant::now(),
+            partner_log: super::partner::LogBudget::new(Instant::now()),
             drain_until: None,
             ready: false,
             started: Instant::now(),
@@ -550,6 +553,7 @@ impl Worker {
             .into_iter()
             .filter(|&s| self.slots.get(s).is_some_and(|c| c.kind == Kind::Client))
             .count() as u64;
+        self.partner_gauges(&mut snap);
         snap.backends = self
             .rt
             .backends

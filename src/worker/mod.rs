@@ -10,6 +10,7 @@ mod conn;
 mod event;
 mod failover;
 mod output;
+mod partner;
 mod pool;
 mod route;
 mod runtime;

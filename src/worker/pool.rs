@@ -227,6 +227,7 @@ impl Worker {
         self.invites.remap(&map);
         self.outstanding.remap(self.shared.work_of(&new.backends), &map);
         self.rt = new;
+        self.close_removed_partners();
         self.pool_tick(Instant::now());
         tracing::info!(
             worker = self.id,

@@ -33,7 +33,8 @@ impl Worker {
         {
             return false;
         }
-        if !kind.is_server() && retry.count == 0 && !self.admit_new(src, m) {
+        if !kind.is_server() && retry.count == 0 && !(self.partner_may_send(src, m) && self.admit_new(src, m))
+        {
             return false;
         }
         let mut follow = None;

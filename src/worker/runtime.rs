@@ -1,5 +1,5 @@
 //! What can change at run time and its loading: every file the configuration names (certificates,
-//! keys, CAs, CRLs, the back-ends file, the token key) read into a [`Runtime`] at start and again
+//! keys, CAs, CRLs, the back-ends and partners files, the token key) read into a [`Runtime`] at start and again
 //! on SIGHUP, and the hand-over of a new one to the workers. A load that fails says which file or
 //! setting is wrong ([`RuntimeError`]) and leaves the running configuration in place.
 
@@ -67,7 +67,8 @@ impl Runtime {
             .iter()
             .map(|b| tls::server_name(&b.name))
             .collect::<Result<Vec<_>, _>>()?;
-        let tls = tls::trust::build(&cfg.tls, &backend_name_strings)?;
+        let partners = cfg.current_partners()?;
+        let tls = tls::trust::build(&cfg.tls, &backend_name_strings, &partners)?;
         let (key, key_digest) = match (&cfg.token_key_file, prev) {
             (Some(path), prev) => {
                 let secret = crate::config::read_token_key(path)?;

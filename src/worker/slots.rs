@@ -78,6 +78,8 @@ pub struct Conn {
     pub partial_since: Option<Instant>,
     /// Left unread while servers were slow (in the worker's list of clients to read later).
     pub paused: bool,
+    /// The federation partner (its domain) whose edge this client is.
+    pub partner: Option<std::sync::Arc<str>>,
 }
 
 /// A slot: its generation stays for as long as the worker runs (tokens name it), while the

@@ -55,6 +55,46 @@ impl Pki {
     }
 }
 
+/// A federation partner's PKI: its own CA (written beside ours) and edge certificates from it.
+pub struct PartnerPki {
+    pub domain: String,
+    pub ca: Ca,
+    pub ca_path: PathBuf,
+}
+
+impl PartnerPki {
+    pub fn new(pki: &Pki, domain: &str) -> PartnerPki {
+        let ca = Ca::new(&format!("{domain} partner CA")).expect("partner CA");
+        let ca_path = pki.dir.path().join(format!("{domain}-ca.pem"));
+        ca.write_pem(&ca_path).expect("write partner CA");
+        PartnerPki {
+            domain: domain.into(),
+            ca,
+            ca_path,
+        }
+    }
+
+    /// `--partner` for it: `DOMAIN=CA[,name=N]...`.
+    pub fn flag(&self, names: &[&str]) -> String {
+        let mut f = format!("{}={}", self.domain, self.ca_path.display());
+        for n in names {
+            f.push_str(&format!(",name={n}"));
+        }
+        f
+    }
+
+    /// A client config for an edge with `leaf` (from any CA), trusting siplb's CA.
+    pub fn edge_tls(pki: &Pki, leaf: &siplb::certs::Leaf) -> Arc<ClientConfig> {
+        let id = Identity::from_pem(&leaf.cert_pem, &leaf.key_pem).expect("identity");
+        tls::client_config(tls::roots_from_pem(pki.ca.pem()).expect("roots"), Some(&id)).expect("config")
+    }
+
+    /// An edge certificate from this partner's CA naming `names`.
+    pub fn edge(&self, pki: &Pki, names: &[&str]) -> Arc<ClientConfig> {
+        PartnerPki::edge_tls(pki, &self.ca.issue(names).expect("leaf"))
+    }
+}
+
 /// Options for the back ends a test starts.
 #[derive(Clone, Copy)]
 pub struct Backends {
@@ -228,6 +268,7 @@ pub fn call_opts_to(pki: &Pki, target: SocketAddr, calls: usize) -> CallOpts {
         timeout: Duration::from_secs(10),
         ruri: "sip:service@pool.test".into(),
         vary_user: false,
+        from_domain: "sipload.invalid".into(),
         progress: false,
         retry: false,
     }
@@ -289,13 +330,14 @@ impl siplb::load::endpoint::Handler for Inbox {
 
 impl TestClient {
     pub fn connect(pki: &Pki, lb: &Balancer) -> TestClient {
+        TestClient::connect_to(lb.listen_addrs[0], pki.client_tls(None))
+    }
+
+    /// A connection to `addr` with client config `cfg` (a partner's edge certificate, say).
+    pub fn connect_to(addr: SocketAddr, cfg: Arc<ClientConfig>) -> TestClient {
         let mut ep = siplb::load::endpoint::Endpoint::new().expect("endpoint");
         let conn = ep
-            .connect(
-                lb.listen_addrs[0],
-                pki.client_tls(None),
-                tls::server_name(LB_NAME).expect("name"),
-            )
+            .connect(addr, cfg, tls::server_name(LB_NAME).expect("name"))
             .expect("connect");
         TestClient {
             ep,
@@ -308,9 +350,22 @@ impl TestClient {
         assert!(self.ep.send(self.conn, bytes), "send failed");
     }
 
-    /// Waits until a received message satisfies `pred`; returns it.
+    /// Runs the connection until siplb closes it; false if it is still open after 20 s.
+    pub fn closed_by_peer(&mut self) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while self.ep.is_open(self.conn) {
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            let _ = self.ep.turn(&mut self.inbox, Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Waits (20 s at most, as [`wait_until`]) until a received message satisfies `pred`;
+    /// returns it.
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&siplb::sip::Message) -> bool) -> Vec<u8> {
-        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
         let mut seen = 0;
         loop {
             while seen < self.inbox.messages.len() {
@@ -394,9 +449,15 @@ pub fn new_dialog(call_id: &str, ruri: &str) -> siplb::load::msg::Dialog {
 
 /// INVITE, 200, ACK over `c`: a dialog established, ready for its in-dialog requests.
 pub fn establish(c: &mut TestClient, call_id: &str) -> siplb::load::msg::Dialog {
+    establish_dialog(c, new_dialog(call_id, "sip:service@pool.test"))
+}
+
+/// INVITE, 200, ACK over `c` for the caller's side `d` (its From and host as the test wants).
+pub fn establish_dialog(c: &mut TestClient, mut d: siplb::load::msg::Dialog) -> siplb::load::msg::Dialog {
     use siplb::load::msg;
     use siplb::sip::header::Name;
-    let mut d = new_dialog(call_id, "sip:service@pool.test");
+    let call_id = d.call_id.clone();
+    let call_id = call_id.as_str();
     c.send(&d.request("INVITE", None, None, ""));
     let ok = c.wait_for("200 INVITE", |m| {
         is_response(m, 200, siplb::sip::Method::Invite) && m.call_id() == Some(call_id.as_bytes())
