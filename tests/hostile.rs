@@ -9,9 +9,28 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use siplb::load::caller::CallOpts;
 
 fn tls(pki: &Pki, lb: &siplb::worker::Balancer) -> Tls {
     tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME).expect("TLS handshake")
+}
+
+/// How the hostile peer connects: its TLS client config and the host its From names.
+struct Peer {
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    from: &'static str,
+    /// The partner domain its edge certificate makes it (checked in the metrics).
+    partner: Option<&'static str>,
+}
+
+impl Peer {
+    fn connect(&self, lb: &siplb::worker::Balancer) -> Tls {
+        tls_connect(lb.listen_addrs[0], self.tls.clone(), LB_NAME).expect("TLS handshake")
+    }
+
+    fn request(&self, method: &str, extra: &str, drop: &[&str]) -> String {
+        request(method, extra, drop).replace("@client.invalid>", &format!("@{}>", self.from))
+    }
 }
 
 /// Reads until one whole head has arrived (siplb's own answers have no body); "" on EOF.
@@ -63,8 +82,46 @@ fn request(method: &str, extra: &str, drop: &[&str]) -> String {
 #[test]
 fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
     let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
-    let flags: Vec<String> = [
+    let peer = Peer {
+        tls: pki.client_tls(None),
+        from: "client.invalid",
+        partner: None,
+    };
+    hostile_set(&pki, &peer, &[], call_opts);
+}
+
+/// The same set from a federation partner's edge (its certificate from its own CA, its users in
+/// its domain): the partner rules change nothing in what hostile input gets, and the partner's
+/// good calls and everyone else's still complete.
+#[test]
+fn the_hostile_set_over_a_partner_connection() {
+    let pki = Pki::new();
+    let partner = PartnerPki::new(&pki, "a.example");
+    let peer = Peer {
+        tls: partner.edge(&pki, &["sbc.a.example"]),
+        from: "a.example",
+        partner: Some("a.example"),
+    };
+    let flags = ["--partner".to_string(), partner.flag(&[])];
+    let edge = peer.tls.clone();
+    hostile_set(&pki, &peer, &flags, move |pki, lb, n| CallOpts {
+        tls: edge.clone(),
+        from_domain: "a.example".into(),
+        ..call_opts(pki, lb, n)
+    });
+}
+
+/// Runs every hostile case as `peer` against a balancer with `extra` flags, then 100 good calls
+/// made by `good` (and, for a partner, 20 by an ordinary client): every case gets its answer or
+/// its close, and every good call completes.
+fn hostile_set(
+    pki: &Pki,
+    peer: &Peer,
+    extra: &[String],
+    good: impl Fn(&Pki, &siplb::worker::Balancer, usize) -> CallOpts,
+) {
+    let backends = start_backends(pki, Backends::default(), None);
+    let mut flags: Vec<String> = [
         "--max-message-bytes",
         "4096",
         "--handshake-timeout",
@@ -75,10 +132,13 @@ fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let lb = start_balancer(&pki, &backends, 2, &flags);
+    flags.extend_from_slice(extra);
+    let lb = start_balancer(pki, &backends, 2, &flags);
+    let request = |method: &str, extra: &str, drop: &[&str]| peer.request(method, extra, drop);
+    let tls = |_: &Pki, lb: &siplb::worker::Balancer| peer.connect(lb);
 
     // Requests that get a SIP answer on a connection that stays usable.
-    let mut s = tls(&pki, &lb);
+    let mut s = tls(pki, &lb);
     for (req, want) in [
         (
             request("OPTIONS", "", &["Call-ID"]),
@@ -128,7 +188,7 @@ fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
             "SIP/2.0 513",
         ),
     ] {
-        let mut s = tls(&pki, &lb);
+        let mut s = tls(pki, &lb);
         s.write_all(req.as_bytes()).expect("send");
         let got = read_head(&mut s);
         assert!(got.starts_with(want), "wanted {want}, got {got:?}");
@@ -141,7 +201,7 @@ fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
 
     // Closed without an answer: binary garbage, plaintext on the TLS port, a client that stops
     // mid-header (slowloris), one that never finishes its TLS handshake.
-    let mut garbage = tls(&pki, &lb);
+    let mut garbage = tls(pki, &lb);
     garbage
         .write_all(&[
             0u8, 0xff, 0x13, 0x37, b'\n', 0x01, 0x02, b'\r', b'\n', b'\r', b'\n',
@@ -161,15 +221,26 @@ fn hostile_peers_get_answers_or_closed_and_good_calls_still_complete() {
         closes_within(&mut plain, &sock, Duration::from_secs(5)),
         "plaintext on the TLS port did not close"
     );
-    let mut slow = tls(&pki, &lb);
+    let mut slow = tls(pki, &lb);
     slow.write_all(b"INVITE sip:svc@pool.test SIP/2.0\r\nVia: SIP/2.0/TLS sl")
         .expect("send");
     let mut no_handshake = TcpStream::connect(lb.listen_addrs[0]).expect("connect");
     // 300 idle TLS connections stay open while the good calls run.
-    let idle: Vec<Tls> = (0..300).map(|_| tls(&pki, &lb)).collect();
+    let idle: Vec<Tls> = (0..300).map(|_| tls(pki, &lb)).collect();
 
-    let report = run_calls(call_opts(&pki, &lb, 100));
+    let report = run_calls(good(pki, &lb, 100));
     assert_eq!((report.ok, report.failed), (100, 0), "{}", report.summary());
+    let others = run_calls(call_opts(pki, &lb, 20));
+    assert_eq!((others.ok, others.failed), (20, 0), "{}", others.summary());
+    if let Some(domain) = peer.partner {
+        // The hostile connections and the good calls' were all the partner's edge.
+        let m = metrics_when(&lb, |m| {
+            m.partners.get(domain).is_some_and(|p| p.connections >= 305)
+        });
+        let p = m.partners.get(domain).cloned().unwrap_or_default();
+        assert!(p.connections >= 305, "{p:?}");
+        assert!(p.refusals.is_empty(), "{p:?}");
+    }
 
     let sock = slow.sock.try_clone().expect("sock");
     assert!(

@@ -350,3 +350,103 @@ fn a_sighup_that_removes_a_partner_closes_its_connections_and_keeps_the_others()
     assert!(line(&["partner edge connected", "b.example"]) >= 1, "{log}");
     assert_eq!(line(&["partner removed", "b.example"]), 0, "{log}");
 }
+
+/// Runs the siplb binary with `args` (and our certificates); its exit code and stderr.
+fn siplb_with(pki: &Pki, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+        .args(["--listen", "127.0.0.1:0", "--backend", "b0.pool.test=127.0.0.1:9"])
+        .args(["--cert", &pki.lb.cert.display().to_string()])
+        .args(["--key", &pki.lb.key.display().to_string()])
+        .args(["--backend-ca", &pki.ca_path.display().to_string()])
+        .args(args)
+        .output()
+        .expect("siplb runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_partner_flags_and_files_are_one_line_refusals() {
+    let (pki, a, _b, _) = partners();
+    let bad_file = pki.dir.path().join("bad-partners.conf");
+    std::fs::write(&bad_file, format!("{}\nc.example\n", a.flag(&[]))).expect("file");
+    let bad_file = bad_file.display().to_string();
+    let twice = pki.dir.path().join("twice.conf");
+    std::fs::write(&twice, format!("{}\n", a.flag(&[]))).expect("file");
+    let twice = twice.display().to_string();
+    let a_flag = a.flag(&[]);
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--partner", "a.example"],
+            2,
+            "--partner: 'a.example' is not DOMAIN=CA_PEM",
+        ),
+        (
+            vec!["--partner", "a.example=ca.pem,weight=2"],
+            2,
+            "unknown option 'weight=2'",
+        ),
+        (vec!["--partner", "*.a.example=ca.pem"], 2, "is not a DNS name"),
+        (
+            vec!["--partner", "a.example=x", "--partner", "A.example.=y"],
+            2,
+            "given twice",
+        ),
+        (
+            vec!["--partners-file", "/nonexistent/partners.conf"],
+            1,
+            "/nonexistent/partners.conf",
+        ),
+        (vec!["--partners-file", &bad_file], 1, "bad-partners.conf:2:"),
+        (
+            vec!["--partner", &a_flag, "--partners-file", &twice],
+            1,
+            "given twice",
+        ),
+        (
+            vec!["--partner", "a.example=/nonexistent/a-ca.pem"],
+            1,
+            "/nonexistent/a-ca.pem",
+        ),
+    ];
+    assert_eq!(cases.len(), 8);
+    for (args, code, needle) in cases {
+        let (got, err) = siplb_with(&pki, &args);
+        assert_eq!(got, code, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_reload_with_a_broken_partners_file_keeps_the_partners_running() {
+    let (pki, a, _b, _) = partners();
+    let file = pki.dir.path().join("partners.conf");
+    std::fs::write(&file, format!("{}\n", a.flag(&[A_EDGE]))).expect("file");
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(
+        &pki,
+        &backends,
+        2,
+        &["--partners-file".into(), file.display().to_string()],
+    );
+    std::fs::write(&file, "a.example\n").expect("file");
+    let e = lb.reload().expect_err("a broken partners file was taken");
+    assert!(e.to_string().contains("partners.conf:1:"), "{e}");
+    let report = run_calls(CallOpts {
+        tls: a.edge(&pki, &[A_EDGE]),
+        from_domain: A.into(),
+        ..call_opts(&pki, &lb, 10)
+    });
+    assert_eq!((report.ok, report.failed), (10, 0), "{}", report.summary());
+    let m = metrics_when(&lb, |m| m.partners.get(A).is_some_and(|p| p.connections >= 1));
+    assert_eq!(
+        m.partners.get(A).map(|p| p.connections),
+        Some(1),
+        "{:?}",
+        m.partners
+    );
+    lb.shutdown();
+}

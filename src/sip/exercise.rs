@@ -1,8 +1,9 @@
 //! One function that drives every entry point of the SIP layer over arbitrary bytes, the way the
 //! balancer would: read (frame + parse) every message in the buffer, validate, rewrite for
-//! forwarding, answer errors, decode tokens. Shared by the cargo-fuzz target and the unit tests'
-//! mutation sweep, so both exercise exactly the same paths. It checks the invariants the
-//! forwarding path relies on and panics only when one is broken.
+//! forwarding, answer errors, decode tokens, check a partner's identity headers. Shared by the
+//! cargo-fuzz target and the unit tests' mutation sweep, so both exercise exactly the same
+//! paths. It checks the invariants the forwarding path relies on and panics only when one is
+//! broken.
 
 use super::frame::{Read, Status, frame, read};
 use super::message::Message;
@@ -43,6 +44,8 @@ pub fn exercise(data: &[u8]) {
                 assert_eq!(format!("{slow:?}"), format!("{m:?}"));
                 rw.clear();
                 if m.is_request() {
+                    // The partner rule reads From and the identity headers of any request.
+                    let _ = super::identity::outside_domain(&m, "a.example");
                     match m.validate_request() {
                         Ok(via) => {
                             let branch = key.branch(&[via.branch().unwrap_or(b""), via.host]);
