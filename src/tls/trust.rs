@@ -2,11 +2,11 @@
 //! - front: the `--cert` pair, plus `--sni-cert` pairs chosen by the name a client asks for
 //!   ([`SniResolver`]); federation partners' edges checked against their own CA and names
 //!   ([`super::partner`]), other client certificates optional (`--client-ca`) or required
-//!   (`--require-client-cert`), all checked against CRLs ([`FrontVerifier`]);
+//!   (`--require-client-cert`), all checked against CRLs ([`ListenerVerifier`]);
 //! - back: MTLS to the pool, each server checked against `--backend-ca`, its configured NAME and
 //!   the CRLs (validity dates are checked by webpki);
 //! - peer listener: certificates from `--backend-ca` that name a configured back end, refused at
-//!   the handshake otherwise ([`PolicyVerifier`]).
+//!   the handshake otherwise (the same [`ListenerVerifier`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -164,10 +164,12 @@ pub fn build(
         if let Some(v) = &client_verifier {
             hints.extend(v.root_hint_subjects().iter().cloned());
         }
-        let v = FrontVerifier {
-            partners: Arc::clone(&partners),
-            client: client_verifier.clone(),
-            required: files.require_client_cert,
+        let v = ListenerVerifier {
+            rule: Rule::Front {
+                partners: Arc::clone(&partners),
+                client: client_verifier.clone(),
+                required: files.require_client_cert,
+            },
             hints,
             algs: provider().signature_verification_algorithms,
         };
@@ -205,9 +207,13 @@ pub fn build(
         )
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-        let verifier = Arc::new(PeerVerifier {
-            inner,
-            names: backend_names.to_vec(),
+        let verifier = Arc::new(ListenerVerifier {
+            hints: inner.root_hint_subjects().to_vec(),
+            rule: Rule::Peers {
+                inner,
+                names: backend_names.to_vec(),
+            },
+            algs: provider().signature_verification_algorithms,
         });
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -265,38 +271,61 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The front listener's client certificates: a chain from a partner's CA is that partner's edge
-/// or refused at the handshake ([`Partners::classify`]); any other chain is checked against
-/// `--client-ca` — required with `--require-client-cert`, else a chain that fails is treated as
-/// no certificate (the worker labels the client unverified). The handshake signature is always
-/// checked, so a client cannot claim a certificate it has no key for.
-struct FrontVerifier {
-    partners: Arc<Partners>,
-    client: Option<Arc<dyn ClientCertVerifier>>,
-    required: bool,
+/// Client certificates on siplb's two listeners, one rule each:
+/// - front: a chain from a partner's CA is that partner's edge or refused at the handshake
+///   ([`Partners::classify`]); any other chain is checked against `--client-ca` — required with
+///   `--require-client-cert`, else a chain that fails is treated as no certificate (the worker
+///   labels the client unverified);
+/// - peer: a webpki verifier (`--backend-ca`, CRLs) whose certificate must also name one of the
+///   configured back ends.
+///
+/// The handshake signature is always checked, so a client cannot claim a certificate it has no
+/// key for.
+struct ListenerVerifier {
+    rule: Rule,
     hints: Vec<DistinguishedName>,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl fmt::Debug for FrontVerifier {
+enum Rule {
+    Front {
+        partners: Arc<Partners>,
+        client: Option<Arc<dyn ClientCertVerifier>>,
+        required: bool,
+    },
+    Peers {
+        inner: Arc<dyn ClientCertVerifier>,
+        names: Vec<String>,
+    },
+}
+
+impl fmt::Debug for ListenerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "FrontVerifier({:?}, client CA: {}, required: {})",
-            self.partners,
-            self.client.is_some(),
-            self.required
-        )
+        match &self.rule {
+            Rule::Front {
+                partners,
+                client,
+                required,
+            } => write!(
+                f,
+                "front verifier ({partners:?}, client CA: {}, required: {required})",
+                client.is_some()
+            ),
+            Rule::Peers { names, .. } => write!(f, "peer verifier ({names:?})"),
+        }
     }
 }
 
-impl ClientCertVerifier for FrontVerifier {
+impl ClientCertVerifier for ListenerVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.required
+        match &self.rule {
+            Rule::Front { required, .. } => *required,
+            Rule::Peers { .. } => true,
+        }
     }
 
     fn verify_client_cert(
@@ -305,16 +334,31 @@ impl ClientCertVerifier for FrontVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.partners.classify(end_entity, intermediates, now) {
-            PartnerClass::Partner(_) => Ok(ClientCertVerified::assertion()),
-            PartnerClass::Refused(r) => Err(r.into_tls()),
-            PartnerClass::NotPartner => match &self.client {
-                Some(v) if self.required => v.verify_client_cert(end_entity, intermediates, now),
-                None if self.required => {
-                    Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
-                }
-                _ => Ok(ClientCertVerified::assertion()),
+        match &self.rule {
+            Rule::Front {
+                partners,
+                client,
+                required,
+            } => match partners.classify(end_entity, intermediates, now) {
+                PartnerClass::Partner(_) => Ok(ClientCertVerified::assertion()),
+                PartnerClass::Refused(r) => Err(r.into_tls()),
+                PartnerClass::NotPartner => match client {
+                    Some(v) if *required => v.verify_client_cert(end_entity, intermediates, now),
+                    None if *required => {
+                        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                    }
+                    _ => Ok(ClientCertVerified::assertion()),
+                },
             },
+            Rule::Peers { inner, names } => {
+                let ok = inner.verify_client_cert(end_entity, intermediates, now)?;
+                if peer_name_allowed(end_entity, names).is_none() {
+                    return Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName,
+                    ));
+                }
+                Ok(ok)
+            }
         }
     }
 
@@ -338,61 +382,5 @@ impl ClientCertVerifier for FrontVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
-    }
-}
-
-/// The peer listener: a webpki client verifier (`--backend-ca`, CRLs) whose certificate must
-/// also name one of the configured back ends, else the handshake fails.
-pub struct PeerVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    names: Vec<String>,
-}
-
-impl fmt::Debug for PeerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerVerifier({:?})", self.names)
-    }
-}
-
-impl ClientCertVerifier for PeerVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        if peer_name_allowed(end_entity, &self.names).is_none() {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
-        }
-        Ok(ok)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
