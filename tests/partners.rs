@@ -421,7 +421,7 @@ fn bad_partner_flags_and_files_are_one_line_refusals() {
 }
 
 #[test]
-fn a_reload_with_a_broken_partners_file_keeps_the_partners_running() {
+fn a_reload_with_a_broken_partners_file_keeps_the_partners_running_and_one_that_adds_a_partner_applies() {
     let (pki, a, _b, _) = partners();
     let file = pki.dir.path().join("partners.conf");
     std::fs::write(&file, format!("{}\n", a.flag(&[A_EDGE]))).expect("file");
@@ -448,5 +448,20 @@ fn a_reload_with_a_broken_partners_file_keeps_the_partners_running() {
         "{:?}",
         m.partners
     );
+    // A reload that adds B: B's next edge is B's (before it, the same certificate is only an
+    // unverified client).
+    let b = PartnerPki::new(&pki, B);
+    std::fs::write(&file, format!("{}\n{}\n", a.flag(&[A_EDGE]), b.flag(&[]))).expect("file");
+    reload_and_wait(&lb);
+    let report = run_calls(CallOpts {
+        tls: b.edge(&pki, &["edge.b.example"]),
+        from_domain: B.into(),
+        ..call_opts(&pki, &lb, 10)
+    });
+    assert_eq!((report.ok, report.failed), (10, 0), "{}", report.summary());
+    let m = metrics_when(&lb, |m| m.partners.get(B).is_some_and(|p| p.requests >= 30));
+    let pb = m.partners.get(B).cloned().unwrap_or_default();
+    // INVITE, ACK and BYE of each call.
+    assert_eq!((pb.connections, pb.requests), (1, 30), "{pb:?}");
     lb.shutdown();
 }
