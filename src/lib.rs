@@ -19,6 +19,7 @@ pub mod route;
 pub mod sip;
 pub mod tls;
 pub mod worker;
+pub mod ws;
 
 /// Declares the binaries' global allocator: jemalloc by default, mimalloc with
 /// `--no-default-features --features mimalloc`, the system one with `--no-default-features` (see
