@@ -139,6 +139,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         ruri: "sip:conference@pool.demo".into(),
         vary_user: false,
         from_domain: "sipload.invalid".into(),
+        ws: false,
         progress: true,
         retry: false,
     };

@@ -65,6 +65,9 @@ pub struct Router<'a> {
     /// then servers reach clients over the connections siplb opened (RFC 5923 alias) and
     /// Record-Route has one entry.
     pub server_side: Option<(&'a str, &'a str)>,
+    /// `host:port` and host WebSocket clients see (`--advertise-wss`), with WSS listeners: the
+    /// client-facing Record-Route of a WebSocket client's dialogs names it, with `transport=ws`.
+    pub wss: Option<(&'a str, &'a str)>,
     pub backends: &'a [Backend],
     pub balance: BalanceKey,
     pub path: PathMode,
@@ -86,6 +89,8 @@ pub struct Origin<'a> {
     pub peer_port: u16,
     /// A back-end server (pool or peer connection) rather than a client.
     pub from_server: bool,
+    /// A WebSocket client (`--listen-wss`).
+    pub ws: bool,
     /// Which back end, when the connection is a server's and it is known.
     pub backend: Option<usize>,
     /// The back end that has this request's INVITE transaction, for a CANCEL or the ACK of a
@@ -214,7 +219,13 @@ impl Router<'_> {
         let t = (dialog || path).then(|| self.rr_tokens(from, be));
         let rr = match &t {
             Some(t) if dialog => {
-                let client = self.record("Record-Route", self.advertise, &t[0], sips);
+                let client = match self.wss.filter(|_| from.ws) {
+                    Some((wss, _)) => Record {
+                        ws: true,
+                        ..self.record("Record-Route", wss, &t[0], sips)
+                    },
+                    None => self.record("Record-Route", self.advertise, &t[0], sips),
+                };
                 match self.server_side {
                     // Topmost the entry the server follows, then the one the client will
                     // (RFC 5658).
@@ -222,7 +233,15 @@ impl Router<'_> {
                     None => [Some(client), None],
                 }
             }
-            Some(t) => [Some(self.record("Path", self.server_addr(), &t[1], sips)), None],
+            // A WebSocket client (a browser) can only be reached over its flow: `ob` (RFC 5626
+            // §5.2) tells the registrar so.
+            Some(t) => [
+                Some(Record {
+                    ob: from.ws,
+                    ..self.record("Path", self.server_addr(), &t[1], sips)
+                }),
+                None,
+            ],
             None => [None, None],
         };
         let branch = self.branch(m, &via, lh);
@@ -381,9 +400,10 @@ impl Router<'_> {
     /// Whether `host` names siplb (either side).
     fn is_us(&self, host: &[u8]) -> bool {
         host.eq_ignore_ascii_case(self.adv_host.as_bytes())
-            || self
-                .server_side
-                .is_some_and(|(_, h)| host.eq_ignore_ascii_case(h.as_bytes()))
+            || [self.server_side, self.wss]
+                .iter()
+                .flatten()
+                .any(|(_, h)| host.eq_ignore_ascii_case(h.as_bytes()))
     }
 
     /// The `host:port` servers see.
@@ -531,6 +551,8 @@ impl Router<'_> {
             host: host.as_bytes(),
             token,
             sips,
+            ws: false,
+            ob: false,
         }
     }
 

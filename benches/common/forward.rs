@@ -71,6 +71,8 @@ pub fn forward_request(
                 host: ADVERTISED,
                 token: rr,
                 sips: false,
+                ws: false,
+                ob: false,
             }),
             None,
         ],

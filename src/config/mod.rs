@@ -28,6 +28,18 @@ pub struct RunArgs {
     /// Address for SIP/TLS clients (repeatable). A wildcard address needs --advertise.
     #[arg(help_heading = LISTEN, long = "listen", value_name = "ADDR", default_value = "0.0.0.0:5061")]
     pub listen: Vec<SocketAddr>,
+    /// Address for SIP over secure WebSocket (RFC 7118: browsers, WebRTC phones), with the same
+    /// certificates and client-certificate rules as --listen (repeatable; default: none).
+    #[arg(help_heading = LISTEN, long = "listen-wss", value_name = "ADDR")]
+    pub listen_wss: Vec<SocketAddr>,
+    /// HOST[:PORT] WebSocket clients reach siplb at, written into the Record-Route towards them
+    /// (default: the --advertise host with the first --listen-wss port).
+    #[arg(help_heading = LISTEN, long, value_name = "HOST[:PORT]", requires = "listen_wss")]
+    pub advertise_wss: Option<String>,
+    /// An Origin a browser may open a WebSocket from, as it sends it (https://phone.example.com)
+    /// (repeatable; default: any; clients that send no Origin are not browsers and pass).
+    #[arg(help_heading = LISTEN, long = "wss-allow-origin", value_name = "ORIGIN", requires = "listen_wss")]
+    pub wss_allow_origin: Vec<String>,
     /// Certificate chain (PEM) shown to clients.
     #[arg(help_heading = LISTEN, long, value_name = "PEM")]
     pub cert: Option<PathBuf>,
@@ -234,6 +246,11 @@ fn flag(flag: &'static str, why: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// `--listen-wss`, and the `host:port` WebSocket clients reach siplb at (port 0 is replaced
+    /// by the real one at start).
+    pub listen_wss: Vec<SocketAddr>,
+    pub advertise_wss: Option<String>,
+    pub wss_origins: Vec<String>,
     /// Every certificate, key, CA and CRL file (read again on reload).
     pub tls: TlsFiles,
     /// Back ends as started: `--backend` flags, then the `--backends-file` lines.
@@ -430,8 +447,16 @@ impl RunArgs {
                 l.to_string()
             }
         };
+        let advertise_wss = match (self.advertise_wss, self.listen_wss.first()) {
+            (Some(a), _) => Some(normalise_advertise(&a).map_err(|why| flag("--advertise-wss", why))?),
+            (None, Some(l)) => Some(format!("{}:{}", host_part(&advertise), l.port())),
+            (None, None) => None,
+        };
         Ok(Config {
             listen,
+            listen_wss: self.listen_wss,
+            advertise_wss,
+            wss_origins: self.wss_allow_origin,
             tls: TlsFiles {
                 backend_cert: self.backend_cert.unwrap_or_else(|| cert.clone()),
                 backend_key: self.backend_key.unwrap_or_else(|| key.clone()),
@@ -485,6 +510,11 @@ impl RunArgs {
             admin_allow_remote: self.admin_allow_remote,
         })
     }
+}
+
+/// The host part of a normalised `host:port`.
+fn host_part(a: &str) -> &str {
+    a.rsplit_once(':').map_or(a, |(h, _)| h)
 }
 
 /// `HOST` or `HOST:PORT` (IPv6 in brackets); the port defaults to 5061.

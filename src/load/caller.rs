@@ -35,6 +35,8 @@ pub struct CallOpts {
     pub vary_user: bool,
     /// Host of the caller's From, Contact and Via.
     pub from_domain: String,
+    /// Call over a WebSocket (SIP over WSS, RFC 7118) instead of plain TLS.
+    pub ws: bool,
     pub progress: bool,
     /// As an RFC 3263 client does: a call whose connection fails before any answer, or that is
     /// answered 503, is tried once more on a new connection.
@@ -234,12 +236,12 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
             && start + interval * started as u32 <= now
         {
             let conn = if opts.per_call_connection {
-                ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone())?
+                open(&mut ep, &opts)?
             } else {
                 match persistent.filter(|&c| ep.is_open(c)) {
                     Some(c) => c,
                     None => {
-                        let c = ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone())?;
+                        let c = open(&mut ep, &opts)?;
                         persistent = Some(c);
                         c
                     }
@@ -290,7 +292,7 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
             let Some(invite) = uac.calls.get_mut(&id).and_then(|c| c.invite.take()) else {
                 continue;
             };
-            let conn = match ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone()) {
+            let conn = match open(&mut ep, &opts) {
                 Ok(c) => c,
                 Err(e) => {
                     uac.end(&id, Some(format!("retry: {e}")));
@@ -359,4 +361,13 @@ pub fn run(opts: CallOpts) -> std::io::Result<CallReport> {
 fn progress(bar: &indicatif::ProgressBar, r: &CallReport) {
     bar.set_position((r.ok + r.failed) as u64);
     bar.set_message(format!("{} failed", r.failed));
+}
+
+/// A new connection to the target, over TLS or WebSocket as `opts` say.
+fn open(ep: &mut Endpoint, opts: &CallOpts) -> std::io::Result<usize> {
+    if opts.ws {
+        ep.connect_ws(opts.target, Arc::clone(&opts.tls), opts.server_name.clone())
+    } else {
+        ep.connect(opts.target, Arc::clone(&opts.tls), opts.server_name.clone())
+    }
 }

@@ -180,6 +180,9 @@ pub struct CallArgs {
     /// A different Request-URI user per call (u0, u1, ...).
     #[arg(long)]
     pub vary_user: bool,
+    /// Call over SIP over secure WebSocket (RFC 7118): --target is a --listen-wss address.
+    #[arg(long)]
+    pub ws: bool,
     /// Host of the caller's From and Contact (a federation partner calls from its own domain).
     #[arg(long, value_name = "DOMAIN", default_value = "sipload.invalid")]
     pub from_domain: String,
@@ -297,6 +300,7 @@ fn run_call(a: CallArgs) -> Result<i32, String> {
         ruri: a.ruri,
         vary_user: a.vary_user,
         from_domain: a.from_domain,
+        ws: a.ws,
         progress: !a.quiet,
         retry: a.retry,
     };

@@ -83,6 +83,16 @@ impl Closed {
 struct EpConn {
     stream: TlsStream,
     interest: Interest,
+    /// A WebSocket client connection (`connect_ws`).
+    ws: Option<WsClient>,
+}
+
+/// The client side of a WebSocket: whether the server's 101 has come, its frames' decoder, and
+/// the mask of the next frame (varied per frame; a load tool needs no unpredictable masks).
+struct WsClient {
+    upgraded: bool,
+    decoder: crate::ws::frame::Decoder,
+    mask: u32,
 }
 
 pub struct Endpoint {
@@ -138,13 +148,45 @@ impl Endpoint {
         self.add(sock, Connection::Client(conn))
     }
 
+    /// Opens a SIP-over-WebSocket connection (RFC 7118) over TLS: the upgrade is sent at once,
+    /// and messages sent before its answer are held by rustls behind it.
+    pub fn connect_ws(
+        &mut self,
+        addr: SocketAddr,
+        tls: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> std::io::Result<usize> {
+        let host = name.to_str().into_owned();
+        let id = self.connect(addr, tls, name)?;
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: c2lwbG9hZCB3cyBrZXkgMQ==\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Protocol: sip\r\n\r\n"
+        );
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.ws = Some(WsClient {
+                upgraded: false,
+                decoder: crate::ws::frame::Decoder::of_server(MAX_MESSAGE),
+                mask: 0x5eed_0001,
+            });
+            c.stream
+                .write_raw(&[std::io::IoSlice::new(request.as_bytes())])
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(id)
+    }
+
     fn add(&mut self, sock: TcpStream, tls: Connection) -> std::io::Result<usize> {
         let _ = sock.set_nodelay(true);
         let id = self.next_id;
         self.next_id += 1;
         let stream = TlsStream::new(sock, tls);
         let interest = stream.interest();
-        let mut c = EpConn { stream, interest };
+        let mut c = EpConn {
+            stream,
+            interest,
+            ws: None,
+        };
         self.poll
             .registry()
             .register(&mut c.stream.sock, Token(id), interest)?;
@@ -156,7 +198,29 @@ impl Endpoint {
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
-        let ok = c.stream.write_all(bytes).is_ok() && c.stream.flush().is_ok();
+        let written = match &mut c.ws {
+            Some(ws) => {
+                ws.mask = ws.mask.rotate_left(7) ^ 0x9e37_79b9;
+                // A WebSocket client's own Via says so (RFC 7118 §5.2).
+                let wss;
+                let bytes = match memchr::memmem::find(bytes, b"Via: SIP/2.0/TLS ") {
+                    Some(at) if !bytes.starts_with(b"SIP/2.0 ") => {
+                        wss = [&bytes[..at], b"Via: SIP/2.0/WSS ", &bytes[at + 17..]].concat();
+                        &wss[..]
+                    }
+                    _ => bytes,
+                };
+                let frame = crate::ws::frame::client_frame(
+                    crate::ws::frame::OP_TEXT,
+                    true,
+                    bytes,
+                    ws.mask.to_be_bytes(),
+                );
+                c.stream.write_raw(&[std::io::IoSlice::new(&frame)])
+            }
+            None => c.stream.write_all(bytes),
+        };
+        let ok = written.is_ok() && c.stream.flush().is_ok();
         Self::rearm(&self.poll, conn, c);
         ok
     }
@@ -231,10 +295,13 @@ impl Endpoint {
                     Some(Closed::of(&e, handshaking))
                 }
             };
+            if c.ws.is_some() {
+                dead = dead.or_else(|| Self::ws_read(id, c, h, &mut out));
+            }
             let rbuf = std::mem::take(&mut c.stream.rbuf);
             let buf = rbuf.filled();
             let mut pos = 0;
-            loop {
+            while c.ws.is_none() {
                 match crate::sip::read(&buf[pos..], MAX_MESSAGE) {
                     Read::Message(f, m) => {
                         h.on_message(&mut out, id, &m);
@@ -293,6 +360,66 @@ impl Endpoint {
             }
         }
         Ok(())
+    }
+
+    /// What a WebSocket connection's read buffer holds: the server's 101, then its frames, each
+    /// message handed on; a ping is answered. `Some` when the connection is over.
+    fn ws_read(id: usize, c: &mut EpConn, h: &mut impl Handler, out: &mut Out) -> Option<Closed> {
+        use crate::ws::frame::Event;
+        let ws = c.ws.as_mut()?;
+        let mut rbuf = std::mem::take(&mut c.stream.rbuf);
+        let mut dead = None;
+        if !ws.upgraded {
+            let head = rbuf.filled();
+            if let Some(end) = memchr::memmem::find(head, b"\r\n\r\n") {
+                if !head.starts_with(b"HTTP/1.1 101 ") {
+                    tracing::warn!(conn = id, answer = %String::from_utf8_lossy(&head[..end]), "sipload: WebSocket upgrade refused");
+                    c.stream.rbuf = rbuf;
+                    return Some(Closed::Handshake);
+                }
+                rbuf.consume(end + 4);
+                ws.upgraded = true;
+            }
+        }
+        while ws.upgraded {
+            match ws.decoder.next(rbuf.filled_mut()) {
+                Event::Message { range, .. } => {
+                    if let Ok(m) = Message::parse(&rbuf.filled()[range]) {
+                        h.on_message(out, id, &m);
+                    }
+                }
+                Event::Ping(range) => {
+                    let pong = crate::ws::frame::client_frame(
+                        crate::ws::frame::OP_PONG,
+                        true,
+                        &rbuf.filled()[range],
+                        [0; 4],
+                    );
+                    let _ = c.stream.write_raw(&[std::io::IoSlice::new(&pong)]);
+                }
+                Event::Pong => {}
+                Event::Close(_) => {
+                    dead = Some(Closed::ByPeer);
+                    break;
+                }
+                Event::Fail(code, why) => {
+                    tracing::warn!(
+                        conn = id,
+                        code,
+                        why,
+                        "sipload: bad WebSocket frame from the server"
+                    );
+                    dead = Some(Closed::Unframable);
+                    break;
+                }
+                Event::Partial => break,
+            }
+        }
+        let n = ws.decoder.consumable();
+        rbuf.consume(n);
+        ws.decoder.consumed(n);
+        c.stream.rbuf = rbuf;
+        dead
     }
 
     fn accept(&mut self, h: &mut impl Handler) {

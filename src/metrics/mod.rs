@@ -176,6 +176,13 @@ pub struct Metrics {
     pub loop_turns: u64,
     pub loop_busy: Duration,
     pub connections_open: u64,
+    /// WebSocket clients: connections accepted, upgrades done, upgrades refused by HTTP status,
+    /// connections closed for a frame violation by close code, and open now.
+    pub ws_accepted: u64,
+    pub ws_upgrades: u64,
+    pub ws_refused: BTreeMap<String, u64>,
+    pub ws_failures: BTreeMap<String, u64>,
+    pub ws_open: u64,
     pub backends: Vec<BackendMetrics>,
     pub partners: BTreeMap<String, PartnerMetrics>,
     /// From an initial INVITE read from a client to the first 2xx forwarded back to it.
@@ -265,6 +272,11 @@ impl Metrics {
         self.loop_turns += o.loop_turns;
         self.loop_busy += o.loop_busy;
         self.connections_open += o.connections_open;
+        self.ws_accepted += o.ws_accepted;
+        self.ws_upgrades += o.ws_upgrades;
+        add_map(&mut self.ws_refused, &o.ws_refused);
+        add_map(&mut self.ws_failures, &o.ws_failures);
+        self.ws_open += o.ws_open;
         self.setup_seconds.add(&o.setup_seconds);
         self.per_worker.push((o.messages, o.loop_busy));
         for (name, p) in &o.partners {

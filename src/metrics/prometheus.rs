@@ -173,6 +173,33 @@ impl Metrics {
                 .collect()
         };
         put(
+            "ws_connections_open",
+            "gauge",
+            "WebSocket client connections open (--listen-wss; also counted in connections_open)",
+            vec![(String::new(), self.ws_open.to_string())],
+        );
+        put(
+            "ws_connections_total",
+            "counter",
+            "WebSocket client connections accepted, and those whose upgrade was accepted",
+            vec![
+                ("{stage=\"accepted\"}".into(), self.ws_accepted.to_string()),
+                ("{stage=\"upgraded\"}".into(), self.ws_upgrades.to_string()),
+            ],
+        );
+        put(
+            "ws_upgrades_refused_total",
+            "counter",
+            "WebSocket upgrades refused, by the HTTP status answered",
+            labelled("status", &self.ws_refused),
+        );
+        put(
+            "ws_protocol_closes_total",
+            "counter",
+            "WebSocket connections closed for a frame violation, by close code",
+            labelled("code", &self.ws_failures),
+        );
+        put(
             "partner_connections_open",
             "gauge",
             "Connections open from a federation partner's edges",

@@ -87,6 +87,11 @@ pub struct Record<'a> {
     pub host: &'a [u8],
     pub token: &'a [u8; TOKEN_LEN],
     pub sips: bool,
+    /// Names siplb's WebSocket side (`transport=ws`, RFC 7118) instead of TLS.
+    pub ws: bool,
+    /// A Path for a client that asked for outbound (RFC 5626 `ob`): the registrar reaches it
+    /// only through this flow.
+    pub ob: bool,
 }
 
 /// The rewritten message as slices, ready for `write_vectored`.
@@ -259,11 +264,15 @@ impl Rewrite {
             s.extend_from_slice(r.name.as_bytes());
             s.extend_from_slice(if r.sips { b": <sips:" } else { b": <sip:" });
             s.extend_from_slice(r.host);
-            s.extend_from_slice(if r.sips {
-                &b";lr;siplb="[..]
-            } else {
-                b";transport=tls;lr;siplb="
+            s.extend_from_slice(match (r.ws, r.sips) {
+                (true, _) => &b";transport=ws;lr"[..],
+                (false, true) => b";lr",
+                (false, false) => b";transport=tls;lr",
             });
+            if r.ob {
+                s.extend_from_slice(b";ob");
+            }
+            s.extend_from_slice(b";siplb=");
             s.extend_from_slice(r.token);
             s.push(b'>');
         })

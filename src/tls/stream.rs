@@ -24,6 +24,11 @@ impl ReadBuf {
         &self.data
     }
 
+    /// The filled bytes, to decode in place (WebSocket frames are unmasked where they lie).
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
     fn extend(&mut self, bytes: &[u8]) {
         if self.data.capacity() == 0 {
             // Room for a typical SIP message or two, so a message spread over several TLS
@@ -34,7 +39,7 @@ impl ReadBuf {
     }
 
     /// Drops the first `n` filled bytes; an emptied buffer is released.
-    fn consume(&mut self, n: usize) {
+    pub fn consume(&mut self, n: usize) {
         if n >= self.data.len() {
             *self = ReadBuf::default();
         } else {
@@ -75,6 +80,8 @@ pub struct TlsStream {
     /// Read until WouldBlock or EOF even after a short read: the poll event said the peer
     /// closed, and its FIN may wait behind the data.
     pub read_to_eof: bool,
+    /// A WebSocket connection past its upgrade: every message written is one text frame.
+    pub ws: bool,
 }
 
 /// The socket as rustls reads it, noting whether a read came back shorter than the room offered:
@@ -106,6 +113,7 @@ impl TlsStream {
             more: false,
             max_pending: MAX_PENDING,
             read_to_eof: false,
+            ws: false,
         }
     }
 
@@ -187,8 +195,32 @@ impl TlsStream {
         self.rbuf.consume(n);
     }
 
-    /// Queues a message given as slices (the rewritten original plus our inserts).
+    /// Queues a message given as slices (the rewritten original plus our inserts); on a
+    /// WebSocket, as one text frame (its header written in the same vectored write).
     pub fn write(&mut self, slices: &[IoSlice<'_>]) -> Result<(), StreamError> {
+        if !self.ws {
+            return self.write_raw(slices);
+        }
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let (head, n) = crate::ws::frame::header(crate::ws::frame::OP_TEXT, total);
+        let mut framed = [IoSlice::new(&[]); crate::sip::rewrite::MAX_SLICES + 1];
+        if slices.len() < framed.len() {
+            framed[0] = IoSlice::new(&head[..n]);
+            framed[1..=slices.len()].copy_from_slice(slices);
+            return self.write_raw(&framed[..=slices.len()]);
+        }
+        self.write_raw(&[IoSlice::new(&head[..n])])?;
+        self.write_raw(slices)
+    }
+
+    /// Queues a WebSocket control frame (pong, close) with `payload`.
+    pub fn write_control(&mut self, opcode: u8, payload: &[u8]) -> Result<(), StreamError> {
+        let (head, n) = crate::ws::frame::header(opcode, payload.len());
+        self.write_raw(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
+    }
+
+    /// Queues bytes as they are (the HTTP upgrade answer, or anything on a plain TLS stream).
+    pub fn write_raw(&mut self, slices: &[IoSlice<'_>]) -> Result<(), StreamError> {
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let mut done = 0;
         if self.pending.is_empty() {

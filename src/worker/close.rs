@@ -25,8 +25,10 @@ pub enum CloseReason {
     PartnerRefused,
     /// A reload removed the partner this connection belongs to.
     PartnerRemoved,
-    /// Bytes that cannot be framed as SIP.
+    /// Bytes that cannot be framed as SIP (or as WebSocket frames).
     UnframableInput,
+    /// A WebSocket upgrade that was refused (after its HTTP answer).
+    UpgradeRefused,
     HandshakeTimeout,
     MessageTimeout,
     IdleTimeout,
@@ -49,6 +51,7 @@ impl CloseReason {
             CloseReason::PartnerRefused => "partner certificate refused",
             CloseReason::PartnerRemoved => "partner removed",
             CloseReason::UnframableInput => "unframable input",
+            CloseReason::UpgradeRefused => "WebSocket upgrade refused",
             CloseReason::HandshakeTimeout => "handshake timeout",
             CloseReason::MessageTimeout => "message timeout",
             CloseReason::IdleTimeout => "idle timeout",

@@ -40,7 +40,14 @@ impl Worker {
                     continue;
                 }
             };
-            self.add_conn(sock, peer, tls, Kind::Client);
+            let slot = self.add_conn(sock, peer, tls, Kind::Client);
+            // The WebSocket listeners follow the TLS ones.
+            if i >= self.shared.cfg.listen.len()
+                && let Some(c) = slot.and_then(|s| self.slots.get_mut(s))
+            {
+                c.ws = Some(Box::new(super::slots::WsState::Upgrading));
+                self.m.ws_accepted += 1;
+            }
         }
     }
 
@@ -122,6 +129,7 @@ impl Worker {
             skip: 0,
             partial_since: None,
             paused: false,
+            ws: None,
             partner: None,
         };
         if let Err(e) = self

@@ -347,6 +347,9 @@ impl Worker {
     /// Frames and routes every complete message in the connection's read buffer.
     fn process(&mut self, slot: usize) {
         let Some(c) = self.slots.get_mut(slot) else { return };
+        if c.ws.is_some() {
+            return self.process_ws(slot);
+        }
         // Routing needs `&mut self` for other connections while the message borrows this
         // buffer: move the buffer out (a pointer move, not a copy) and put it back after.
         let rbuf = std::mem::take(&mut c.stream.rbuf);
@@ -554,6 +557,12 @@ impl Worker {
             .filter(|&s| self.slots.get(s).is_some_and(|c| c.kind == Kind::Client))
             .count() as u64;
         self.partner_gauges(&mut snap);
+        snap.ws_open = self
+            .slots
+            .occupied()
+            .into_iter()
+            .filter(|&s| self.slots.get(s).is_some_and(|c| c.ws.is_some()))
+            .count() as u64;
         snap.backends = self
             .rt
             .backends
@@ -573,6 +582,6 @@ impl Worker {
     }
 }
 
-fn is_request(msg: &[u8]) -> bool {
+pub(super) fn is_request(msg: &[u8]) -> bool {
     !msg.starts_with(b"SIP/")
 }

@@ -16,6 +16,7 @@ mod route;
 mod runtime;
 pub mod slots;
 mod sockets;
+mod websocket;
 
 pub use runtime::{KEY_GRACE, Runtime, RuntimeError};
 pub use sockets::reuseport_listener;
@@ -91,6 +92,8 @@ pub struct Shared {
     pub admin_gen: AtomicU64,
     /// Host part of `cfg.advertise`, for recognising our own Route and Via.
     pub adv_host: String,
+    /// The host of `--advertise-wss`, when siplb has WebSocket listeners.
+    pub wss_host: Option<String>,
     /// `host:port` and host servers reach siplb at (with a peer listener).
     pub peer_advertise: Option<(String, String)>,
     pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
@@ -175,6 +178,8 @@ pub struct Balancer {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     pub listen_addrs: Vec<SocketAddr>,
+    /// The `--listen-wss` addresses, with their real ports.
+    pub wss_addrs: Vec<SocketAddr>,
     pub peer_addr: Option<SocketAddr>,
     /// Where `/metrics` is served, with `--metrics`.
     pub metrics_addr: Option<SocketAddr>,
@@ -217,6 +222,21 @@ impl Balancer {
             }
             peer_addr = Some(real);
         }
+        // WebSocket listeners follow the TLS ones in each worker's list.
+        let mut wss_addrs = Vec::new();
+        for &addr in &cfg.listen_wss {
+            let (real, group) = listener_group(addr, cfg.workers, cfg.reuse_port)?;
+            for (per_worker, l) in listeners.iter_mut().zip(group) {
+                per_worker.push(l);
+            }
+            wss_addrs.push(real);
+        }
+        if let (Some(a), Some(real)) = (&cfg.advertise_wss, wss_addrs.first())
+            && a.ends_with(":0")
+        {
+            cfg.advertise_wss = Some(format!("{}:{}", a.trim_end_matches(":0"), real.port()));
+        }
+        let wss_host = cfg.advertise_wss.as_deref().map(host_of);
         if cfg.advertise.ends_with(":0") {
             // The advertised port follows the real one when the first listener asked for port 0.
             let host = cfg.advertise.trim_end_matches(":0").to_string();
@@ -254,6 +274,7 @@ impl Balancer {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             adv_host,
+            wss_host,
             peer_advertise,
             handoff_bytes: (0..cfg.workers).map(|_| AtomicUsize::new(0)).collect(),
             handoff,
@@ -297,6 +318,7 @@ impl Balancer {
             shared,
             threads,
             listen_addrs,
+            wss_addrs,
             peer_addr,
             metrics_addr: None,
             admin_addr: None,

@@ -158,10 +158,22 @@ impl Worker {
     }
 
     pub(super) fn send_raw(&mut self, slot: usize, bytes: &[u8]) {
-        self.m.bytes_out += bytes.len() as u64;
+        self.send_with(slot, bytes.len(), |s| s.write_all(bytes));
+    }
+
+    /// Writes `n` bytes with `write` to the connection in `slot`: counted, accounted against the
+    /// output budget, flushed at the end of the turn, and the connection doomed if it does not
+    /// read.
+    pub(super) fn send_with(
+        &mut self,
+        slot: usize,
+        n: usize,
+        write: impl FnOnce(&mut crate::tls::stream::TlsStream) -> Result<(), crate::tls::stream::StreamError>,
+    ) {
+        self.m.bytes_out += n as u64;
         if let Some(c) = self.slots.get_mut(slot) {
             let before = c.stream.queued();
-            let written = c.stream.write_all(bytes);
+            let written = write(&mut c.stream);
             let after = c.stream.queued();
             if written.is_err() {
                 self.doomed.push((slot, CloseReason::PeerNotReading));

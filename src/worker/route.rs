@@ -60,6 +60,12 @@ impl Worker {
             advertise: &self.shared.cfg.advertise,
             adv_host: &self.shared.adv_host,
             server_side: self.shared.server_side(),
+            wss: self
+                .shared
+                .cfg
+                .advertise_wss
+                .as_deref()
+                .zip(self.shared.wss_host.as_deref()),
             backends: &self.eff,
             balance: self.shared.cfg.balance,
             path: self.shared.cfg.path,
@@ -74,6 +80,7 @@ impl Worker {
             peer_ip: c.peer_ip.as_bytes(),
             peer_port: c.peer.port(),
             from_server: c.kind.is_server(),
+            ws: c.stream.ws,
             backend: c.kind.backend(),
             follow,
             rr_cache: &mut c.rr_tokens,

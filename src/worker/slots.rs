@@ -36,6 +36,13 @@ impl Kind {
     }
 }
 
+/// A WebSocket client's state: its HTTP upgrade not yet read, or open with its frame decoder.
+#[derive(Debug)]
+pub enum WsState {
+    Upgrading,
+    Open(crate::ws::frame::Decoder),
+}
+
 /// The text of an address as written into `received=`, kept inline so a message needs no
 /// allocation to quote it.
 #[derive(Clone, Copy)]
@@ -78,6 +85,8 @@ pub struct Conn {
     pub partial_since: Option<Instant>,
     /// Left unread while servers were slow (in the worker's list of clients to read later).
     pub paused: bool,
+    /// A WebSocket client (`--listen-wss`): where its upgrade and frames stand.
+    pub ws: Option<Box<WsState>>,
     /// The federation partner (its domain) whose edge this client is.
     pub partner: Option<std::sync::Arc<str>>,
 }

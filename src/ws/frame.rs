@@ -51,6 +51,8 @@ struct Frag {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     max: usize,
+    /// Decoding a client's frames (which must be masked); a server's are never masked.
+    from_client: bool,
     /// Where the next frame starts.
     pos: usize,
     frag: Option<Frag>,
@@ -61,8 +63,17 @@ impl Decoder {
     pub fn new(max: usize) -> Decoder {
         Decoder {
             max,
+            from_client: true,
             pos: 0,
             frag: None,
+        }
+    }
+
+    /// The client side's decoder of a server's (unmasked) frames, for sipload and tests.
+    pub fn of_server(max: usize) -> Decoder {
+        Decoder {
+            from_client: false,
+            ..Decoder::new(max)
         }
     }
 
@@ -105,8 +116,16 @@ impl Decoder {
                 "reserved bits set (no extension was agreed)",
             ));
         }
-        if b1 & 0x80 == 0 {
-            return Some(Event::Fail(code::PROTOCOL, "client frames must be masked"));
+        let masked = b1 & 0x80 != 0;
+        if masked != self.from_client {
+            return Some(Event::Fail(
+                code::PROTOCOL,
+                if self.from_client {
+                    "client frames must be masked"
+                } else {
+                    "server frames must not be masked"
+                },
+            ));
         }
         let control = op & 0x8 != 0;
         if !matches!(op, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
@@ -148,13 +167,15 @@ impl Decoder {
             _ => {}
         }
         let len = len as usize;
-        let start = self.pos + head + 4;
+        let start = self.pos + head + if masked { 4 } else { 0 };
         if buf.len() < start + len {
             return Some(Event::Partial);
         }
-        let mut mask = [0u8; 4];
-        mask.copy_from_slice(&buf[start - 4..start]);
-        unmask(&mut buf[start..start + len], mask);
+        if masked {
+            let mut mask = [0u8; 4];
+            mask.copy_from_slice(&buf[start - 4..start]);
+            unmask(&mut buf[start..start + len], mask);
+        }
         self.pos = start + len;
         let payload = start..start + len;
         match op {

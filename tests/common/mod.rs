@@ -269,6 +269,7 @@ pub fn call_opts_to(pki: &Pki, target: SocketAddr, calls: usize) -> CallOpts {
         ruri: "sip:service@pool.test".into(),
         vary_user: false,
         from_domain: "sipload.invalid".into(),
+        ws: false,
         progress: false,
         retry: false,
     }
@@ -331,6 +332,23 @@ impl siplb::load::endpoint::Handler for Inbox {
 impl TestClient {
     pub fn connect(pki: &Pki, lb: &Balancer) -> TestClient {
         TestClient::connect_to(lb.listen_addrs[0], pki.client_tls(None))
+    }
+
+    /// A SIP-over-WebSocket connection (RFC 7118) to `addr`, a `--listen-wss` address.
+    pub fn connect_ws(pki: &Pki, addr: SocketAddr) -> TestClient {
+        let mut ep = siplb::load::endpoint::Endpoint::new().expect("endpoint");
+        let conn = ep
+            .connect_ws(
+                addr,
+                pki.client_tls(None),
+                tls::server_name(LB_NAME).expect("name"),
+            )
+            .expect("connect");
+        TestClient {
+            ep,
+            conn,
+            inbox: Inbox::default(),
+        }
     }
 
     /// A connection to `addr` with client config `cfg` (a partner's edge certificate, say).

@@ -60,6 +60,8 @@ fn forward_a_request() {
                 host: b"lb.example:5061",
                 token: &tok,
                 sips: false,
+                ws: false,
+                ob: false,
             }),
             None,
         ],
