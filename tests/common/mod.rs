@@ -16,6 +16,8 @@ use siplb::load::server::{self, ByeOn, Faults, ServerHandle, ServerOpts, ServerS
 use siplb::tls::{self, Identity};
 use siplb::worker::Balancer;
 
+pub mod kamailio;
+
 pub const LB_NAME: &str = "siplb.test";
 
 pub struct Pki {
