@@ -23,6 +23,9 @@ pub struct DemoArgs {
     /// Calls with a new TLS connection each.
     #[arg(long, value_name = "N", default_value_t = 300)]
     pub new_connection_calls: usize,
+    /// Calls over one persistent WebSocket (SIP over WSS, RFC 7118, as browsers speak it).
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    pub ws_calls: usize,
     /// New calls per second over the persistent connection.
     #[arg(long, value_name = "R", default_value_t = 500.0)]
     pub rate: f64,
@@ -94,6 +97,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         "siplb".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--listen-wss".into(),
+        "127.0.0.1:0".into(),
         "--cert".into(),
         lb.cert.display().to_string(),
         "--key".into(),
@@ -120,8 +125,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         return Err("the balancer did not reach its back ends within 10 s".into());
     }
     println!(
-        "  siplb on {} with {workers} workers, advertising {}",
+        "  siplb on {} (TLS) and {} (WSS) with {workers} workers, advertising {}",
         lb.listen_addrs[0],
+        lb.wss_addrs[0],
         lb.advertise()
     );
 
@@ -148,14 +154,16 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     );
     let mut failed = 0;
     let mut reports = Vec::new();
-    for (label, per_call, calls, rate) in [
-        ("one persistent TLS connection", false, args.calls, args.rate),
+    for (label, per_call, ws, calls, rate) in [
+        ("one persistent TLS connection", false, false, args.calls, args.rate),
         (
             "a new TLS connection per call",
             true,
+            false,
             args.new_connection_calls,
             args.new_connection_rate,
         ),
+        ("one persistent WebSocket (WSS)", false, true, args.ws_calls, args.rate),
     ] {
         if calls == 0 {
             continue;
@@ -166,6 +174,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             calls,
             rate,
             per_call_connection: per_call,
+            ws,
+            target: if ws { lb.wss_addrs[0] } else { base.target },
             ..base.clone()
         })
         .map_err(|e| format!("caller: {e}"))?;
