@@ -66,6 +66,7 @@ measure() {
   shift 6
   local extra=()
   [ "$mode" = per-call ] && extra=(--per-call-connection)
+  [ "$mode" = wss ] && extra=(--ws)
   local before after out
   before=$(cpu_ticks "$@")
   # CALLER_ARGS: extra caller flags (a direct run names the back end and brings a certificate).
@@ -94,12 +95,14 @@ table_header() {
   printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n" ---------- ------------ -------- -------- -------- ---------- --------- --------- -----------
 }
 
-# start_siplb PORT WORKERS: siplb (or $SIPLB_BIN) in front of the three back ends; sets SIPLB_PID.
+# start_siplb PORT WORKERS: siplb (or $SIPLB_BIN) in front of the three back ends, with the
+# flags in $SIPLB_ARGS too; sets SIPLB_PID.
 start_siplb() {
   "${SIPLB_BIN:-$BIN/siplb}" --listen "127.0.0.1:$1" --workers "$2" --log warn \
     --cert "$BENCH_DIR/localhost.crt.pem" --key "$BENCH_DIR/localhost.key.pem" --backend-ca "$BENCH_DIR/ca.pem" \
     --backend "b0.bench=127.0.0.1:$BACKEND_PORT" --backend "b1.bench=127.0.0.1:$((BACKEND_PORT + 1))" \
-    --backend "b2.bench=127.0.0.1:$((BACKEND_PORT + 2))" --max-connections 20000 >"$BENCH_DIR/siplb.log" 2>&1 &
+    --backend "b2.bench=127.0.0.1:$((BACKEND_PORT + 2))" --max-connections 20000 ${SIPLB_ARGS:-} \
+    >"$BENCH_DIR/siplb.log" 2>&1 &
   SIPLB_PID=$!
   PIDS+=("$SIPLB_PID")
   wait_port "$1"

@@ -461,3 +461,25 @@ fn frame_faults_get_their_close_code_and_harm_no_one() {
     assert_eq!(m.ws_failures.values().sum::<u64>(), 9, "{:?}", m.ws_failures);
     lb.shutdown();
 }
+
+#[test]
+fn siplb_ends_its_side_of_a_websocket_with_a_close_frame() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let lb = wss_balancer(&pki, &backends, &["--idle-timeout", "1"]);
+    // Idle past --idle-timeout: 1000, then the close.
+    let mut idle = upgraded(&pki, &lb);
+    assert_eq!(close_code(&mut idle), Some(1000));
+    assert!(closed(&mut idle), "the idle WebSocket was not closed");
+    lb.shutdown();
+    // Stopping: 1001 (going away) to a WebSocket that is still busy.
+    let lb = wss_balancer(&pki, &backends, &[]);
+    let mut busy = upgraded(&pki, &lb);
+    busy.write_all(&client_frame(frame::OP_TEXT, true, options("before-stop").as_bytes(), M))
+        .expect("send");
+    let seen = frames_until(&mut busy, |_, p| p.starts_with(b"SIP/2.0 200"));
+    assert!(!seen.is_empty(), "no answer before the stop");
+    let stopper = std::thread::spawn(move || lb.shutdown());
+    assert_eq!(close_code(&mut busy), Some(1001));
+    stopper.join().expect("shutdown");
+}

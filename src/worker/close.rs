@@ -61,6 +61,33 @@ impl CloseReason {
         }
     }
 
+    /// The close code a WebSocket client is sent when siplb closes its connection for this
+    /// reason; `None` when a close frame already went (a violation, an answered close) or the
+    /// connection can take none.
+    pub fn ws_close_code(self) -> Option<u16> {
+        use crate::ws::frame::code;
+        match self {
+            CloseReason::UnframableInput
+            | CloseReason::ClosedByPeer
+            | CloseReason::UpgradeRefused
+            | CloseReason::Io
+            | CloseReason::WriteFailed
+            | CloseReason::SocketError
+            | CloseReason::Tls
+            | CloseReason::ClosedWithoutCloseNotify => None,
+            CloseReason::ShuttingDown | CloseReason::Removed | CloseReason::PartnerRemoved => {
+                Some(code::GOING_AWAY)
+            }
+            CloseReason::PeerNotReading | CloseReason::OutputBudget | CloseReason::PartnerRefused => {
+                Some(code::POLICY)
+            }
+            CloseReason::HandshakeTimeout
+            | CloseReason::MessageTimeout
+            | CloseReason::IdleTimeout
+            | CloseReason::PeerNotConfigured => Some(code::NORMAL),
+        }
+    }
+
     /// What the pool makes of a pool connection closed for this reason.
     pub fn for_pool(self) -> Closed {
         match self {

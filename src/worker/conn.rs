@@ -229,6 +229,13 @@ impl Worker {
         if c.kind.is_server() {
             self.server_queued = self.server_queued.saturating_sub(c.stream.queued());
         }
+        // A WebSocket closed by siplb says so in a close frame first (its close handshake),
+        // unless one was already sent (a violation) or the client closed.
+        if c.stream.ws
+            && let Some(code) = why.ws_close_code()
+        {
+            let _ = c.stream.write_control(crate::ws::frame::OP_CLOSE, &code.to_be_bytes());
+        }
         c.stream.close();
         let _ = self.poll.registry().deregister(&mut c.stream.sock);
         match c.kind {

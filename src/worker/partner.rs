@@ -77,7 +77,8 @@ impl Worker {
             ClientClass::Verified => self.m.clients_verified += 1,
             ClientClass::Unverified => self.m.clients_unverified += 1,
         }
-        tracing::debug!(worker = self.id, %peer, verified = matches!(class, ClientClass::Verified), sni = sni.as_deref().unwrap_or("none"), "client connected");
+        let ws = self.slots.get(slot).is_some_and(|c| c.ws.is_some());
+        tracing::debug!(worker = self.id, %peer, ws, verified = matches!(class, ClientClass::Verified), sni = sni.as_deref().unwrap_or("none"), "client connected");
         true
     }
 

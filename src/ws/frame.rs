@@ -11,6 +11,7 @@ pub mod code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL: u16 = 1002;
+    pub const POLICY: u16 = 1008;
     pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
 }
