@@ -155,7 +155,13 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let mut failed = 0;
     let mut reports = Vec::new();
     for (label, per_call, ws, calls, rate) in [
-        ("one persistent TLS connection", false, false, args.calls, args.rate),
+        (
+            "one persistent TLS connection",
+            false,
+            false,
+            args.calls,
+            args.rate,
+        ),
         (
             "a new TLS connection per call",
             true,
@@ -163,7 +169,13 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             args.new_connection_calls,
             args.new_connection_rate,
         ),
-        ("one persistent WebSocket (WSS)", false, true, args.ws_calls, args.rate),
+        (
+            "one persistent WebSocket (WSS)",
+            false,
+            true,
+            args.ws_calls,
+            args.rate,
+        ),
     ] {
         if calls == 0 {
             continue;

@@ -18,7 +18,6 @@ use common::kamailio::{kamailio, kamailio_installed};
 use common::*;
 use siplb::load::endpoint::{Endpoint, Handler, Out};
 use siplb::load::msg::{self, Dialog, text};
-use siplb::sip::header::Name;
 use siplb::sip::{Message, Method};
 use siplb::tls;
 
@@ -292,13 +291,7 @@ fn browsers_register_and_call_through_siplb_to_a_kamailio_registrar() {
         );
         pump(&mut ep, &mut carol);
     };
-    let ok = Message::parse(&ok).expect("200 parses");
-    d.remote = ok.value(ok.to).map(text).expect("To");
-    d.route = msg::values(&ok, Name::RecordRoute).into_iter().rev().collect();
-    d.remote_target = msg::values(&ok, Name::Contact)
-        .first()
-        .map(|c| msg::uri_of(c))
-        .expect("Contact");
+    d.confirm(&Message::parse(&ok).expect("200 parses"));
     ep.send(conn, &d.request("ACK", Some(1), None, ""));
     wait("bob confirmed carol", &mut ep, &mut carol);
     ep.send(conn, &d.request("BYE", None, None, ""));

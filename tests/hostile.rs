@@ -33,36 +33,6 @@ impl Peer {
     }
 }
 
-/// Reads until one whole head has arrived (siplb's own answers have no body); "" on EOF.
-fn read_head(s: &mut impl Read) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// Whether the peer closes the connection within `limit` (a hang detector, not a timing check).
-fn closes_within(s: &mut impl Read, sock: &TcpStream, limit: Duration) -> bool {
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let until = Instant::now() + limit;
-    let mut chunk = [0u8; 1024];
-    while Instant::now() < until {
-        match s.read(&mut chunk) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
-
 fn request(method: &str, extra: &str, drop: &[&str]) -> String {
     let mut headers = vec![
         "Via: SIP/2.0/TLS client.invalid;branch=z9hG4bKhostile".to_string(),

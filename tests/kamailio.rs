@@ -247,13 +247,7 @@ fn scenario(reuse: bool, says_path: bool) {
         let ok = bob.wait_for("200 INVITE", &mut b_seen, |m| {
             is_response(m, 200, Method::Invite) && m.call_id() == Some(call_id.as_bytes())
         });
-        let ok = Message::parse(&ok).expect("200 parses");
-        d.remote = ok.value(ok.to).map(text).expect("To");
-        d.route = msg::values(&ok, Name::RecordRoute).into_iter().rev().collect();
-        d.remote_target = msg::values(&ok, Name::Contact)
-            .first()
-            .map(|c| msg::uri_of(c))
-            .expect("Contact");
+        d.confirm(&Message::parse(&ok).expect("200 parses"));
         bob.send(&d.request("ACK", Some(1), None, ""));
         alice.wait_for("ACK", &mut a_seen, |m| m.method() == Some(Method::Ack));
         if bye_from_bob {

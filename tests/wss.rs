@@ -176,37 +176,13 @@ fn raw(pki: &Pki, lb: &siplb::worker::Balancer) -> Tls {
 
 /// Reads until the HTTP head has come (or EOF); the head.
 fn http_head(s: &mut Tls) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
+    read_head(s)
 }
 
 /// Whether siplb closes the connection (EOF or reset) within a deadline — a hang detector.
 fn closed(s: &mut Tls) -> bool {
-    s.sock
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    let mut chunk = [0u8; 4096];
-    while std::time::Instant::now() < until {
-        match s.read(&mut chunk) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return true,
-        }
-    }
-    false
+    let sock = s.sock.try_clone().expect("sock");
+    closes_within(s, &sock, Duration::from_secs(20))
 }
 
 /// An upgraded WebSocket, ready for frames.
@@ -478,8 +454,13 @@ fn siplb_ends_its_side_of_a_websocket_with_a_close_frame() {
     // Stopping: 1001 (going away) to a WebSocket that is still busy.
     let lb = wss_balancer(&pki, &backends, &[]);
     let mut busy = upgraded(&pki, &lb);
-    busy.write_all(&client_frame(frame::OP_TEXT, true, options("before-stop").as_bytes(), M))
-        .expect("send");
+    busy.write_all(&client_frame(
+        frame::OP_TEXT,
+        true,
+        options("before-stop").as_bytes(),
+        M,
+    ))
+    .expect("send");
     let seen = frames_until(&mut busy, |_, p| p.starts_with(b"SIP/2.0 200"));
     assert!(!seen.is_empty(), "no answer before the stop");
     let stopper = std::thread::spawn(move || lb.shutdown());

@@ -13,7 +13,6 @@ use rustls::pki_types::ServerName;
 
 use super::endpoint::{Closed, Endpoint, Handler, Out};
 use super::msg::{self, Dialog, text, unique};
-use crate::sip::header::Name;
 use crate::sip::{Message, Method};
 
 #[derive(Clone)]
@@ -164,11 +163,7 @@ impl Handler for Uac {
             (Method::Invite, 200..=299) if call.state == State::Inviting => {
                 self.report.setup.push(call.started.elapsed());
                 let d = &mut call.dialog;
-                d.remote = m.value(m.to).map(text).unwrap_or_default();
-                d.route = msg::values(m, Name::RecordRoute).into_iter().rev().collect();
-                if let Some(c) = msg::values(m, Name::Contact).first() {
-                    d.remote_target = msg::uri_of(c);
-                }
+                d.confirm(m);
                 out.send(conn, d.request("ACK", Some(cseq), None, ""));
                 call.state = State::Talking;
                 if !self.opts.remote_bye {

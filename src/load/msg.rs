@@ -90,6 +90,16 @@ pub struct Dialog {
 }
 
 impl Dialog {
+    /// The caller's side takes the 2xx to its INVITE: the callee's tag (To), the route set (the
+    /// Record-Route list reversed, RFC 3261 §12.1.2) and the remote target (Contact, if any).
+    pub fn confirm(&mut self, ok: &Message) {
+        self.remote = ok.value(ok.to).map(text).unwrap_or_default();
+        self.route = values(ok, Name::RecordRoute).into_iter().rev().collect();
+        if let Some(c) = values(ok, Name::Contact).first() {
+            self.remote_target = uri_of(c);
+        }
+    }
+
     /// An in-dialog request; `branch` reuses a branch (ACK of a non-2xx, CANCEL), else a new one.
     pub fn request(&mut self, method: &str, cseq: Option<u32>, branch: Option<&str>, extra: &str) -> Vec<u8> {
         let n = cseq.unwrap_or_else(|| {

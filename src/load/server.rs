@@ -394,12 +394,8 @@ impl Uas {
         let Some((_, d)) = self.dialogs.get_mut(call_id) else {
             return;
         };
-        // We were the UAC: the route set is the Record-Route list reversed (RFC 3261 §12.1.2).
-        d.remote = m.value(m.to).map(text).unwrap_or_default();
-        d.route = msg::values(m, Name::RecordRoute).into_iter().rev().collect();
-        if let Some(c) = msg::values(m, Name::Contact).first() {
-            d.remote_target = msg::uri_of(c);
-        }
+        // We were the UAC.
+        d.confirm(m);
         let cseq = m.cseq.map_or(1, |c| c.1);
         out.send(conn, d.request("ACK", Some(cseq), None, ""));
         let after = self.opts.bye_after.unwrap_or(Duration::from_millis(50));

@@ -234,7 +234,9 @@ impl Worker {
         if c.stream.ws
             && let Some(code) = why.ws_close_code()
         {
-            let _ = c.stream.write_control(crate::ws::frame::OP_CLOSE, &code.to_be_bytes());
+            let _ = c
+                .stream
+                .write_control(crate::ws::frame::OP_CLOSE, &code.to_be_bytes());
         }
         c.stream.close();
         let _ = self.poll.registry().deregister(&mut c.stream.sock);

@@ -474,8 +474,6 @@ pub fn establish(c: &mut TestClient, call_id: &str) -> siplb::load::msg::Dialog 
 
 /// INVITE, 200, ACK over `c` for the caller's side `d` (its From and host as the test wants).
 pub fn establish_dialog(c: &mut TestClient, mut d: siplb::load::msg::Dialog) -> siplb::load::msg::Dialog {
-    use siplb::load::msg;
-    use siplb::sip::header::Name;
     let call_id = d.call_id.clone();
     let call_id = call_id.as_str();
     c.send(&d.request("INVITE", None, None, ""));
@@ -483,12 +481,8 @@ pub fn establish_dialog(c: &mut TestClient, mut d: siplb::load::msg::Dialog) -> 
         is_response(m, 200, siplb::sip::Method::Invite) && m.call_id() == Some(call_id.as_bytes())
     });
     let ok = siplb::sip::Message::parse(&ok).expect("200 parses");
-    d.remote = ok.value(ok.to).map(msg::text).expect("To");
-    d.route = msg::values(&ok, Name::RecordRoute).into_iter().rev().collect();
-    d.remote_target = msg::values(&ok, Name::Contact)
-        .first()
-        .map(|c| msg::uri_of(c))
-        .expect("Contact");
+    assert!(ok.contact.is_some(), "a 200 without Contact");
+    d.confirm(&ok);
     c.send(&d.request("ACK", Some(1), None, ""));
     d
 }
@@ -614,4 +608,38 @@ pub fn reload_and_wait(lb: &Balancer) {
         lb.wait_applied(Duration::from_secs(20)),
         "the workers did not take the reload"
     );
+}
+
+/// Reads until one whole head has arrived (siplb's own answers have no body); "" on EOF.
+pub fn read_head(s: &mut impl std::io::Read) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Whether the peer closes the connection within `limit` (a hang detector, not a timing check).
+pub fn closes_within(s: &mut impl std::io::Read, sock: &std::net::TcpStream, limit: Duration) -> bool {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let until = std::time::Instant::now() + limit;
+    let mut chunk = [0u8; 1024];
+    while std::time::Instant::now() < until {
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }
