@@ -16,6 +16,8 @@ work=$(mktemp -d /tmp/siplb-repeat.XXXXXX)
 git clone --quiet "$root" "$work/clone"
 cd "$work/clone"
 echo "fresh clone of $(git rev-parse --short HEAD) in $work/clone; $runs runs of: cargo test"
+# The browser test's JsSIP bundle, as .ci/run makes it (the test skips without it).
+scripts/browser-deps.sh >/dev/null 2>&1 || echo "repeat-tests.sh: no JsSIP bundle; the browser test will skip" >&2
 
 for i in $(seq 1 "$runs"); do
   start=$(date +%s)
