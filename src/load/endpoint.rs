@@ -13,7 +13,7 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
-use crate::sip::{Message, Read, Status};
+use crate::sip::{Message, Read};
 use crate::tls::stream::TlsStream;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -308,12 +308,12 @@ Sec-WebSocket-Protocol: sip\r\n\r\n"
                         pos += f.consumed();
                     }
                     Read::Unparsable(f, _) => pos += f.consumed(),
-                    Read::Other(Status::Ping(n)) => {
+                    Read::Ping(n) => {
                         out.send(id, b"\r\n".to_vec());
                         pos += n;
                     }
-                    Read::Other(Status::Partial | Status::Complete(_)) => break,
-                    Read::Other(Status::Invalid(e)) => {
+                    Read::Partial => break,
+                    Read::Invalid(e) => {
                         tracing::warn!(conn = id, error = %e, data = %String::from_utf8_lossy(&buf[pos..(pos + 200).min(buf.len())]), "sipload: unframable input");
                         dead = Some(Closed::Unframable);
                         break;

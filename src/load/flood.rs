@@ -13,7 +13,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
 use super::msg::{self, Dialog};
-use crate::sip::{Read as Framed, Status};
+use crate::sip::Read as Framed;
 
 /// What to flood and how.
 #[derive(Clone)]
@@ -153,13 +153,13 @@ fn count(got: &mut Vec<u8>, answers: &mut BTreeMap<u16, usize>) {
                 pos += f.consumed();
             }
             Framed::Unparsable(f, _) => pos += f.consumed(),
-            Framed::Other(Status::Ping(k)) => pos += k,
+            Framed::Ping(k) => pos += k,
             // Bytes that cannot be framed: nothing after them can be either.
-            Framed::Other(Status::Invalid(_)) => {
+            Framed::Invalid(_) => {
                 pos = got.len();
                 break;
             }
-            Framed::Other(_) => break,
+            Framed::Partial => break,
         }
     }
     got.drain(..pos);

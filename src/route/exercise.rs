@@ -12,7 +12,7 @@ use crate::balance::{Backend, BalanceKey};
 use crate::sip::header::Name;
 use crate::sip::response::{Extra, write_response};
 use crate::sip::token::TOKEN_LEN;
-use crate::sip::{Read, Rewrite, Role, Status, Token, TokenCache, TokenKey, read};
+use crate::sip::{Read, Rewrite, Role, Token, TokenCache, TokenKey, read};
 
 pub fn exercise(data: &[u8]) {
     let Some((&ctl, stream)) = data.split_first() else {
@@ -63,11 +63,11 @@ pub fn exercise(data: &[u8]) {
                 pos += f.consumed();
                 continue;
             }
-            Read::Other(Status::Ping(n)) => {
+            Read::Ping(n) => {
                 pos += n;
                 continue;
             }
-            Read::Other(_) => break,
+            Read::Partial | Read::Invalid(_) => break,
         };
         pos += f.consumed();
         let from_server = ctl & 1 == 1;

@@ -101,12 +101,12 @@ pub fn exercise(data: &[u8]) {
                 answer(&buf[f.range()], &e.to_string(), &mut out);
                 pos += f.consumed();
             }
-            Read::Other(Status::Ping(n)) => pos += n,
-            Read::Other(Status::Invalid(e)) => {
+            Read::Ping(n) => pos += n,
+            Read::Invalid(e) => {
                 answer(buf, &e.to_string(), &mut out);
                 break;
             }
-            Read::Other(_) => break,
+            Read::Partial => break,
         }
     }
 }

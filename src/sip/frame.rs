@@ -50,6 +50,34 @@ pub enum Status {
     Invalid(FrameError),
 }
 
+/// What there is when there is no whole message: the cases [`Status`] and [`Read`] share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Incomplete {
+    Ping(usize),
+    Partial,
+    Invalid(FrameError),
+}
+
+impl From<Incomplete> for Status {
+    fn from(i: Incomplete) -> Status {
+        match i {
+            Incomplete::Ping(n) => Status::Ping(n),
+            Incomplete::Partial => Status::Partial,
+            Incomplete::Invalid(e) => Status::Invalid(e),
+        }
+    }
+}
+
+impl From<Incomplete> for Read<'_> {
+    fn from(i: Incomplete) -> Self {
+        match i {
+            Incomplete::Ping(n) => Read::Ping(n),
+            Incomplete::Partial => Read::Partial,
+            Incomplete::Invalid(e) => Read::Invalid(e),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("message is larger than the {limit}-byte limit")]
@@ -83,12 +111,12 @@ const MAX_START_LINE: usize = 8 * 1024;
 pub fn frame(buf: &[u8], max: usize) -> Status {
     let (skip, head) = match locate_head(buf, max) {
         Ok(found) => found,
-        Err(status) => return status,
+        Err(i) => return i.into(),
     };
     let msg = &buf[skip..];
-    match content_length(&msg[..head]) {
-        Ok(body) => complete(msg, skip, head, body, max),
-        Err(e) => Status::Invalid(e),
+    match content_length(&msg[..head]).map_err(Incomplete::Invalid) {
+        Ok(body) => complete(msg, skip, head, body, max).map_or_else(Status::from, Status::Complete),
+        Err(i) => i.into(),
     }
 }
 
@@ -103,8 +131,12 @@ pub enum Read<'a> {
     /// A whole message that does not parse: answer 400 (requests) or drop it (responses), then go
     /// on with the next one.
     Unparsable(Framed, ParseError),
-    /// Anything else: as for [`frame`].
-    Other(Status),
+    /// A CRLFCRLF keep-alive ping of this many bytes; answer it with a single CRLF.
+    Ping(usize),
+    /// More bytes are needed.
+    Partial,
+    /// The stream cannot be framed; answer (if possible) and close the connection.
+    Invalid(FrameError),
 }
 
 /// Frames and parses the next message in one pass over its head: the lexer finds the empty line
@@ -124,14 +156,18 @@ pub fn read(buf: &[u8], max: usize) -> Read<'_> {
     // A partial head, one that does not parse, a ping or garbage: frame first, then parse.
     let (skip, head) = match locate_head(buf, max) {
         Ok(found) => found,
-        Err(status) => return Read::Other(status),
+        Err(i) => return i.into(),
     };
     let msg = &buf[skip..];
     match Message::parse_head(msg, head) {
         Ok(m) => with_body(msg, skip, head, m, max),
-        Err(e) => match frame(buf, max) {
-            Status::Complete(f) => Read::Unparsable(f, e),
-            other => Read::Other(other),
+        // Framed by its Content-Length all the same, so the next message can be read.
+        Err(e) => match content_length(&msg[..head])
+            .map_err(Incomplete::Invalid)
+            .and_then(|body| complete(msg, skip, head, body, max))
+        {
+            Ok(f) => Read::Unparsable(f, e),
+            Err(i) => i.into(),
         },
     }
 }
@@ -139,57 +175,57 @@ pub fn read(buf: &[u8], max: usize) -> Read<'_> {
 /// A parsed head whose body (by its Content-Length) is whole, still arriving, or too large.
 fn with_body<'a>(msg: &'a [u8], skip: usize, head: usize, mut m: Message<'a>, max: usize) -> Read<'a> {
     let Some(body) = m.content_length_value else {
-        return Read::Other(Status::Invalid(FrameError::MissingContentLength));
+        return Read::Invalid(FrameError::MissingContentLength);
     };
     match complete(msg, skip, head, body as usize, max) {
-        Status::Complete(f) => {
+        Ok(f) => {
             m.buf = &msg[..f.len];
             Read::Message(f, m)
         }
-        other => Read::Other(other),
+        Err(i) => i.into(),
     }
 }
 
 /// Skips leading CRLFs and finds the end of the header block: `(skip, head length)`, or the
 /// status to return when there is no complete head yet.
-fn locate_head(buf: &[u8], max: usize) -> Result<(usize, usize), Status> {
+fn locate_head(buf: &[u8], max: usize) -> Result<(usize, usize), Incomplete> {
     let skip = leading_crlfs(buf);
     if skip >= 4 {
-        return Err(Status::Ping(4));
+        return Err(Incomplete::Ping(4));
     }
     let msg = &buf[skip..];
     if msg.is_empty() || msg == b"\r" {
         // Nothing yet, or a CRLF (maybe the start of a ping, maybe a pong) with nothing after it.
-        return Err(Status::Partial);
+        return Err(Incomplete::Partial);
     }
     if !start_line_plausible(msg) {
-        return Err(Status::Invalid(FrameError::NotSip));
+        return Err(Incomplete::Invalid(FrameError::NotSip));
     }
     let Some(end) = HEAD_END.find(msg) else {
         if msg.len() > max {
-            return Err(Status::Invalid(FrameError::TooLarge { limit: max }));
+            return Err(Incomplete::Invalid(FrameError::TooLarge { limit: max }));
         }
-        return Err(Status::Partial);
+        return Err(Incomplete::Partial);
     };
     let head = end + 4;
     if head > max {
-        return Err(Status::Invalid(FrameError::TooLarge { limit: max }));
+        return Err(Incomplete::Invalid(FrameError::TooLarge { limit: max }));
     }
     Ok((skip, head))
 }
 
 /// The message is `head + body` bytes: complete, still arriving, or too large.
-fn complete(msg: &[u8], skip: usize, head: usize, body: usize, max: usize) -> Status {
+fn complete(msg: &[u8], skip: usize, head: usize, body: usize, max: usize) -> Result<Framed, Incomplete> {
     match head.checked_add(body) {
-        Some(len) if len <= max && msg.len() >= len => Status::Complete(Framed { skip, len, head }),
-        Some(len) if len <= max => Status::Partial,
-        Some(len) => Status::Invalid(FrameError::Oversized {
+        Some(len) if len <= max && msg.len() >= len => Ok(Framed { skip, len, head }),
+        Some(len) if len <= max => Err(Incomplete::Partial),
+        Some(len) => Err(Incomplete::Invalid(FrameError::Oversized {
             limit: max,
             skip,
             head,
             len,
-        }),
-        None => Status::Invalid(FrameError::TooLarge { limit: max }),
+        })),
+        None => Err(Incomplete::Invalid(FrameError::TooLarge { limit: max })),
     }
 }
 

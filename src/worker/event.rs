@@ -21,7 +21,7 @@ use crate::balance::work::Outstanding;
 use crate::metrics::Metrics;
 use crate::route::invites::Invites;
 use crate::sip::response::{Extra, write_response};
-use crate::sip::{FrameError, Read, Rewrite, Status, TokenCache};
+use crate::sip::{FrameError, Read, Rewrite, TokenCache};
 
 pub const WAKER: Token = Token(usize::MAX);
 /// Read-buffer room beyond `--max-message-bytes`, so a full message plus the start of the next
@@ -375,15 +375,12 @@ impl Worker {
                     }
                     pos += f.consumed();
                 }
-                Read::Other(Status::Ping(n)) => {
+                Read::Ping(n) => {
                     self.send_raw(slot, b"\r\n");
                     pos += n;
                 }
-                Read::Other(Status::Partial) => break,
-                Read::Other(Status::Complete(_)) => {
-                    unreachable!("read() returns complete messages as Message")
-                }
-                Read::Other(Status::Invalid(FrameError::Oversized { skip, head, len, .. })) if server => {
+                Read::Partial => break,
+                Read::Invalid(FrameError::Oversized { skip, head, len, .. }) if server => {
                     let msg = &buf[pos + skip..];
                     self.oversized_from_server(slot, &msg[..head]);
                     let whole = skip + len;
@@ -398,7 +395,7 @@ impl Worker {
                     pos = buf.len();
                     break;
                 }
-                Read::Other(Status::Invalid(e)) => {
+                Read::Invalid(e) => {
                     let rest = &buf[pos..];
                     let too_large = matches!(e, FrameError::TooLarge { .. } | FrameError::Oversized { .. });
                     if too_large && is_request(rest) {

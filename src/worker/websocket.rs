@@ -10,7 +10,7 @@ use super::close::CloseReason;
 use super::event::{Worker, is_request};
 use super::slots::WsState;
 use crate::sip::response::Extra;
-use crate::sip::{FrameError, Read, Status};
+use crate::sip::{FrameError, Read};
 use crate::ws::frame::{self, Event};
 use crate::ws::upgrade::{self, Upgrade};
 
@@ -141,14 +141,12 @@ impl Worker {
                 refuse(self, 400, &e.reason(msg));
             }
             // A CRLF keep-alive sent as a message: nothing to answer over WebSocket.
-            Read::Other(Status::Ping(_)) => {}
-            Read::Other(Status::Partial | Status::Complete(_)) => {
-                refuse(self, 400, "Incomplete SIP Message In WebSocket Message")
-            }
-            Read::Other(Status::Invalid(FrameError::TooLarge { .. } | FrameError::Oversized { .. })) => {
+            Read::Ping(_) => {}
+            Read::Partial => refuse(self, 400, "Incomplete SIP Message In WebSocket Message"),
+            Read::Invalid(FrameError::TooLarge { .. } | FrameError::Oversized { .. }) => {
                 refuse(self, 513, "Message Too Large")
             }
-            Read::Other(Status::Invalid(e)) => refuse(self, 400, &e.to_string()),
+            Read::Invalid(e) => refuse(self, 400, &e.to_string()),
         }
     }
 }
