@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::tls::partner::PartnerSpec;
 
 const SYNTAX: &str = "DOMAIN=CA_PEM[,name=HOST]...";

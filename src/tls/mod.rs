@@ -177,6 +177,21 @@ fn config_err(e: rustls::Error) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
+/// The CRLs on a client-certificate verifier: each applies to the chains of the CA that issued
+/// it; a chain whose CA published no CRL passes unless `required`.
+pub(crate) fn client_revocation(
+    b: rustls::server::ClientCertVerifierBuilder,
+    crls: &[rustls::pki_types::CertificateRevocationListDer<'static>],
+    required: bool,
+) -> rustls::server::ClientCertVerifierBuilder {
+    let b = b.with_crls(crls.iter().cloned());
+    if required {
+        b
+    } else {
+        b.allow_unknown_revocation_status()
+    }
+}
+
 /// sipload servers: a server config that requires a client certificate from `roots`.
 pub fn mtls_server_config(id: &Identity, roots: RootCertStore) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = id.clone_parts();

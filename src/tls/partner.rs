@@ -152,7 +152,7 @@ impl Partners {
         for s in specs {
             let roots = load_roots(&s.ca)?;
             let subjects = roots.roots.iter().map(|a| a.subject.as_ref().to_vec()).collect();
-            let verifier = super::trust::client_revocation(
+            let verifier = super::client_revocation(
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()),
                 crls,
                 crl_required,

@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::partner::{PartnerClass, PartnerRefused, PartnerSpec, Partners};
-use super::{Identity, TlsError, load_roots, peer_name_allowed, provider};
+use super::{Identity, TlsError, client_revocation, load_roots, peer_name_allowed, provider};
 
 /// The files behind a [`TlsSet`].
 #[derive(Debug, Clone)]
@@ -109,21 +109,6 @@ pub fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'
 
 fn certified(id: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
     id.certified().map(Arc::new).map_err(TlsError::Config)
-}
-
-/// The CRLs on a client-certificate verifier: each applies to the chains of the CA that issued
-/// it; a chain whose CA published no CRL passes unless `required`.
-pub(super) fn client_revocation(
-    b: rustls::server::ClientCertVerifierBuilder,
-    crls: &[CertificateRevocationListDer<'static>],
-    required: bool,
-) -> rustls::server::ClientCertVerifierBuilder {
-    let b = b.with_crls(crls.iter().cloned());
-    if required {
-        b
-    } else {
-        b.allow_unknown_revocation_status()
-    }
 }
 
 /// Builds every configuration from `files`; `backend_names` are the NAMEs the peer listener

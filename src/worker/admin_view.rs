@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::metrics::Metrics;
 
 /// The admin API's view of a running balancer.

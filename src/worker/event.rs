@@ -13,9 +13,10 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use super::close::CloseReason;
-use super::pool::Counters;
+use super::runtime::Runtime;
+use super::shared::{Handoff, HandoffRx, Shared};
 use super::slots::{Kind, Slots};
-use super::{Handoff, HandoffRx, Runtime, Shared};
+use super::state::{Counters, Load, LogBudget};
 use crate::balance::pool::{Action, Pool};
 use crate::balance::work::Outstanding;
 use crate::metrics::Metrics;
@@ -88,13 +89,13 @@ pub struct Worker {
     pub(super) outstanding: Outstanding,
     /// Saturated after the last turn (see [`SATURATED_TURN`]): new dialogs get 503.
     pub(super) saturated: bool,
-    pub(super) load: super::output::Load,
+    pub(super) load: Load,
     /// When this event-loop turn began: the clock of per-message bookkeeping that a turn's
     /// length cannot distort (work expiry after 32 s, rate buckets, last answers), read once a
     /// turn instead of once a message.
     pub(super) turn: Instant,
     /// Partner refusals this worker may still log in the current minute.
-    pub(super) partner_log: super::partner::LogBudget,
+    pub(super) partner_log: LogBudget,
     /// When draining ends at the latest (set when the drain starts).
     drain_until: Option<Instant>,
     ready: bool,
@@ -163,7 +164,7 @@ impl Worker {
             saturated: false,
             load: Default::default(),
             turn: Instant::now(),
-            partner_log: super::partner::LogBudget::new(Instant::now()),
+            partner_log: LogBudget::new(Instant::now()),
             drain_until: None,
             ready: false,
             started: Instant::now(),

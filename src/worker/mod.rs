@@ -14,164 +14,33 @@ mod partner;
 mod pool;
 mod route;
 mod runtime;
+mod shared;
 pub mod slots;
 mod sockets;
+mod start;
+mod state;
 mod websocket;
 
 pub use runtime::{KEY_GRACE, Runtime, RuntimeError};
+use shared::HANDOFF_QUEUE;
+pub use shared::{HANDOFF_BYTES, Handoff, HandoffRx, Shared};
 pub use sockets::reuseport_listener;
 use sockets::{host_of, listener_group};
+pub use start::StartError;
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
-use crate::balance::Backend;
 use crate::config::Config;
 use crate::metrics::Metrics;
-
-/// A message for a connection owned by another worker: already rewritten, ready to write.
-pub struct Handoff {
-    pub slot: u32,
-    pub generation: u32,
-    /// The connection must be a client's (else a server's).
-    pub to_client: bool,
-    pub bytes: Vec<u8>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Load(#[from] RuntimeError),
-    #[error("{addr}: cannot create socket: {why}")]
-    Socket { addr: SocketAddr, why: io::Error },
-    #[error("{addr}: cannot set SO_REUSEPORT/SO_REUSEADDR: {why}")]
-    ReusePort { addr: SocketAddr, why: io::Error },
-    #[error("{addr}: cannot bind: {why}")]
-    Bind { addr: SocketAddr, why: io::Error },
-    #[error("{addr}: cannot listen: {why}")]
-    Listen { addr: SocketAddr, why: io::Error },
-    #[error("cannot create an event loop: {0}")]
-    Poll(io::Error),
-    #[error("cannot make the token key: {0}")]
-    Key(crate::sip::token::TokenError),
-    #[error("cannot start a worker thread: {0}")]
-    Thread(io::Error),
-}
-
-impl StartError {
-    /// Exit code: 1 for files, certificates and the system refusing us; 2 for what a flag says.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            StartError::Load(e) => e.exit_code(),
-            _ => 1,
-        }
-    }
-}
-
-/// What all workers read and nobody writes on the hot path.
-pub struct Shared {
-    pub cfg: Config,
-    /// This process among instances sharing a token key (random at start, in every token).
-    pub instance: u32,
-    pub runtime: ArcSwap<Runtime>,
-    /// Bumped on every successful reload.
-    pub runtime_gen: AtomicU64,
-    /// The operator's settings per back-end name (`--admin`), and a counter bumped on each
-    /// change so workers look once per turn.
-    pub admin: Mutex<crate::admin::Overrides>,
-    pub admin_gen: AtomicU64,
-    /// Host part of `cfg.advertise`, for recognising our own Route and Via.
-    pub adv_host: String,
-    /// The host of `--advertise-wss`, when siplb has WebSocket listeners.
-    pub wss_host: Option<String>,
-    /// `host:port` and host servers reach siplb at (with a peer listener).
-    pub peer_advertise: Option<(String, String)>,
-    pub handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
-    /// Bytes waiting in each worker's hand-off channel (bounded by [`HANDOFF_BYTES`]).
-    pub handoff_bytes: Vec<AtomicUsize>,
-    pub stop: AtomicBool,
-    /// SIGTERM: stop accepting, answer new dialogs 503, wait for dialogs in flight.
-    pub draining: AtomicBool,
-    /// Dialogs started (2xx to INVITE) minus dialogs ended (2xx to BYE) — what draining waits for.
-    pub active_dialogs: AtomicI64,
-    pub ready: AtomicUsize,
-    /// Each back end's outstanding work by name (`--balance least-work`), shared by every worker
-    /// and kept across reloads; looked up on start and reload only.
-    pub work: Mutex<HashMap<String, Arc<crate::balance::work::Work>>>,
-    /// When the balancer started (see [`Shared::millis`]).
-    pub epoch: Instant,
-    /// `--rate-limit-per-ip`: every source address's bucket, shared by all workers.
-    pub limit: Option<crate::limit::SourceLimit>,
-    /// Per worker: the `runtime_gen` and `admin_gen` it has applied and published, so callers
-    /// can wait for a reload or an admin change to be in force everywhere (`wait_applied`).
-    pub applied: Vec<[AtomicU64; 2]>,
-    /// Connections open on the front and peer listeners (what `--max-connections` caps).
-    pub admitted: AtomicUsize,
-    /// Open client connections per source address (only with `--max-connections-per-ip`);
-    /// touched on accept and close, never per message.
-    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Each worker's counters as last published (a few times a second).
-    pub published: Vec<Mutex<Metrics>>,
-    pub reloads: AtomicU64,
-    pub reload_failures: AtomicU64,
-}
-
-impl Shared {
-    /// The server-facing `host:port` and host, if siplb has a peer listener.
-    pub fn server_side(&self) -> Option<(&str, &str)> {
-        self.peer_advertise
-            .as_ref()
-            .map(|(a, h)| (a.as_str(), h.as_str()))
-    }
-
-    /// The `host:port` servers see.
-    pub fn server_advertise(&self) -> &str {
-        self.server_side().map_or(&self.cfg.advertise, |(a, _)| a)
-    }
-
-    /// `t` as milliseconds since the balancer started: the clock shared overload deadlines use.
-    pub fn millis(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_millis() as u64
-    }
-
-    /// The shared outstanding-work totals of `backends`, in their order (made on first use).
-    pub fn work_of(&self, backends: &[Backend]) -> Vec<Arc<crate::balance::work::Work>> {
-        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
-        backends
-            .iter()
-            .map(|b| Arc::clone(work.entry(b.name.clone()).or_default()))
-            .collect()
-    }
-
-    /// Sends `h` to worker `w` and wakes it. A full or closed channel drops the message (the
-    /// worker is stopping); SIP over TLS end points recover by their own timers.
-    pub fn hand_off(&self, w: usize, h: Handoff) -> bool {
-        let (Some((tx, waker)), Some(queued)) = (self.handoff.get(w), self.handoff_bytes.get(w)) else {
-            return false;
-        };
-        let n = h.bytes.len();
-        if queued.fetch_add(n, Ordering::AcqRel) + n > HANDOFF_BYTES {
-            queued.fetch_sub(n, Ordering::AcqRel);
-            return false;
-        }
-        if tx.try_send(h).is_err() {
-            queued.fetch_sub(n, Ordering::AcqRel);
-            return false;
-        }
-        let _ = waker.wake();
-        true
-    }
-}
 
 /// A running balancer.
 pub struct Balancer {
@@ -186,11 +55,6 @@ pub struct Balancer {
     /// Where the admin API is served, with a TCP `--admin`.
     pub admin_addr: Option<SocketAddr>,
 }
-
-/// Capacity of each worker's hand-off channel, in messages and in bytes: a worker that falls
-/// behind makes the others drop (and count) what they would hand it, not grow without bound.
-const HANDOFF_QUEUE: usize = 65_536;
-pub const HANDOFF_BYTES: usize = 64 << 20;
 
 impl Balancer {
     /// Loads certificates, binds every listener (port 0 becomes one real port shared by all
@@ -415,13 +279,13 @@ impl Balancer {
     /// Reads certificates, keys, CRLs and the back-ends file again; new connections use them,
     /// existing ones stay up. On failure the running configuration stays and the error says why.
     pub fn reload(&self) -> Result<(), RuntimeError> {
-        runtime::reload(&self.shared)
+        self.shared.reload()
     }
 
     /// A handle that reloads this balancer from another thread (SIGHUP).
     pub fn reloader(&self) -> impl Fn() -> Result<(), RuntimeError> + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
-        move || runtime::reload(&shared)
+        move || shared.reload()
     }
 
     /// A handle that starts a graceful stop (SIGTERM): no new connections or dialogs, dialogs in
@@ -498,6 +362,3 @@ fn collect(shared: &Shared) -> Metrics {
     ];
     total
 }
-
-/// Receiver side of a worker's hand-off channel.
-pub type HandoffRx = Receiver<Handoff>;

@@ -17,16 +17,6 @@ use crate::sip::response::{Extra, write_response};
 /// which reading resumes.
 const PAUSE_ABOVE: usize = 1 << 20;
 const RESUME_BELOW: usize = 256 << 10;
-/// [`LONG_TURNS`] turns in a row busier than this (every message read in one waited that long for
-/// the next), or a hand-off queue past [`SATURATED_HANDOFF`], and the worker is saturated: it
-/// answers new dialogs 503 until it is not. One long turn is not a sign (a machine that stalls
-/// the process for a moment), nor is data left unread after a turn (one flooding connection
-/// leaves some, and must cost only its own requests), nor are the tens of milliseconds a debug
-/// build under attack takes per turn while it still keeps up.
-const SATURATED_TURN: Duration = Duration::from_millis(250);
-const LONG_TURNS: u8 = 3;
-const SATURATED_HANDOFF: usize = super::HANDOFF_BYTES / 4;
-
 impl Worker {
     /// Whether this worker is saturated after a turn that took `busy` (see [`Load`]).
     pub(super) fn saturation(&mut self, busy: Duration) {
@@ -181,51 +171,5 @@ impl Worker {
             self.account(slot, before, after);
             self.mark_dirty(slot);
         }
-    }
-}
-
-/// Whether a worker whose last turn took `busy` and whose hand-off queue holds `queued` bytes is
-/// saturated.
-/// The saturation rule over a worker's successive turns.
-#[derive(Debug, Default)]
-pub(super) struct Load {
-    /// Turns in a row over [`SATURATED_TURN`].
-    long_turns: u8,
-}
-
-impl Load {
-    /// After a turn that took `busy`, with `queued` bytes waiting in the worker's hand-off
-    /// queue: whether the worker is saturated.
-    fn after_turn(&mut self, busy: Duration, queued: usize) -> bool {
-        self.long_turns = if busy > SATURATED_TURN {
-            self.long_turns.saturating_add(1)
-        } else {
-            0
-        };
-        self.long_turns >= LONG_TURNS || queued > SATURATED_HANDOFF
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn saturation_takes_long_turns_in_a_row_or_a_backed_up_hand_off_queue() {
-        let mut l = Load::default();
-        let long = SATURATED_TURN + Duration::from_millis(1);
-        assert!(
-            !l.after_turn(Duration::from_millis(40), 0),
-            "a busy debug-build turn is not"
-        );
-        assert!(!l.after_turn(SATURATED_TURN, SATURATED_HANDOFF));
-        assert!(
-            !l.after_turn(long, 0) && !l.after_turn(long, 0),
-            "two long turns are not"
-        );
-        assert!(l.after_turn(long, 0), "the third in a row is");
-        assert!(!l.after_turn(Duration::ZERO, 0), "a short turn ends it");
-        assert!(!l.after_turn(long, 0), "and the streak starts again");
-        assert!(l.after_turn(Duration::ZERO, SATURATED_HANDOFF + 1));
     }
 }

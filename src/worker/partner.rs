@@ -4,7 +4,7 @@
 //! (403 naming the header), and closing the connections of a partner a reload removed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::close::CloseReason;
 use super::event::Worker;
@@ -13,34 +13,6 @@ use crate::sip::Message;
 use crate::sip::response::Extra;
 use crate::tls::partner::PartnerRefused;
 use crate::tls::trust::ClientClass;
-
-/// Lines a worker logs about partner refusals per [`LOG_WINDOW`]; past it they are counted (and
-/// summarised once a minute with the handshake failures), so a source forging a partner CA's
-/// name cannot flood the log.
-const LOG_LINES: u32 = 20;
-const LOG_WINDOW: Duration = Duration::from_secs(60);
-
-/// How many refusal lines this worker logged in its current window.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct LogBudget {
-    since: Instant,
-    lines: u32,
-}
-
-impl LogBudget {
-    pub(super) fn new(now: Instant) -> LogBudget {
-        LogBudget { since: now, lines: 0 }
-    }
-
-    /// Whether one more line may be logged now.
-    fn take(&mut self, now: Instant) -> bool {
-        if now.duration_since(self.since) >= LOG_WINDOW {
-            *self = LogBudget::new(now);
-        }
-        self.lines += 1;
-        self.lines <= LOG_LINES
-    }
-}
 
 impl Worker {
     /// A client's handshake is done: tells partner edges, verified and unverified clients apart

@@ -4,7 +4,6 @@
 //! and the back end's NAME (SNI and SAN), sends OPTIONS probes, logs each state change once and
 //! counts failures by reason — and adopts a reloaded back-end set.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -15,6 +14,7 @@ use rustls::{ClientConnection, Connection};
 use super::close::CloseReason;
 use super::event::Worker;
 use super::slots::Kind;
+use super::state::Counters;
 use crate::balance::pool::{Action, ConnId, Pool};
 use crate::metrics::BackendMetrics;
 use crate::route::Avail;
@@ -22,24 +22,6 @@ use crate::route::Avail;
 /// Why siplb closed a pool connection itself after a reload.
 /// Call-ID prefix of siplb's own probes; their answers never leave siplb.
 pub const PROBE_PREFIX: &[u8] = b"siplb-probe-";
-
-/// What a worker counts per back end.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    pub requests: u64,
-    pub responses: u64,
-    pub dialogs: u64,
-    pub failures: BTreeMap<String, u64>,
-    /// Initial INVITE forwarded to its first answer from this back end.
-    pub answer_seconds: crate::metrics::Histogram,
-    /// When the back end last answered anything (a request that gets no answer in time makes it
-    /// overloaded only if it has answered nothing since: one request a server chooses to drop, a
-    /// client's doing, must not take it out of new dialogs).
-    pub last_answer: Option<std::time::Instant>,
-    /// The detailed reason of the last connection failure (a TLS alert, say), for the close
-    /// that follows.
-    pub failure: Option<String>,
-}
 
 impl Worker {
     /// Runs the pool's timers and carries out what they ask.

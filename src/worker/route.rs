@@ -5,9 +5,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::Handoff;
 use super::close::CloseReason;
 use super::event::Worker;
+use super::shared::Handoff;
 use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
 use crate::route::{Avail, Decision, Origin, RETRY_AFTER, Router};

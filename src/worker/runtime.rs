@@ -4,12 +4,10 @@
 //! setting is wrong ([`RuntimeError`]) and leaves the running configuration in place.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use super::Shared;
 use crate::balance::Backend;
 use crate::config::{Config, ConfigError};
 use crate::sip::TokenKey;
@@ -112,26 +110,3 @@ impl Runtime {
 
 /// How long a rotated-out token key is still accepted.
 pub const KEY_GRACE: Duration = Duration::from_secs(600);
-
-/// Loads the configuration again and hands it to the workers (SIGHUP, `Balancer::reload`).
-pub(super) fn reload(shared: &Shared) -> Result<(), RuntimeError> {
-    let current = shared.runtime.load_full();
-    match Runtime::load(&shared.cfg, Some(&current), shared.instance) {
-        Ok(rt) => {
-            let n = rt.backends.len();
-            shared.runtime.store(Arc::new(rt));
-            shared.runtime_gen.fetch_add(1, Ordering::AcqRel);
-            shared.reloads.fetch_add(1, Ordering::Relaxed);
-            for (_, waker) in &shared.handoff {
-                let _ = waker.wake();
-            }
-            tracing::info!(backends = n, "configuration reloaded");
-            Ok(())
-        }
-        Err(e) => {
-            shared.reload_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "reload failed; the running configuration stays");
-            Err(e)
-        }
-    }
-}

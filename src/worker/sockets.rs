@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::StartError;
+use super::start::StartError;
 
 /// Without `--reuse-port`, a port another process listens on is refused: our own listeners
 /// share theirs through SO_REUSEPORT, which would let a second instance silently share it too. A
