@@ -471,14 +471,8 @@ impl Worker {
             let slot = slot as usize;
             match self.slots.get_checked(slot, generation) {
                 Some(c) if c.kind.is_server() != to_client => {
-                    let before = c.stream.queued();
-                    let written = c.stream.write_all(&bytes);
-                    let after = c.stream.queued();
-                    if written.is_err() {
-                        self.doomed.push((slot, CloseReason::PeerNotReading));
-                    }
-                    self.account(slot, before, after);
-                    self.mark_dirty(slot);
+                    let w = super::state::Wrote::by(&mut c.stream, |s| s.write_all(&bytes));
+                    self.wrote(slot, bytes.len(), w);
                 }
                 _ => self.m.drop_for("connection gone or of the other kind"),
             }

@@ -11,14 +11,17 @@ use mio::Token;
 
 use super::close::CloseReason;
 use super::event::Worker;
+use super::state::Wrote;
 use crate::sip::response::{Extra, write_response};
+use crate::tls::stream::{StreamError, TlsStream};
 
 /// Output waiting for slow servers above which clients are not read (backpressure), and below
 /// which reading resumes.
 const PAUSE_ABOVE: usize = 1 << 20;
 const RESUME_BELOW: usize = 256 << 10;
+
 impl Worker {
-    /// Whether this worker is saturated after a turn that took `busy` (see [`Load`]).
+    /// Whether this worker is saturated after a turn that took `busy` (see [`super::state::Load`]).
     pub(super) fn saturation(&mut self, busy: Duration) {
         let queued = self
             .shared
@@ -151,25 +154,28 @@ impl Worker {
         self.send_with(slot, bytes.len(), |s| s.write_all(bytes));
     }
 
-    /// Writes `n` bytes with `write` to the connection in `slot`: counted, accounted against the
-    /// output budget, flushed at the end of the turn, and the connection doomed if it does not
-    /// read.
+    /// Writes `n` bytes with `write` to the connection in `slot` (see [`Worker::wrote`]).
     pub(super) fn send_with(
         &mut self,
         slot: usize,
         n: usize,
-        write: impl FnOnce(&mut crate::tls::stream::TlsStream) -> Result<(), crate::tls::stream::StreamError>,
+        write: impl FnOnce(&mut TlsStream) -> Result<(), StreamError>,
     ) {
-        self.m.bytes_out += n as u64;
         if let Some(c) = self.slots.get_mut(slot) {
-            let before = c.stream.queued();
-            let written = write(&mut c.stream);
-            let after = c.stream.queued();
-            if written.is_err() {
-                self.doomed.push((slot, CloseReason::PeerNotReading));
-            }
-            self.account(slot, before, after);
-            self.mark_dirty(slot);
+            let w = Wrote::by(&mut c.stream, write);
+            self.wrote(slot, n, w);
         }
+    }
+
+    /// After `n` bytes were written to the connection in `slot`: counted, accounted against the
+    /// output budget, flushed at the end of the turn, and the connection doomed if it does not
+    /// read. Every write to a connection ends here.
+    pub(super) fn wrote(&mut self, slot: usize, n: usize, w: Wrote) {
+        self.m.bytes_out += n as u64;
+        if !w.ok {
+            self.doomed.push((slot, CloseReason::PeerNotReading));
+        }
+        self.account(slot, w.before, w.after);
+        self.mark_dirty(slot);
     }
 }

@@ -5,9 +5,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::close::CloseReason;
 use super::event::Worker;
 use super::shared::Handoff;
+use super::state::Wrote;
 use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
 use crate::route::{Avail, Decision, Origin, RETRY_AFTER, Router};
@@ -214,16 +214,9 @@ impl Worker {
         let Some(c) = self.slots.get_mut(dst) else {
             return false;
         };
-        self.m.bytes_out += self.rw.len(m.buf) as u64;
-        let slices = self.rw.slices(m.buf);
-        let before = c.stream.queued();
-        let written = c.stream.write(slices.as_slice());
-        let after = c.stream.queued();
-        if written.is_err() {
-            self.doomed.push((dst, CloseReason::PeerNotReading));
-        }
-        self.account(dst, before, after);
-        self.mark_dirty(dst);
+        let rw = &self.rw;
+        let w = Wrote::by(&mut c.stream, |s| s.write(rw.slices(m.buf).as_slice()));
+        self.wrote(dst, self.rw.len(m.buf), w);
         true
     }
 

@@ -1,10 +1,12 @@
 //! A worker's own small state machines and counters, kept apart from the `Worker` that uses
 //! them so they are plain values (tested alone) and no file of the worker imports another in a
-//! circle: what it counts per back end, the saturation rule over its turns, and the budget of
-//! log lines for partner refusals.
+//! circle: what it counts per back end, the saturation rule over its turns, the budget of log
+//! lines for partner refusals, and what one write did to a connection's queue.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use crate::tls::stream::{StreamError, TlsStream};
 
 /// What a worker counts per back end.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +81,29 @@ impl LogBudget {
         }
         self.lines += 1;
         self.lines <= LOG_LINES
+    }
+}
+
+/// What one write did to a connection: its queue before and after, and whether the stream took
+/// it (a peer that does not read makes it refuse).
+pub(super) struct Wrote {
+    pub(super) before: usize,
+    pub(super) after: usize,
+    pub(super) ok: bool,
+}
+
+impl Wrote {
+    pub(super) fn by(
+        stream: &mut TlsStream,
+        write: impl FnOnce(&mut TlsStream) -> Result<(), StreamError>,
+    ) -> Wrote {
+        let before = stream.queued();
+        let ok = write(stream).is_ok();
+        Wrote {
+            before,
+            after: stream.queued(),
+            ok,
+        }
     }
 }
 
