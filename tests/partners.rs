@@ -465,3 +465,92 @@ fn a_reload_with_a_broken_partners_file_keeps_the_partners_running_and_one_that_
     assert_eq!((pb.connections, pb.requests), (1, 30), "{pb:?}");
     lb.shutdown();
 }
+
+/// Partners beside `--client-ca --require-client-cert`: clients with a `--client-ca` certificate
+/// are unchanged (they connect and call), clients without one are still refused, and a partner's
+/// edge — whose CA is not `--client-ca` — is still the partner's.
+#[test]
+fn partners_leave_required_client_certificates_as_they_were() {
+    let (pki, a, _b, mut flags) = partners();
+    flags.extend([
+        "--client-ca".into(),
+        pki.ca_path.display().to_string(),
+        "--require-client-cert".into(),
+    ]);
+    let backends = start_backends(&pki, Backends::n(2), None);
+    let lb = start_balancer(&pki, &backends, 2, &flags);
+    let client = run_calls(CallOpts {
+        tls: pki.client_tls(Some(&["phone.client.test"])),
+        ..call_opts(&pki, &lb, 10)
+    });
+    assert_eq!((client.ok, client.failed), (10, 0), "{}", client.summary());
+    let anonymous = run_calls(call_opts(&pki, &lb, 3));
+    assert_eq!(
+        (anonymous.ok, anonymous.failed),
+        (0, 3),
+        "{}",
+        anonymous.summary()
+    );
+    let edge = run_calls(CallOpts {
+        tls: a.edge(&pki, &[A_EDGE]),
+        from_domain: A.into(),
+        ..call_opts(&pki, &lb, 10)
+    });
+    assert_eq!((edge.ok, edge.failed), (10, 0), "{}", edge.summary());
+    let m = metrics_when(&lb, |m| m.partners.get(A).is_some_and(|p| p.connections >= 1));
+    assert_eq!(
+        m.partners.get(A).map(|p| p.connections),
+        Some(1),
+        "{:?}",
+        m.partners
+    );
+    // The partner's edge and the verified client both count as verified.
+    assert_eq!(m.clients_verified, 2, "{m:?}");
+    lb.shutdown();
+}
+
+/// A reload that changes a partner (its edge names) applies to new connections: the edge
+/// already connected under the old names keeps its connection and its calls; a new connection
+/// with a name the partner no longer has is refused.
+#[test]
+fn a_reload_that_changes_a_partner_applies_to_new_connections() {
+    let (pki, a, _b, _) = partners();
+    let file = pki.dir.path().join("partners.conf");
+    std::fs::write(&file, format!("{}\n", a.flag(&[A_EDGE]))).expect("file");
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let lb = start_balancer(
+        &pki,
+        &backends,
+        2,
+        &["--partners-file".into(), file.display().to_string()],
+    );
+    let mut old = TestClient::connect_to(lb.listen_addrs[0], a.edge(&pki, &[A_EDGE]));
+    let _ = establish_dialog(&mut old, dialog_from("before-change", "alice", A));
+    std::fs::write(&file, format!("{}\n", a.flag(&["sbc2.a.example"]))).expect("file");
+    reload_and_wait(&lb);
+    // The old connection goes on.
+    let d = establish_dialog(&mut old, dialog_from("after-change", "alice", A));
+    assert_eq!(d.call_id, "after-change");
+    // A new one with the old name is refused; with the new name it is A's.
+    let mut stale = TestClient::connect_to(lb.listen_addrs[0], a.edge(&pki, &[A_EDGE]));
+    let _ = stale.ep.send(stale.conn, b"\r\n\r\n");
+    assert!(
+        stale.closed_by_peer(),
+        "an edge with a name A no longer has got in"
+    );
+    let fresh = run_calls(CallOpts {
+        tls: a.edge(&pki, &["sbc2.a.example"]),
+        from_domain: A.into(),
+        ..call_opts(&pki, &lb, 5)
+    });
+    assert_eq!((fresh.ok, fresh.failed), (5, 0), "{}", fresh.summary());
+    let m = metrics_when(&lb, |m| {
+        m.partners
+            .get(A)
+            .is_some_and(|p| p.refusals.get("name-not-allowed").is_some())
+    });
+    let pa = m.partners.get(A).cloned().unwrap_or_default();
+    assert_eq!(pa.refusals.get("name-not-allowed"), Some(&1), "{pa:?}");
+    assert_eq!(pa.connections, 2, "{pa:?}");
+    lb.shutdown();
+}
