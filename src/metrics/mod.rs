@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use crate::sip::Method;
 
+mod counts;
 mod prometheus;
+
+pub use counts::Counts;
 
 /// Answers siplb generates, by code, in this order; anything else counts as "other".
 pub const ANSWER_CODES: [u16; 9] = [400, 403, 404, 430, 482, 483, 503, 513, 0];
@@ -133,62 +136,42 @@ pub struct PartnerMetrics {
 /// What one worker counted (or, added up, the whole balancer).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Metrics {
+    /// The plain counters (declared once, in `counts`); reached through `Deref` too, so
+    /// `m.responses` reads as any field.
+    pub counts: Counts,
     pub workers: usize,
     pub requests_by_method: [u64; METHODS.len()],
-    pub responses: u64,
-    pub forwarded_requests: u64,
-    pub forwarded_responses: u64,
-    pub dropped_responses: u64,
-    /// The same, by reason.
+    /// Messages dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
     pub answers: [u64; ANSWER_CODES.len()],
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub accepted: u64,
     pub refused: BTreeMap<String, u64>,
     pub handshake_failures: BTreeMap<String, u64>,
-    pub clients_verified: u64,
-    pub clients_unverified: u64,
-    /// Servers that connected to the peer listener with an accepted certificate.
-    pub peer_connections: u64,
-    /// Messages from servers over `--max-backend-message-bytes`, skipped.
-    pub oversized_from_servers: u64,
-    /// Connections closed because the worker's queued output passed `--max-output-bytes`.
-    pub output_budget_closes: u64,
-    /// Times a worker stopped reading clients because servers were slow.
-    pub backpressure_pauses: u64,
-    /// Tokens in our Route or Via whose MAC failed (another key, or forged).
-    pub bad_tokens: u64,
-    pub handoffs: u64,
     /// Configuration reloads that took effect, and that failed (set by the collector).
     pub reloads: [u64; 2],
-    pub failovers: u64,
-    /// Initial INVITEs sent to another back end after theirs answered 503.
-    pub retries_503: u64,
-    /// Initial INVITEs sent to another back end after theirs gave no answer in time.
-    pub retries_no_answer: u64,
-    /// Out-of-dialog requests answered 503 for `--rate-limit-per-ip`.
-    pub rate_limited: u64,
-    /// New dialogs answered 503 because their worker was saturated, and times a worker became so.
-    pub shed: u64,
-    pub saturations: u64,
-    pub messages: u64,
-    pub loop_turns: u64,
     pub loop_busy: Duration,
-    pub connections_open: u64,
-    /// WebSocket clients: connections accepted, upgrades done, upgrades refused by HTTP status,
-    /// connections closed for a frame violation by close code, and open now.
-    pub ws_accepted: u64,
-    pub ws_upgrades: u64,
+    /// WebSocket upgrades refused, by the HTTP status answered, and connections closed for a
+    /// frame violation, by close code.
     pub ws_refused: BTreeMap<String, u64>,
     pub ws_failures: BTreeMap<String, u64>,
-    pub ws_open: u64,
     pub backends: Vec<BackendMetrics>,
     pub partners: BTreeMap<String, PartnerMetrics>,
     /// From an initial INVITE read from a client to the first 2xx forwarded back to it.
     pub setup_seconds: Histogram,
     /// Per worker: messages handled and time busy (only in the added-up form).
     pub per_worker: Vec<(u64, Duration)>,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+impl std::ops::DerefMut for Metrics {
+    fn deref_mut(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
 }
 
 impl Metrics {
@@ -238,45 +221,19 @@ impl Metrics {
     /// Adds another worker's counters; back ends are matched by name (up if up anywhere).
     pub fn add(&mut self, o: &Metrics) {
         self.workers += 1;
+        self.counts.add(&o.counts);
         for (a, b) in self.requests_by_method.iter_mut().zip(&o.requests_by_method) {
             *a += b;
         }
         for (a, b) in self.answers.iter_mut().zip(&o.answers) {
             *a += b;
         }
-        self.responses += o.responses;
-        self.forwarded_requests += o.forwarded_requests;
-        self.forwarded_responses += o.forwarded_responses;
-        self.dropped_responses += o.dropped_responses;
         add_map(&mut self.dropped, &o.dropped);
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
-        self.accepted += o.accepted;
         add_map(&mut self.refused, &o.refused);
         add_map(&mut self.handshake_failures, &o.handshake_failures);
-        self.clients_verified += o.clients_verified;
-        self.peer_connections += o.peer_connections;
-        self.oversized_from_servers += o.oversized_from_servers;
-        self.output_budget_closes += o.output_budget_closes;
-        self.backpressure_pauses += o.backpressure_pauses;
-        self.bad_tokens += o.bad_tokens;
-        self.clients_unverified += o.clients_unverified;
-        self.handoffs += o.handoffs;
-        self.failovers += o.failovers;
-        self.retries_503 += o.retries_503;
-        self.rate_limited += o.rate_limited;
-        self.shed += o.shed;
-        self.saturations += o.saturations;
-        self.retries_no_answer += o.retries_no_answer;
-        self.messages += o.messages;
-        self.loop_turns += o.loop_turns;
         self.loop_busy += o.loop_busy;
-        self.connections_open += o.connections_open;
-        self.ws_accepted += o.ws_accepted;
-        self.ws_upgrades += o.ws_upgrades;
         add_map(&mut self.ws_refused, &o.ws_refused);
         add_map(&mut self.ws_failures, &o.ws_failures);
-        self.ws_open += o.ws_open;
         self.setup_seconds.add(&o.setup_seconds);
         self.per_worker.push((o.messages, o.loop_busy));
         for (name, p) in &o.partners {

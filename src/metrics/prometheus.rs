@@ -127,18 +127,21 @@ impl Metrics {
             "Connection failures to the back end by reason",
             failures,
         );
-        put(
-            "connections_open",
-            "gauge",
-            "Client connections open",
-            vec![(String::new(), self.connections_open.to_string())],
-        );
-        put(
-            "connections_accepted_total",
-            "counter",
-            "Client connections accepted",
-            vec![(String::new(), self.accepted.to_string())],
-        );
+        // Every plain counter's family, from the one table that declares it.
+        for (kind, name, help, rows) in self.counts.families() {
+            let rows = rows
+                .into_iter()
+                .map(|(labels, v)| {
+                    let labels = if labels.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{{{labels}}}")
+                    };
+                    (labels, v.to_string())
+                })
+                .collect();
+            put(name, kind, help, rows);
+        }
         put(
             "connections_refused_total",
             "counter",
@@ -157,36 +160,12 @@ impl Metrics {
             "TLS handshakes that failed, by reason",
             labelled("reason", &self.handshake_failures),
         );
-        put(
-            "clients_total",
-            "counter",
-            "Clients connected, by whether their certificate was verified",
-            vec![
-                ("{verified=\"true\"}".into(), self.clients_verified.to_string()),
-                ("{verified=\"false\"}".into(), self.clients_unverified.to_string()),
-            ],
-        );
         let per_partner = |f: &dyn Fn(&super::PartnerMetrics) -> u64| -> Vec<(String, String)> {
             self.partners
                 .iter()
                 .map(|(d, p)| (format!("{{partner=\"{}\"}}", esc(d)), f(p).to_string()))
                 .collect()
         };
-        put(
-            "ws_connections_open",
-            "gauge",
-            "WebSocket client connections open (--listen-wss; also counted in connections_open)",
-            vec![(String::new(), self.ws_open.to_string())],
-        );
-        put(
-            "ws_connections_total",
-            "counter",
-            "WebSocket client connections accepted, and those whose upgrade was accepted",
-            vec![
-                ("{stage=\"accepted\"}".into(), self.ws_accepted.to_string()),
-                ("{stage=\"upgraded\"}".into(), self.ws_upgrades.to_string()),
-            ],
-        );
         put(
             "ws_upgrades_refused_total",
             "counter",
@@ -235,36 +214,6 @@ impl Metrics {
             "Federation partner certificates refused and requests answered 403, by partner and reason",
             refusals,
         );
-        put(
-            "peer_connections_total",
-            "counter",
-            "Connections servers opened to the peer listener and that passed the name check",
-            vec![(String::new(), self.peer_connections.to_string())],
-        );
-        put(
-            "oversized_server_messages_total",
-            "counter",
-            "Messages from servers over --max-backend-message-bytes, skipped (the connection stays)",
-            vec![(String::new(), self.oversized_from_servers.to_string())],
-        );
-        put(
-            "output_budget_closes_total",
-            "counter",
-            "Connections closed because their worker's queued output passed --max-output-bytes",
-            vec![(String::new(), self.output_budget_closes.to_string())],
-        );
-        put(
-            "backpressure_pauses_total",
-            "counter",
-            "Times a worker stopped reading clients because servers were slow to take their messages",
-            vec![(String::new(), self.backpressure_pauses.to_string())],
-        );
-        put(
-            "bad_tokens_total",
-            "counter",
-            "Routing tokens refused for their MAC (minted with another key, or forged)",
-            vec![(String::new(), self.bad_tokens.to_string())],
-        );
         let methods = METHODS
             .iter()
             .zip(&self.requests_by_method)
@@ -275,18 +224,6 @@ impl Metrics {
             "counter",
             "Requests received, by method",
             methods,
-        );
-        put(
-            "responses_total",
-            "counter",
-            "Responses received",
-            vec![(String::new(), self.responses.to_string())],
-        );
-        put(
-            "responses_dropped_total",
-            "counter",
-            "Responses dropped (not ours, for the other direction, or their connection had gone)",
-            vec![(String::new(), self.dropped_responses.to_string())],
         );
         put(
             "messages_dropped_total",
@@ -314,64 +251,12 @@ impl Metrics {
             answers,
         );
         put(
-            "failovers_total",
-            "counter",
-            "INVITEs sent again to another back end after theirs failed unanswered",
-            vec![(String::new(), self.failovers.to_string())],
-        );
-        put(
-            "rate_limited_total",
-            "counter",
-            "Out-of-dialog requests answered 503 because their source address passed --rate-limit-per-ip",
-            vec![(String::new(), self.rate_limited.to_string())],
-        );
-        put(
-            "shed_total",
-            "counter",
-            "New dialogs answered 503 because their worker was saturated (in-dialog traffic goes first)",
-            vec![(String::new(), self.shed.to_string())],
-        );
-        put(
-            "worker_saturations_total",
-            "counter",
-            "Times a worker became saturated (three turns in a row over 250 ms, or a quarter-full hand-off queue)",
-            vec![(String::new(), self.saturations.to_string())],
-        );
-        put(
             "reloads_total",
             "counter",
             "Configuration reloads (SIGHUP), by whether they took effect",
             vec![
                 ("{result=\"ok\"}".into(), self.reloads[0].to_string()),
                 ("{result=\"failed\"}".into(), self.reloads[1].to_string()),
-            ],
-        );
-        put(
-            "retries_total",
-            "counter",
-            "Initial INVITEs sent to another back end, by why (503: the server was overloaded)",
-            vec![
-                ("{reason=\"503\"}".into(), self.retries_503.to_string()),
-                ("{reason=\"server lost\"}".into(), self.failovers.to_string()),
-                (
-                    "{reason=\"no answer\"}".into(),
-                    self.retries_no_answer.to_string(),
-                ),
-            ],
-        );
-        put(
-            "handoffs_total",
-            "counter",
-            "Messages handed to another worker",
-            vec![(String::new(), self.handoffs.to_string())],
-        );
-        put(
-            "bytes_total",
-            "counter",
-            "SIP bytes read and written (plaintext)",
-            vec![
-                ("{direction=\"in\"}".into(), self.bytes_in.to_string()),
-                ("{direction=\"out\"}".into(), self.bytes_out.to_string()),
             ],
         );
         let workers: Vec<_> = self
