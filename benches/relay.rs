@@ -104,6 +104,7 @@ impl Relay {
                 pin: 0,
                 role: Role::ClientVia,
                 instance: 0,
+                ws: false,
             }),
             back_token: key.encode(Token {
                 worker: 0,
@@ -112,6 +113,7 @@ impl Relay {
                 pin: 0,
                 role: Role::ServerVia,
                 instance: 0,
+                ws: false,
             }),
             key,
             backends: vec![Backend::new(

@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
         pin: 0x1234,
         role: siplb::sip::Role::ClientRoute,
         instance: 0,
+        ws: false,
     });
     let mut cache = TokenCache::new();
     let inv = invite();
@@ -67,6 +68,7 @@ fn bench(c: &mut Criterion) {
                 pin: 4,
                 role: siplb::sip::Role::ClientRoute,
                 instance: 0,
+                ws: false,
             }))
         })
     });

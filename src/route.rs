@@ -248,6 +248,7 @@ impl Router<'_> {
         let fwd = Forward {
             received: Some((from.peer_ip, from.peer_port)),
             sent_by: self.server_addr().as_bytes(),
+            ws: false,
             alias: true,
             branch: &branch,
             token: from.token,
@@ -301,12 +302,20 @@ impl Router<'_> {
                 ..t
             })
         };
+        // A WebSocket client (its token says so) sees siplb's WebSocket side (RFC 7118).
+        let to_ws = self.wss.filter(|_| t.ws).map(|(a, _)| a);
         let (client_tok, server_tok);
         let rr = match from.backend {
             Some(_) if forms_dialog(m, method) => {
                 client_tok = pinned(Role::ClientRoute);
                 server_tok = pinned(Role::ServerRoute);
-                let client = self.record("Record-Route", self.advertise, &client_tok, sips);
+                let client = match to_ws {
+                    Some(wss) => Record {
+                        ws: true,
+                        ..self.record("Record-Route", wss, &client_tok, sips)
+                    },
+                    None => self.record("Record-Route", self.advertise, &client_tok, sips),
+                };
                 // Topmost the entry the client follows, then the one servers do.
                 match self.server_side {
                     Some((side, _)) => [
@@ -321,7 +330,8 @@ impl Router<'_> {
         let branch = self.branch(m, &via, lh);
         let fwd = Forward {
             received: None,
-            sent_by: self.advertise.as_bytes(),
+            sent_by: to_ws.unwrap_or(self.advertise).as_bytes(),
+            ws: to_ws.is_some(),
             alias: false,
             branch: &branch,
             token: from.token,
@@ -527,6 +537,7 @@ impl Router<'_> {
             pin: self.backends[be].pin,
             role: Role::ClientRoute,
             instance: 0,
+            ws: from.ws,
         };
         *from.rr_cache[be].get_or_insert_with(|| {
             [

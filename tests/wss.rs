@@ -161,6 +161,18 @@ Expires: 600\r\nSupported: path,gruu,outbound\r\n",
     });
     let inv = siplb::sip::Message::parse(&invite).expect("INVITE parses");
     let cb_id = inv.call_id().map(msg::text).expect("Call-ID");
+    // Towards the browser siplb names its WebSocket side: its Via says WSS, and the Record-Route
+    // entry the browser follows has transport=ws (RFC 7118).
+    let wss = format!("127.0.0.1:{}", lb.wss_addrs[0].port());
+    let text = String::from_utf8_lossy(&invite).into_owned();
+    assert!(
+        text.contains(&format!("\r\nVia: SIP/2.0/WSS {wss};branch=")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("<sip:{wss};transport=ws;lr;siplb=")),
+        "{text}"
+    );
     c.wait_for("ACK", |m| m.method() == Some(Method::Ack));
     c.wait_for("BYE", |m| m.method() == Some(Method::Bye));
     wait_until("the 200 for the registrar's BYE", || {

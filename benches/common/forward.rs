@@ -23,6 +23,7 @@ pub fn ok_200(key: &TokenKey) -> Vec<u8> {
         pin: 0,
         role: siplb::sip::Role::ClientVia,
         instance: 0,
+        ws: false,
     });
     format!(
         "SIP/2.0 200 OK\r\n\
@@ -59,6 +60,7 @@ pub fn forward_request(
     let fwd = Forward {
         received: Some((b"192.0.2.10", 5061)),
         sent_by: ADVERTISED,
+        ws: false,
         branch: &branch,
         token: conn_token,
         pop_route: m.route.map(|r| (r, false)),
@@ -90,5 +92,6 @@ pub fn conn_token(key: &TokenKey) -> [u8; TOKEN_LEN] {
         pin: 0,
         role: siplb::sip::Role::ClientRoute,
         instance: 0,
+        ws: false,
     })
 }

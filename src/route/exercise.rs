@@ -49,6 +49,7 @@ pub fn exercise(data: &[u8]) {
         pin: 0,
         role: Role::ClientVia,
         instance: 0,
+        ws: false,
     };
     let my_token = key.encode(me);
     let up = move |b: usize| ctl >> (1 + b) & 1 == 1;

@@ -42,6 +42,7 @@ impl Fixture {
             pin: 0,
             role: Role::ClientVia,
             instance: 0,
+            ws: false,
         });
         Fixture {
             key,
@@ -230,6 +231,7 @@ To: <sip:bob@pool.test>;tag=b1\nCall-ID: r1\nCSeq: 1 INVITE\nContent-Length: 0\n
                 pin: 0,
                 role: Role::ClientVia,
                 instance: 0,
+                ws: false,
             },
             request: false
         }
@@ -517,6 +519,7 @@ fn a_server_cannot_answer_for_a_client_with_the_via_siplb_wrote_towards_that_cli
         pin: 0,
         role: Role::ServerVia,
         instance: 0,
+        ws: false,
     });
     let resp = format!(
         "SIP/2.0 200 OK\nVia: SIP/2.0/TLS lb.test:5061;branch=z9hG4bK{}-{}\nFrom: <sip:b@pool.test>;tag=b1\n\

@@ -21,6 +21,7 @@ pub fn exercise(data: &[u8]) {
         pin: 4,
         role: super::Role::ClientRoute,
         instance: 0,
+        ws: false,
     });
     let mut cache = TokenCache::new();
     let mut rw = Rewrite::new();
@@ -52,6 +53,7 @@ pub fn exercise(data: &[u8]) {
                             let fwd = Forward {
                                 received: Some((b"192.0.2.1", 5061)),
                                 sent_by: b"lb.example:5061",
+                                ws: false,
                                 alias: true,
                                 branch: &branch,
                                 token: &token,

@@ -61,6 +61,8 @@ pub struct Forward<'a> {
     pub received: Option<(&'a [u8], u16)>,
     /// Our `host:port` in our Via: the side of siplb the next hop sees.
     pub sent_by: &'a [u8],
+    /// The next hop is a WebSocket client: our Via says `SIP/2.0/WSS` (RFC 7118 §5).
+    pub ws: bool,
     /// Adds `;alias` to our Via (RFC 5923): the next hop may send its own requests for siplb
     /// over this connection instead of opening one.
     pub alias: bool,
@@ -207,7 +209,7 @@ impl Rewrite {
         if let Some((ip, port)) = f.received {
             self.via_received(m, via, ip, port)?;
         }
-        self.push_via(m, f.sent_by, f.branch, f.token, f.alias)?;
+        self.push_via(m, f.sent_by, f.ws, f.branch, f.token, f.alias)?;
         match f.pop_route {
             Some((r, true)) => self.pop_two(m, r)?,
             Some((r, false)) => self.pop_top(r)?,
@@ -240,12 +242,17 @@ impl Rewrite {
         &mut self,
         msg: &Message,
         sent_by: &[u8],
+        ws: bool,
         hash: &[u8],
         token: &[u8; TOKEN_LEN],
         alias: bool,
     ) -> Result<(), RewriteError> {
         self.insert_header(msg, |s| {
-            s.extend_from_slice(b"Via: SIP/2.0/TLS ");
+            s.extend_from_slice(if ws {
+                b"Via: SIP/2.0/WSS "
+            } else {
+                b"Via: SIP/2.0/TLS "
+            });
             s.extend_from_slice(sent_by);
             s.extend_from_slice(b";branch=");
             s.extend_from_slice(MAGIC);

@@ -68,6 +68,9 @@ pub struct Token {
     /// The siplb process that minted it (set by [`TokenKey::encode`]): a connection token from
     /// another instance names none of this one's connections.
     pub instance: u32,
+    /// The client connection it names is a WebSocket (`--listen-wss`): what siplb writes
+    /// towards it (its Via, the Record-Route the client follows) names the WebSocket side.
+    pub ws: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -182,8 +185,9 @@ impl TokenKey {
             slot: u32_at(3),
             generation: u32_at(7),
             pin: u32_at(11),
-            role: Role::from_byte(payload[15]).ok_or(TokenError::Role(payload[15]))?,
+            role: Role::from_byte(payload[15] & !WS_BIT).ok_or(TokenError::Role(payload[15]))?,
             instance: u32_at(16),
+            ws: payload[15] & WS_BIT != 0,
         })
     }
 
@@ -257,6 +261,10 @@ impl TokenCache {
     }
 }
 
+/// The bit of the role byte that says the connection is a WebSocket (tokens minted before
+/// WebSocket listeners have it clear).
+const WS_BIT: u8 = 0x80;
+
 fn payload(t: Token) -> [u8; PAYLOAD] {
     let mut p = [0u8; PAYLOAD];
     p[0] = VERSION;
@@ -264,7 +272,7 @@ fn payload(t: Token) -> [u8; PAYLOAD] {
     p[3..7].copy_from_slice(&t.slot.to_be_bytes());
     p[7..11].copy_from_slice(&t.generation.to_be_bytes());
     p[11..15].copy_from_slice(&t.pin.to_be_bytes());
-    p[15] = t.role as u8;
+    p[15] = t.role as u8 | if t.ws { WS_BIT } else { 0 };
     p[16..20].copy_from_slice(&t.instance.to_be_bytes());
     p
 }
@@ -323,11 +331,24 @@ mod tests {
             pin: pin_of("b1"),
             role: Role::ServerRoute,
             instance: 0,
+            ws: false,
         };
         let k = key();
         let enc = k.encode(t);
         assert!(enc.iter().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(k.decode(&enc), Ok(t));
+        // A WebSocket client's token says so, under the MAC like the role.
+        let ws = Token { ws: true, ..t };
+        let enc_ws = k.encode(ws);
+        assert_eq!(k.decode(&enc_ws), Ok(ws));
+        assert_ne!(enc_ws, enc);
+        let mut flipped = enc_ws;
+        flipped[30] = enc[30]; // the high nibble of the role byte
+        assert_eq!(
+            k.decode(&flipped),
+            Err(TokenError::BadMac),
+            "the bit is covered by the MAC"
+        );
     }
 
     #[test]
@@ -340,6 +361,7 @@ mod tests {
             pin: 0,
             role: Role::ClientVia,
             instance: 0,
+            ws: false,
         });
         // Flip each character in turn: every alteration must be caught.
         for i in 0..TOKEN_LEN {
@@ -369,6 +391,7 @@ mod tests {
             pin: 4,
             role: Role::ClientVia,
             instance: 0,
+            ws: false,
         };
         let a = k.encode(t);
         let b = k.encode(Token {
@@ -393,6 +416,7 @@ mod tests {
             pin: 4,
             role: Role::ClientRoute,
             instance: 0,
+            ws: false,
         };
         let minted = old.encode(t);
         let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -430,6 +454,7 @@ mod tests {
                 pin: 0,
                 role: Role::ServerVia,
                 instance: 0,
+                ws: false,
             };
             let enc = k.encode(t);
             assert_eq!(cache.decode(&k, &enc), Ok(t));

@@ -106,6 +106,7 @@ impl Worker {
                 Role::ClientVia
             },
             instance: 0,
+            ws: false,
         });
         let mut stream = TlsStream::new(sock, tls);
         if matches!(kind, Kind::Backend(_)) {

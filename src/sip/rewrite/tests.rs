@@ -44,11 +44,13 @@ fn forward_a_request() {
         pin: 4,
         role: Role::ClientRoute,
         instance: 0,
+        ws: false,
     });
     let mut rw = Rewrite::new();
     let fwd = Forward {
         received: Some((b"192.0.2.7", 40000)),
         sent_by: b"lb.example:5061",
+        ws: false,
         alias: false,
         branch: &[b'a'; 16],
         token: &tok,
