@@ -353,6 +353,28 @@ fn a_sighup_that_removes_a_partner_closes_its_connections_and_keeps_the_others()
     assert_eq!(line(&["partner removed", "b.example"]), 0, "{log}");
 }
 
+/// A balancer (2 workers, one back end) that reads its partners from a file holding `lines`; the
+/// file (to rewrite before a reload), the back ends and the balancer.
+fn with_partners_file(
+    pki: &Pki,
+    lines: &str,
+) -> (
+    std::path::PathBuf,
+    Vec<siplb::load::server::ServerHandle>,
+    siplb::worker::Balancer,
+) {
+    let file = pki.dir.path().join("partners.conf");
+    std::fs::write(&file, format!("{lines}\n")).expect("partners file");
+    let backends = start_backends(pki, Backends::n(1), None);
+    let lb = start_balancer(
+        pki,
+        &backends,
+        2,
+        &["--partners-file".into(), file.display().to_string()],
+    );
+    (file, backends, lb)
+}
+
 /// Runs the siplb binary with `args` (and our certificates); its exit code and stderr.
 fn siplb_with(pki: &Pki, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
@@ -425,15 +447,7 @@ fn bad_partner_flags_and_files_are_one_line_refusals() {
 #[test]
 fn a_reload_with_a_broken_partners_file_keeps_the_partners_running_and_one_that_adds_a_partner_applies() {
     let (pki, a, _b, _) = partners();
-    let file = pki.dir.path().join("partners.conf");
-    std::fs::write(&file, format!("{}\n", a.flag(&[A_EDGE]))).expect("file");
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(
-        &pki,
-        &backends,
-        2,
-        &["--partners-file".into(), file.display().to_string()],
-    );
+    let (file, _backends, lb) = with_partners_file(&pki, &a.flag(&[A_EDGE]));
     std::fs::write(&file, "a.example\n").expect("file");
     let e = lb.reload().expect_err("a broken partners file was taken");
     assert!(e.to_string().contains("partners.conf:1:"), "{e}");
@@ -520,15 +534,7 @@ fn partners_leave_required_client_certificates_as_they_were() {
 #[test]
 fn a_reload_that_changes_a_partner_applies_to_new_connections() {
     let (pki, a, _b, _) = partners();
-    let file = pki.dir.path().join("partners.conf");
-    std::fs::write(&file, format!("{}\n", a.flag(&[A_EDGE]))).expect("file");
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(
-        &pki,
-        &backends,
-        2,
-        &["--partners-file".into(), file.display().to_string()],
-    );
+    let (file, _backends, lb) = with_partners_file(&pki, &a.flag(&[A_EDGE]));
     let mut old = TestClient::connect_to(lb.listen_addrs[0], a.edge(&pki, &[A_EDGE]));
     let _ = establish_dialog(&mut old, dialog_from("before-change", "alice", A));
     std::fs::write(&file, format!("{}\n", a.flag(&["sbc2.a.example"]))).expect("file");
