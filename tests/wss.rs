@@ -479,3 +479,32 @@ fn siplb_ends_its_side_of_a_websocket_with_a_close_frame() {
     assert_eq!(close_code(&mut busy), Some(1001));
     stopper.join().expect("shutdown");
 }
+
+/// Browsers send nothing between registrations: siplb pings a silent WebSocket client half-way
+/// to `--idle-timeout`, and a client that answers (sipload's, like a browser) stays connected
+/// well past it; one that does not is closed at it (`siplb_ends_its_side_...` above).
+#[test]
+fn a_websocket_client_that_answers_pings_outlives_the_idle_timeout() {
+    let pki = Pki::new();
+    let backends = start_backends(&pki, Backends::n(1), None);
+    let lb = wss_balancer(&pki, &backends, &["--idle-timeout", "1"]);
+    let mut c = TestClient::connect_ws(&pki, lb.wss_addrs[0]);
+    let mut d = new_dialog("keepalive-1", "sip:svc@pool.test");
+    c.send(&d.request("OPTIONS", None, None, ""));
+    c.wait_for("200 OPTIONS", |m| is_response(m, 200, Method::Options));
+    // An observation window for what must not happen: three idle timeouts of silence.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(
+            c.ep.is_open(c.conn),
+            "siplb closed a WebSocket client that answers its pings"
+        );
+        let _ = c.ep.turn(&mut c.inbox, Duration::from_millis(20));
+    }
+    let mut d2 = new_dialog("keepalive-2", "sip:svc@pool.test");
+    c.send(&d2.request("OPTIONS", None, None, ""));
+    c.wait_for("200 OPTIONS after the silence", |m| {
+        is_response(m, 200, Method::Options) && m.call_id() == Some(&b"keepalive-2"[..])
+    });
+    lb.shutdown();
+}

@@ -131,6 +131,7 @@ impl Worker {
             partial_since: None,
             paused: false,
             ws: None,
+            pinged: false,
             partner: None,
         };
         if let Err(e) = self

@@ -328,6 +328,7 @@ impl Worker {
                 return false;
             };
             c.last_active = Instant::now();
+            c.pinged = false;
             let (kind, more) = (c.kind, c.stream.more);
             if was_handshaking && !c.stream.is_handshaking() && !self.on_handshake(slot, kind) {
                 return false;
@@ -494,6 +495,7 @@ impl Worker {
         }
         let cfg = &self.shared.cfg;
         let (hs, idle, msg) = (cfg.handshake_timeout, cfg.idle_timeout, cfg.message_timeout);
+        let mut ping = Vec::new();
         for slot in self.slots.occupied() {
             let Some(c) = self.slots.get(slot) else { continue };
             // Every kind of connection: a handshake must finish and a message, once begun, must
@@ -506,7 +508,19 @@ impl Worker {
                 self.doomed.push((slot, CloseReason::MessageTimeout));
             } else if now.duration_since(c.last_active) > idle {
                 self.doomed.push((slot, CloseReason::IdleTimeout));
+            } else if c.stream.ws && !c.pinged && now.duration_since(c.last_active) > idle / 2 {
+                // Browsers send nothing between registrations (minutes apart): half-way to the
+                // idle timeout a WebSocket client is pinged, and its pong keeps it open.
+                ping.push(slot);
             }
+        }
+        for slot in ping {
+            if let Some(c) = self.slots.get_mut(slot) {
+                c.pinged = true;
+            }
+            self.send_with(slot, 2 + 5, |s| {
+                s.write_control(crate::ws::frame::OP_PING, b"siplb")
+            });
         }
         self.finish_batch();
     }
