@@ -176,21 +176,9 @@ impl Worker {
     /// Rebuilds the back ends as routing sees them from the configured ones and the operator's
     /// settings (kept by name, so they outlive reloads).
     pub(super) fn apply_admin(&mut self) {
-        use crate::admin::AdminState;
         self.admin_gen = self.shared.admin_gen.load(Ordering::Acquire);
         let overrides = self.shared.admin.lock().map(|o| o.clone()).unwrap_or_default();
-        self.eff = self.rt.backends.clone();
-        self.disabled = vec![false; self.eff.len()];
-        for (i, b) in self.eff.iter_mut().enumerate() {
-            if let Some(o) = overrides.get(&b.name) {
-                b.weight = o.weight.unwrap_or(b.weight);
-                match o.state {
-                    AdminState::Enabled => {}
-                    AdminState::Draining => b.weight = 0,
-                    AdminState::Disabled => self.disabled[i] = true,
-                }
-            }
-        }
+        (self.eff, self.disabled) = super::rules::effective(&self.rt.backends, &overrides);
     }
 
     /// Takes a reload or an admin change (rare: one atomic load each per turn otherwise), then
@@ -494,24 +482,26 @@ impl Worker {
             self.shared.ready.fetch_add(1, Ordering::AcqRel);
         }
         let cfg = &self.shared.cfg;
-        let (hs, idle, msg) = (cfg.handshake_timeout, cfg.idle_timeout, cfg.message_timeout);
+        let limits = super::rules::Limits {
+            handshake: cfg.handshake_timeout,
+            message: cfg.message_timeout,
+            idle: cfg.idle_timeout,
+        };
         let mut ping = Vec::new();
         for slot in self.slots.occupied() {
             let Some(c) = self.slots.get(slot) else { continue };
-            // Every kind of connection: a handshake must finish and a message, once begun, must
-            // be complete in time (a peer dripping a byte at a time is not "active"); silence
-            // ends client and peer connections, and pool connections too (the pool reconnects;
-            // OPTIONS probes keep a healthy one busy).
-            if c.stream.is_handshaking() && now.duration_since(c.opened) > hs {
-                self.doomed.push((slot, CloseReason::HandshakeTimeout));
-            } else if c.partial_since.is_some_and(|t| now.duration_since(t) > msg) {
-                self.doomed.push((slot, CloseReason::MessageTimeout));
-            } else if now.duration_since(c.last_active) > idle {
-                self.doomed.push((slot, CloseReason::IdleTimeout));
-            } else if c.stream.ws && !c.pinged && now.duration_since(c.last_active) > idle / 2 {
-                // Browsers send nothing between registrations (minutes apart): half-way to the
-                // idle timeout a WebSocket client is pinged, and its pong keeps it open.
-                ping.push(slot);
+            let clocks = super::rules::Clocks {
+                opened: c.opened,
+                last_active: c.last_active,
+                partial_since: c.partial_since,
+                handshaking: c.stream.is_handshaking(),
+                ws: c.stream.ws,
+                pinged: c.pinged,
+            };
+            match super::rules::timer(&clocks, &limits, now) {
+                Some(super::rules::Timer::Close(why)) => self.doomed.push((slot, why)),
+                Some(super::rules::Timer::Ping) => ping.push(slot),
+                None => {}
             }
         }
         for slot in ping {

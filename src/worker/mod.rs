@@ -13,6 +13,7 @@ mod output;
 mod partner;
 mod pool;
 mod route;
+mod rules;
 mod runtime;
 mod shared;
 pub mod slots;
