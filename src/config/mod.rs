@@ -231,8 +231,8 @@ fn flag(flag: &'static str, why: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
-    /// `--listen-wss`, and the `host:port` WebSocket clients reach siplb at (port 0 is replaced
-    /// by the real one at start).
+    /// `--listen-wss`, and the `--advertise-wss` `host:port` (when not given, the balancer sets
+    /// it at start: the advertised host with the real port of the first WebSocket listener).
     pub listen_wss: Vec<SocketAddr>,
     pub advertise_wss: Option<String>,
     pub wss_origins: Vec<String>,
@@ -432,10 +432,9 @@ impl RunArgs {
                 l.to_string()
             }
         };
-        let advertise_wss = match (self.advertise_wss, self.listen_wss.first()) {
-            (Some(a), _) => Some(normalise_advertise(&a).map_err(|why| flag("--advertise-wss", why))?),
-            (None, Some(l)) => Some(format!("{}:{}", host_part(&advertise), l.port())),
-            (None, None) => None,
+        let advertise_wss = match self.advertise_wss {
+            Some(a) => Some(normalise_advertise(&a).map_err(|why| flag("--advertise-wss", why))?),
+            None => None,
         };
         Ok(Config {
             listen,
@@ -495,11 +494,6 @@ impl RunArgs {
             admin_allow_remote: self.admin_allow_remote,
         })
     }
-}
-
-/// The host part of a normalised `host:port`.
-fn host_part(a: &str) -> &str {
-    a.rsplit_once(':').map_or(a, |(h, _)| h)
 }
 
 /// `HOST` or `HOST:PORT` (IPv6 in brackets); the port defaults to 5061.

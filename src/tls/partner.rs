@@ -218,6 +218,10 @@ impl Partners {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Option<&Partner> {
+        // Without partners, a client's certificate is not parsed here at all.
+        if self.list.is_empty() {
+            return None;
+        }
         let issuers: Vec<Vec<u8>> = std::iter::once(end_entity)
             .chain(intermediates)
             .filter_map(|c| {

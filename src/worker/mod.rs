@@ -96,18 +96,20 @@ impl Balancer {
             }
             wss_addrs.push(real);
         }
-        if let (Some(a), Some(real)) = (&cfg.advertise_wss, wss_addrs.first())
-            && a.ends_with(":0")
-        {
-            cfg.advertise_wss = Some(format!("{}:{}", a.trim_end_matches(":0"), real.port()));
-        }
-        let wss_host = cfg.advertise_wss.as_deref().map(host_of);
         if cfg.advertise.ends_with(":0") {
             // The advertised port follows the real one when the first listener asked for port 0.
             let host = cfg.advertise.trim_end_matches(":0").to_string();
             cfg.advertise = format!("{host}:{}", listen_addrs[0].port());
         }
         let adv_host = host_of(&cfg.advertise);
+        // WebSocket clients are told `--advertise-wss`, by default the advertised host with the
+        // (real) port of the first WebSocket listener.
+        if cfg.advertise_wss.is_none()
+            && let Some(real) = wss_addrs.first()
+        {
+            cfg.advertise_wss = Some(format!("{adv_host}:{}", real.port()));
+        }
+        let wss_host = cfg.advertise_wss.as_deref().map(host_of);
         let peer_advertise = peer_addr.map(|p| {
             let a = cfg
                 .peer_advertise
