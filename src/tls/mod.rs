@@ -8,6 +8,7 @@
 pub mod partner;
 pub mod stream;
 pub mod trust;
+pub mod wire;
 
 use std::path::Path;
 use std::sync::Arc;

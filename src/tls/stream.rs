@@ -6,61 +6,14 @@
 
 use std::io::{self, BufRead, IoSlice, Read, Write};
 
+use rustls::pki_types::CertificateDer;
+
 use mio::Interest;
 use mio::net::TcpStream;
 use rustls::Connection;
 
-/// Decrypted bytes waiting for framing. It holds memory only while it holds bytes: rustls' own
-/// plaintext chunk is copied in when there is one, and a buffer emptied by framing is released,
-/// so an idle connection keeps no read buffer at all (issue 13: most of what an idle connection
-/// cost was a 16 KiB buffer allocated at the first read).
-#[derive(Debug, Default)]
-pub struct ReadBuf {
-    data: Vec<u8>,
-}
-
-impl ReadBuf {
-    pub fn filled(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// The filled bytes, to decode in place (WebSocket frames are unmasked where they lie).
-    pub fn filled_mut(&mut self) -> &mut [u8] {
-        &mut self.data
-    }
-
-    fn extend(&mut self, bytes: &[u8]) {
-        if self.data.capacity() == 0 {
-            // Room for a typical SIP message or two, so a message spread over several TLS
-            // records does not grow the buffer record by record.
-            self.data.reserve(bytes.len().max(MIN_READ_BUF));
-        }
-        self.data.extend_from_slice(bytes);
-    }
-
-    /// Drops the first `n` filled bytes; an emptied buffer is released.
-    pub fn consume(&mut self, n: usize) {
-        if n >= self.data.len() {
-            *self = ReadBuf::default();
-        } else {
-            self.data.drain(..n);
-        }
-    }
-}
-
-/// Plaintext bytes queued for a peer that is not reading, beyond which it is cut off.
-pub const MAX_PENDING: usize = 4 << 20;
-const MIN_READ_BUF: usize = 4 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("peer is not reading: more bytes queued than its limit")]
-    Backlog,
-}
+use super::wire::{Ended, Wire};
+pub use super::wire::{MAX_PENDING, ReadBuf, StreamError};
 
 pub struct TlsStream {
     pub sock: TcpStream,
@@ -293,5 +246,68 @@ impl TlsStream {
     pub fn close(&mut self) {
         self.tls.send_close_notify();
         let _ = self.flush();
+    }
+}
+
+impl Wire for TlsStream {
+    fn read(&mut self, limit: usize) -> Result<usize, StreamError> {
+        TlsStream::read(self, limit)
+    }
+    fn more(&self) -> bool {
+        self.more
+    }
+    fn ended(&self) -> Ended {
+        Ended {
+            closed: self.closed,
+            unclean: self.unclean_close,
+        }
+    }
+    fn read_to_eof(&mut self, yes: bool) {
+        self.read_to_eof = yes;
+    }
+    fn rbuf(&mut self) -> &mut ReadBuf {
+        &mut self.rbuf
+    }
+    fn write(&mut self, slices: &[IoSlice<'_>]) -> Result<(), StreamError> {
+        TlsStream::write(self, slices)
+    }
+    fn write_control(&mut self, opcode: u8, payload: &[u8]) -> Result<(), StreamError> {
+        TlsStream::write_control(self, opcode, payload)
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        TlsStream::flush(self)
+    }
+    fn queued(&self) -> usize {
+        TlsStream::queued(self)
+    }
+    fn set_max_pending(&mut self, n: usize) {
+        self.max_pending = n;
+    }
+    fn wants_write(&self) -> bool {
+        self.tls.wants_write()
+    }
+    fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+    fn ws(&self) -> bool {
+        self.ws
+    }
+    fn set_ws(&mut self, yes: bool) {
+        self.ws = yes;
+    }
+    fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        self.tls.peer_certificates().unwrap_or(&[])
+    }
+    fn sni(&self) -> Option<&str> {
+        match &self.tls {
+            Connection::Server(s) => s.server_name(),
+            Connection::Client(_) => None,
+        }
+    }
+    fn tls13(&self) -> bool {
+        self.tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+    }
+    fn close(&mut self) {
+        TlsStream::close(self)
     }
 }

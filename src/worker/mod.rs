@@ -5,22 +5,12 @@
 //! `mio::Waker`. [`Balancer`] starts, watches and stops the workers.
 
 mod admin_view;
-mod close;
-mod conn;
-mod event;
-mod failover;
-mod output;
-mod partner;
-mod pool;
-mod route;
-mod rules;
+pub mod core;
 mod runtime;
 mod shared;
-pub mod slots;
+mod shell;
 mod sockets;
 mod start;
-mod state;
-mod websocket;
 
 pub use runtime::{KEY_GRACE, Runtime, RuntimeError};
 use shared::HANDOFF_QUEUE;
@@ -29,14 +19,12 @@ pub use sockets::reuseport_listener;
 use sockets::{host_of, listener_group};
 pub use start::StartError;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
@@ -109,63 +97,28 @@ impl Balancer {
         {
             cfg.advertise_wss = Some(format!("{adv_host}:{}", real.port()));
         }
-        let wss_host = cfg.advertise_wss.as_deref().map(host_of);
-        let peer_advertise = peer_addr.map(|p| {
-            let a = cfg
-                .peer_advertise
-                .clone()
-                .unwrap_or_else(|| format!("{adv_host}:{}", p.port()));
-            let h = host_of(&a);
-            (a, h)
-        });
-
         let mut polls = Vec::new();
         let mut handoff = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..cfg.workers {
             let poll = Poll::new().map_err(StartError::Poll)?;
-            let waker = Arc::new(Waker::new(poll.registry(), event::WAKER).map_err(StartError::Poll)?);
+            let waker = Arc::new(Waker::new(poll.registry(), shell::WAKER).map_err(StartError::Poll)?);
             let (tx, rx) = crossbeam_channel::bounded(HANDOFF_QUEUE);
             polls.push(poll);
             handoff.push((tx, waker));
             receivers.push(rx);
         }
-        let shared = Arc::new(Shared {
-            instance,
-            runtime: ArcSwap::from_pointee(runtime),
-            runtime_gen: AtomicU64::new(0),
-            admin: Mutex::new(Default::default()),
-            admin_gen: AtomicU64::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-            published: (0..cfg.workers).map(|_| Mutex::new(Metrics::default())).collect(),
-            reloads: AtomicU64::new(0),
-            reload_failures: AtomicU64::new(0),
-            adv_host,
-            wss_host,
-            peer_advertise,
-            handoff_bytes: (0..cfg.workers).map(|_| AtomicUsize::new(0)).collect(),
-            handoff,
-            stop: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            active_dialogs: AtomicI64::new(0),
-            ready: AtomicUsize::new(0),
-            work: Mutex::new(HashMap::new()),
-            epoch: Instant::now(),
-            limit: match cfg.rate_limit_per_ip {
-                0 => None,
-                n => {
-                    let mut key = [0u8; 16];
-                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-                        .map_err(|_| StartError::Key(crate::sip::token::TokenError::Random))?;
-                    Some(crate::limit::SourceLimit::new(n, key))
-                }
-            },
-            applied: (0..cfg.workers)
-                .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
-                .collect(),
-            admitted: AtomicUsize::new(0),
-            cfg,
-        });
+        let limit = match cfg.rate_limit_per_ip {
+            0 => None,
+            n => {
+                let mut key = [0u8; 16];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                    .map_err(|_| StartError::Key(crate::sip::token::TokenError::Random))?;
+                Some(crate::limit::SourceLimit::new(n, key))
+            }
+        };
+        let peer_port = peer_addr.map(|p: SocketAddr| p.port());
+        let shared = Arc::new(Shared::new(cfg, runtime, instance, peer_port, handoff, limit));
         let mut threads = Vec::new();
         let parts = polls
             .into_iter()
@@ -173,7 +126,7 @@ impl Balancer {
             .zip(listeners)
             .zip(peer_listeners);
         for (id, (((poll, rx), ls), pl)) in parts.enumerate() {
-            let w = event::Worker::new(id as u16, poll, Arc::clone(&shared), ls, pl, rx)
+            let w = shell::Worker::new(id as u16, poll, Arc::clone(&shared), ls, pl, rx)
                 .map_err(StartError::Poll)?;
             let t = std::thread::Builder::new()
                 .name(format!("siplb-w{id}"))

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::Waker;
 
 use super::runtime::{Runtime, RuntimeError};
+use super::sockets::host_of;
 use crate::balance::Backend;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -84,6 +85,57 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What the workers of a balancer share, for `cfg` as loaded into `runtime`: `peer_port` is
+    /// the peer listener's real port, if there is one; `handoff` has one channel per worker.
+    pub fn new(
+        cfg: Config,
+        runtime: Runtime,
+        instance: u32,
+        peer_port: Option<u16>,
+        handoff: Vec<(Sender<Handoff>, Arc<Waker>)>,
+        limit: Option<crate::limit::SourceLimit>,
+    ) -> Shared {
+        let adv_host = host_of(&cfg.advertise);
+        let wss_host = cfg.advertise_wss.as_deref().map(host_of);
+        let peer_advertise = peer_port.map(|p| {
+            let a = cfg
+                .peer_advertise
+                .clone()
+                .unwrap_or_else(|| format!("{adv_host}:{p}"));
+            let h = host_of(&a);
+            (a, h)
+        });
+        let workers = cfg.workers;
+        Shared {
+            instance,
+            runtime: ArcSwap::from_pointee(runtime),
+            runtime_gen: AtomicU64::new(0),
+            admin: Mutex::new(Default::default()),
+            admin_gen: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            published: (0..workers).map(|_| Mutex::new(Metrics::default())).collect(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            adv_host,
+            wss_host,
+            peer_advertise,
+            handoff_bytes: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            handoff,
+            stop: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            active_dialogs: AtomicI64::new(0),
+            ready: AtomicUsize::new(0),
+            work: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            limit,
+            applied: (0..workers)
+                .map(|_| [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)])
+                .collect(),
+            admitted: AtomicUsize::new(0),
+            cfg,
+        }
+    }
+
     /// The server-facing `host:port` and host, if siplb has a peer listener.
     pub fn server_side(&self) -> Option<(&str, &str)> {
         self.peer_advertise

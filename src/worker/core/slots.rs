@@ -2,13 +2,11 @@
 //! and routing tokens carry (slot, generation), so a message for a connection that has gone can
 //! never reach whichever connection took its slot later.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::Interest;
+use ::core::net::SocketAddr;
 
 use crate::sip::token::TOKEN_LEN;
-use crate::tls::stream::TlsStream;
 
 /// What a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +32,15 @@ impl Kind {
             Kind::Peer(b) => b,
         }
     }
+}
+
+/// What the event loop saw of a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub readable: bool,
+    /// The peer closed its side (what arrived before it still counts).
+    pub read_closed: bool,
+    pub error: bool,
 }
 
 /// A WebSocket client's state: its HTTP upgrade not yet read, or open with its frame decoder.
@@ -65,16 +72,17 @@ impl IpText {
     }
 }
 
-pub struct Conn {
+pub struct Conn<S> {
     pub kind: Kind,
-    pub stream: TlsStream,
+    pub stream: S,
     pub peer: SocketAddr,
     pub peer_ip: IpText,
     /// Our Via token naming this connection (computed once).
     pub token: [u8; TOKEN_LEN],
     /// Record-Route / Path tokens for this (client) connection, per back end, made on first use.
     pub rr_tokens: Vec<Option<crate::route::RouteTokens>>,
-    pub interest: Interest,
+    /// Polled for writable too (else readable only).
+    pub interest: bool,
     pub opened: Instant,
     pub last_active: Instant,
     /// Already in the worker's list of connections to flush this turn.
@@ -93,22 +101,43 @@ pub struct Conn {
     pub partner: Option<std::sync::Arc<str>>,
 }
 
+impl<S> Conn<S> {
+    /// After framing: a message (or upgrade) begun and not finished (`waiting`) starts the clock
+    /// of --message-timeout; an empty buffer stops it.
+    pub fn message_begun(&mut self, waiting: bool, now: Instant) {
+        self.partial_since = match (waiting, self.partial_since) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, since) => since,
+        };
+    }
+}
+
 /// A slot: its generation stays for as long as the worker runs (tokens name it), while the
 /// connection is boxed, so a closed connection gives all of its memory back and 10 000 slots
 /// that were once busy cost 16 bytes each, not a whole connection's state.
-struct Entry {
+struct Entry<S> {
     generation: u32,
-    conn: Option<Box<Conn>>,
+    conn: Option<Box<Conn<S>>>,
 }
 
-#[derive(Default)]
-pub struct Slots {
-    entries: Vec<Entry>,
+pub struct Slots<S> {
+    entries: Vec<Entry<S>>,
     free: Vec<usize>,
     open: usize,
 }
 
-impl Slots {
+impl<S> Default for Slots<S> {
+    fn default() -> Slots<S> {
+        Slots {
+            entries: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+        }
+    }
+}
+
+impl<S> Slots<S> {
     /// The slot and generation the next insert will use.
     pub fn vacant(&mut self) -> (usize, u32) {
         let slot = match self.free.last() {
@@ -126,7 +155,7 @@ impl Slots {
     }
 
     /// Fills the slot [`Slots::vacant`] returned.
-    pub fn insert(&mut self, conn: Conn) -> usize {
+    pub fn insert(&mut self, conn: Conn<S>) -> usize {
         let (slot, _) = self.vacant();
         self.free.pop();
         self.entries[slot].conn = Some(Box::new(conn));
@@ -134,16 +163,16 @@ impl Slots {
         slot
     }
 
-    pub fn get(&self, slot: usize) -> Option<&Conn> {
+    pub fn get(&self, slot: usize) -> Option<&Conn<S>> {
         self.entries.get(slot)?.conn.as_deref()
     }
 
-    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Conn<S>> {
         self.entries.get_mut(slot)?.conn.as_deref_mut()
     }
 
     /// The connection in `slot`, only if it is still the one `generation` named.
-    pub fn get_checked(&mut self, slot: usize, generation: u32) -> Option<&mut Conn> {
+    pub fn get_checked(&mut self, slot: usize, generation: u32) -> Option<&mut Conn<S>> {
         let e = self.entries.get_mut(slot)?;
         if e.generation != generation {
             return None;
@@ -155,7 +184,7 @@ impl Slots {
         self.entries.get(slot).map_or(0, |e| e.generation)
     }
 
-    pub fn remove(&mut self, slot: usize) -> Option<Conn> {
+    pub fn remove(&mut self, slot: usize) -> Option<Conn<S>> {
         let e = self.entries.get_mut(slot)?;
         let conn = e.conn.take()?;
         e.generation = e.generation.wrapping_add(1);

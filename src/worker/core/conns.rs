@@ -1,97 +1,35 @@
-//! A worker's connections over their life: accepting clients (with the connection limits) and
-//! servers on the peer listener, registering a connection and giving it its token, what happens
-//! when a handshake completes (pool up, peer name; clients in [`super::partner`]), read failures
-//! and closing.
+//! A worker's connections over their life: admitting one (the connection limits), giving it its
+//! slot and token, what happens when a handshake completes (pool up, peer name; clients in
+//! `partner.rs`), read failures and closing — settled in one place, [`Core::close`].
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use mio::Token;
-use mio::net::TcpStream;
-use rustls::{Connection, ServerConnection};
+use ::core::net::{IpAddr, SocketAddr};
 
 use super::close::CloseReason;
-use super::event::Worker;
 use super::slots::{Conn, IpText, Kind};
+use super::{Core, Wire};
 use crate::sip::{Role, Token as SipToken};
-use crate::tls::stream::{StreamError, TlsStream};
+use crate::tls::wire::StreamError;
 
-impl Worker {
-    pub(super) fn accept_clients(&mut self, i: usize) {
-        loop {
-            let (sock, peer) = match self.listeners[i].accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!(worker = self.id, error = %e, "accept failed");
-                    return;
-                }
-            };
-            if !self.admit(peer) {
-                continue;
-            }
+impl<S: Wire> Core<S> {
+    /// A connection the shell accepted (a client, or a server on the peer listener) and
+    /// [admitted](Core::admit): its slot, once the shell has registered it. A WebSocket
+    /// listener's client starts with its upgrade.
+    pub fn handle_accepted(&mut self, stream: S, peer: SocketAddr, kind: Kind, ws: bool) -> usize {
+        if kind == Kind::Client {
             self.m.accepted += 1;
-            let tls = match ServerConnection::new(Arc::clone(&self.rt.tls.front)) {
-                Ok(t) => Connection::Server(t),
-                Err(e) => {
-                    self.unadmit(peer);
-                    tracing::warn!(%peer, error = %e, "cannot start TLS");
-                    continue;
-                }
-            };
-            let slot = self.add_conn(sock, peer, tls, Kind::Client);
-            // The WebSocket listeners follow the TLS ones.
-            if i >= self.shared.cfg.listen.len()
-                && let Some(c) = slot.and_then(|s| self.slots.get_mut(s))
-            {
-                c.ws = Some(Box::new(super::slots::WsState::Upgrading));
-                self.m.ws_accepted += 1;
-            }
         }
-    }
-
-    pub(super) fn accept_peer(&mut self) {
-        let Some(peer_tls) = self.rt.tls.peer.clone() else {
-            return;
-        };
-        loop {
-            let Some(l) = self.peer_listener.as_mut() else {
-                return;
-            };
-            let (sock, peer) = match l.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::warn!(worker = self.id, error = %e, "peer accept failed");
-                    return;
-                }
-            };
-            // Servers' connections count against the same caps as clients'.
-            if !self.admit(peer) {
-                continue;
-            }
-            match ServerConnection::new(Arc::clone(&peer_tls)) {
-                Ok(t) => {
-                    self.add_conn(sock, peer, Connection::Server(t), Kind::Peer(None));
-                }
-                Err(e) => {
-                    self.unadmit(peer);
-                    tracing::warn!(%peer, error = %e, "cannot start TLS");
-                }
-            }
+        let slot = self.add_conn(stream, peer, kind);
+        if ws && let Some(c) = self.slots.get_mut(slot) {
+            c.ws = Some(Box::new(super::slots::WsState::Upgrading));
+            self.m.ws_accepted += 1;
         }
+        slot
     }
 
     /// Registers a new connection and gives it its token.
-    pub(super) fn add_conn(
-        &mut self,
-        sock: TcpStream,
-        peer: std::net::SocketAddr,
-        tls: Connection,
-        kind: Kind,
-    ) -> Option<usize> {
-        let _ = sock.set_nodelay(true);
+    pub(super) fn add_conn(&mut self, mut stream: S, peer: SocketAddr, kind: Kind) -> usize {
         let (slot, generation) = self.slots.vacant();
         // The Via token of requests this connection sends through siplb: their responses come
         // back from the other side.
@@ -108,15 +46,14 @@ impl Worker {
             instance: 0,
             ws: false,
         });
-        let mut stream = TlsStream::new(sock, tls);
         if matches!(kind, Kind::Backend(_)) {
             // A slow back end is met with backpressure (clients are read no more), not with
             // closing its connection: its queue is bounded by the worker's output budget.
-            stream.max_pending = self.shared.cfg.max_output_bytes;
+            stream.set_max_pending(self.shared.cfg.max_output_bytes);
         }
-        let interest = stream.interest();
-        let now = Instant::now();
-        let mut conn = Conn {
+        let interest = stream.wants_write();
+        let now = self.turn;
+        let conn = Conn {
             kind,
             stream,
             peer,
@@ -134,19 +71,9 @@ impl Worker {
             pinged: false,
             partner: None,
         };
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut conn.stream.sock, Token(slot), interest)
-        {
-            tracing::warn!(%peer, error = %e, "cannot register connection");
-            if !matches!(kind, Kind::Backend(_)) {
-                self.unadmit(peer);
-            }
-            return None;
-        }
         tracing::debug!(worker = self.id, slot, %peer, ?kind, "connection open");
-        Some(self.slots.insert(conn))
+        self.registering.push(slot);
+        self.slots.insert(conn)
     }
 
     /// A read failed: count and log it as what it was, then close.
@@ -194,9 +121,8 @@ impl Worker {
                 };
                 let allowed = c
                     .stream
-                    .tls
                     .peer_certificates()
-                    .and_then(|certs| certs.first())
+                    .first()
                     .and_then(|cert| crate::tls::peer_name_allowed(cert, names))
                     .map(|name| names.iter().position(|n| n == name));
                 match allowed {
@@ -223,7 +149,9 @@ impl Worker {
         }
     }
 
-    pub(super) fn close(&mut self, slot: usize, why: CloseReason) {
+    /// Closes the connection in `slot` (a clean TLS close, a WebSocket close frame when it can
+    /// take one), gives back what it was admitted with and tells the pool of a pool connection.
+    pub fn close(&mut self, slot: usize, why: CloseReason) {
         let Some(mut c) = self.slots.remove(slot) else {
             return;
         };
@@ -233,15 +161,15 @@ impl Worker {
         }
         // A WebSocket closed by siplb says so in a close frame first (its close handshake),
         // unless one was already sent (a violation) or the client closed.
-        if c.stream.ws
+        if c.stream.ws()
             && let Some(code) = why.ws_close_code()
         {
             let _ = c
                 .stream
                 .write_control(crate::ws::frame::OP_CLOSE, &code.to_be_bytes());
         }
+        // Dropping the socket (in the shell's stream) takes it off the poll.
         c.stream.close();
-        let _ = self.poll.registry().deregister(&mut c.stream.sock);
         match c.kind {
             Kind::Client => {
                 self.unadmit(c.peer);
@@ -265,7 +193,7 @@ impl Worker {
 
     /// Counts an accepted connection (client or peer) against `--max-connections-per-ip` and
     /// `--max-connections`; false (and counted as a refusal) if it is over either.
-    fn admit(&mut self, peer: std::net::SocketAddr) -> bool {
+    pub fn admit(&mut self, peer: SocketAddr) -> bool {
         if !self.admit_ip(peer.ip()) {
             *self.m.refused.entry("max-connections-per-ip".into()).or_default() += 1;
             tracing::debug!(%peer, limit = self.shared.cfg.max_connections_per_ip, "connection refused: --max-connections-per-ip reached");
@@ -283,13 +211,13 @@ impl Worker {
 
     /// Gives back what [`Worker::admit`] counted; every path that ends an admitted connection
     /// (refusal, setup failure, close) calls it once.
-    fn unadmit(&self, peer: std::net::SocketAddr) {
+    pub fn unadmit(&self, peer: SocketAddr) {
         self.shared.admitted.fetch_sub(1, Ordering::AcqRel);
         self.release_ip(peer.ip());
     }
 
     /// Counts a new client against `--max-connections-per-ip`; false if it is over the cap.
-    pub(super) fn admit_ip(&self, ip: std::net::IpAddr) -> bool {
+    fn admit_ip(&self, ip: IpAddr) -> bool {
         let cap = self.shared.cfg.max_connections_per_ip;
         if cap == 0 {
             return true;
@@ -305,7 +233,7 @@ impl Worker {
         true
     }
 
-    pub(super) fn release_ip(&self, ip: std::net::IpAddr) {
+    fn release_ip(&self, ip: IpAddr) {
         if self.shared.cfg.max_connections_per_ip == 0 {
             return;
         }

@@ -104,9 +104,9 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
-impl From<&crate::tls::stream::StreamError> for CloseReason {
-    fn from(e: &crate::tls::stream::StreamError) -> CloseReason {
-        use crate::tls::stream::StreamError;
+impl From<&crate::tls::wire::StreamError> for CloseReason {
+    fn from(e: &crate::tls::wire::StreamError) -> CloseReason {
+        use crate::tls::wire::StreamError;
         match e {
             StreamError::Tls(_) => CloseReason::Tls,
             StreamError::Io(_) => CloseReason::Io,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::tls::stream::{StreamError, TlsStream};
+use crate::tls::wire::{StreamError, Wire};
 
 /// What a worker counts per back end.
 #[derive(Debug, Clone, Default)]
@@ -34,7 +34,7 @@ pub struct Counters {
 /// build under attack takes per turn while it still keeps up.
 const SATURATED_TURN: Duration = Duration::from_millis(250);
 const LONG_TURNS: u8 = 3;
-const SATURATED_HANDOFF: usize = super::shared::HANDOFF_BYTES / 4;
+const SATURATED_HANDOFF: usize = crate::worker::shared::HANDOFF_BYTES / 4;
 
 /// The saturation rule over a worker's successive turns.
 #[derive(Debug, Default)]
@@ -93,9 +93,9 @@ pub(super) struct Wrote {
 }
 
 impl Wrote {
-    pub(super) fn by(
-        stream: &mut TlsStream,
-        write: impl FnOnce(&mut TlsStream) -> Result<(), StreamError>,
+    pub(super) fn by<S: Wire>(
+        stream: &mut S,
+        write: impl FnOnce(&mut S) -> Result<(), StreamError>,
     ) -> Wrote {
         let before = stream.queued();
         let ok = write(stream).is_ok();

@@ -7,22 +7,22 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mio::Token;
-
 use super::close::CloseReason;
-use super::event::Worker;
 use super::state::Wrote;
+use super::{Core, Wire};
 use crate::sip::response::{Extra, write_response};
-use crate::tls::stream::{StreamError, TlsStream};
+use crate::tls::wire::StreamError;
 
 /// Output waiting for slow servers above which clients are not read (backpressure), and below
 /// which reading resumes.
 const PAUSE_ABOVE: usize = 1 << 20;
 const RESUME_BELOW: usize = 256 << 10;
 
-impl Worker {
-    /// Whether this worker is saturated after a turn that took `busy` (see [`super::state::Load`]).
-    pub(super) fn saturation(&mut self, busy: Duration) {
+impl<S: Wire> Core<S> {
+    /// A turn that took `busy` is over: counted, and whether this worker is saturated after it (see [`super::state::Load`]).
+    pub fn after_turn(&mut self, busy: Duration) {
+        self.m.loop_busy += busy;
+        self.m.loop_turns += 1;
         let queued = self
             .shared
             .handoff_bytes
@@ -38,8 +38,9 @@ impl Worker {
         }
     }
 
-    /// Flushes what the batch wrote, closes what it doomed, updates poll interest.
-    pub(super) fn finish_batch(&mut self) {
+    /// Flushes what the batch wrote, closes what it doomed, and notes the connections whose
+    /// interest changed (for [`Core::poll_interest`]).
+    pub fn finish_batch(&mut self) {
         while let Some(slot) = self.dirty.pop() {
             let Some(c) = self.slots.get_mut(slot) else {
                 continue;
@@ -61,13 +62,10 @@ impl Worker {
             if c.kind.is_server() {
                 self.server_queued = (self.server_queued + after).saturating_sub(before);
             }
-            let want = c.stream.interest();
+            let want = c.stream.wants_write();
             if want != c.interest {
                 c.interest = want;
-                let _ = self
-                    .poll
-                    .registry()
-                    .reregister(&mut c.stream.sock, Token(slot), want);
+                self.reinterest.push(slot);
             }
         }
         while let Some((slot, why)) = self.doomed.pop() {
@@ -159,7 +157,7 @@ impl Worker {
         &mut self,
         slot: usize,
         n: usize,
-        write: impl FnOnce(&mut TlsStream) -> Result<(), StreamError>,
+        write: impl FnOnce(&mut S) -> Result<(), StreamError>,
     ) {
         if let Some(c) = self.slots.get_mut(slot) {
             let w = Wrote::by(&mut c.stream, write);

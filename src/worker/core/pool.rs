@@ -1,29 +1,24 @@
 //! A worker's MTLS connections to the back ends, carried out: the decisions are the pure
 //! [`Pool`](crate::balance::pool::Pool)'s (when to connect, when a connection counts, health,
-//! back-off); this file does what they ask — opens connections verified against `--backend-ca`
-//! and the back end's NAME (SNI and SAN), sends OPTIONS probes, logs each state change once and
+//! back-off); this file does what they ask — opens connections (through the [`super::Connector`]:
+//! in the shell, verified against `--backend-ca` and the back end's NAME), sends OPTIONS probes, logs each state change once and
 //! counts failures by reason — and adopts a reloaded back-end set.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use mio::net::TcpStream;
-use rustls::{ClientConnection, Connection};
-
 use super::close::CloseReason;
-use super::event::Worker;
 use super::slots::Kind;
 use super::state::Counters;
+use super::{Core, Wire};
 use crate::balance::pool::{Action, ConnId, Pool};
 use crate::metrics::BackendMetrics;
 use crate::route::Avail;
 
-/// Why siplb closed a pool connection itself after a reload.
 /// Call-ID prefix of siplb's own probes; their answers never leave siplb.
 pub const PROBE_PREFIX: &[u8] = b"siplb-probe-";
 
-impl Worker {
+impl<S: Wire> Core<S> {
     /// Runs the pool's timers and carries out what they ask.
     pub(super) fn pool_tick(&mut self, now: Instant) {
         // A 503 seen by another worker keeps this one's new dialogs off that back end too.
@@ -57,9 +52,7 @@ impl Worker {
             match a {
                 Action::Connect { backend, index } => match self.open_backend(backend) {
                     Ok(slot) => self.pool.connecting(backend, index, slot),
-                    Err(why) => self
-                        .pool
-                        .connect_failed(backend, index, &why, Instant::now(), acts),
+                    Err(why) => self.pool.connect_failed(backend, index, &why, self.turn, acts),
                 },
                 Action::Probe { backend, conn, seq } => self.send_probe(backend, conn, seq),
                 Action::Up { backend } => {
@@ -77,13 +70,8 @@ impl Worker {
     }
 
     fn open_backend(&mut self, b: usize) -> Result<ConnId, String> {
-        let addr = self.rt.backends[b].addr;
-        let sock = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-        let name = self.rt.backend_names[b].clone();
-        let tls =
-            ClientConnection::new(Arc::clone(&self.rt.tls.backend), name).map_err(|e| format!("TLS: {e}"))?;
-        self.add_conn(sock, addr, Connection::Client(tls), Kind::Backend(b))
-            .ok_or_else(|| "cannot register the connection".to_string())
+        let (stream, addr) = (self.connect)(&self.rt, b)?;
+        Ok(self.add_conn(stream, addr, Kind::Backend(b)))
     }
 
     /// An OPTIONS a stock registrar answers: Request-URI the back end's own NAME (no user part),
@@ -112,14 +100,15 @@ impl Worker {
 
     /// A pool connection finished our side of its handshake.
     pub(super) fn pool_handshake_done(&mut self, b: usize, slot: usize) {
-        let tls13 = self.slots.get(slot).and_then(|c| c.stream.tls.protocol_version())
-            == Some(rustls::ProtocolVersion::TLSv1_3);
-        self.pool_event(|p, acts| p.handshake_done(b, slot, tls13, Instant::now(), acts));
+        let tls13 = self.slots.get(slot).is_some_and(|c| c.stream.tls13());
+        let now = self.turn;
+        self.pool_event(|p, acts| p.handshake_done(b, slot, tls13, now, acts));
     }
 
     /// A pool connection closed (or never came up).
     pub(super) fn pool_closed(&mut self, b: usize, slot: usize, why: CloseReason) {
-        self.pool_event(|p, acts| p.closed(b, slot, why.for_pool(), why.as_str(), Instant::now(), acts));
+        let now = self.turn;
+        self.pool_event(|p, acts| p.closed(b, slot, why.for_pool(), why.as_str(), now, acts));
     }
 
     /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
@@ -136,8 +125,9 @@ impl Worker {
         if let (Some(code), Some((_, seq, _)), Some(call_id)) = (m.status(), m.cseq, m.call_id())
             && self.is_our_probe(call_id, b, seq)
         {
+            let now = self.turn;
             self.pool_event(|p, acts| {
-                p.probe_answer(b, slot, seq, code, Instant::now(), acts);
+                p.probe_answer(b, slot, seq, code, now, acts);
             });
         }
         true
@@ -186,7 +176,7 @@ impl Worker {
                 self.close(slot, CloseReason::Removed);
             }
         }
-        self.pool.remap(&map, new.backends.len(), Instant::now());
+        self.pool.remap(&map, new.backends.len(), self.turn);
         let mut counters = vec![Counters::default(); new.backends.len()];
         for (old, c) in std::mem::take(&mut self.counters).into_iter().enumerate() {
             if let Some(n) = map[old] {
@@ -210,7 +200,7 @@ impl Worker {
         self.outstanding.remap(self.shared.work_of(&new.backends), &map);
         self.rt = new;
         self.close_removed_partners();
-        self.pool_tick(Instant::now());
+        self.pool_tick(self.turn);
         tracing::info!(
             worker = self.id,
             backends = self.rt.backends.len(),

@@ -5,16 +5,16 @@
 
 use std::sync::atomic::Ordering;
 
-use super::event::Worker;
-use super::shared::Handoff;
 use super::state::Wrote;
+use super::{Core, Wire};
 use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
 use crate::route::{Avail, Decision, Origin, RETRY_AFTER, Router};
 use crate::sip::response::Extra;
 use crate::sip::{Message, Method, Token};
+use crate::worker::shared::Handoff;
 
-impl Worker {
+impl<S: Wire> Core<S> {
     pub(super) fn route(&mut self, src: usize, m: &Message) {
         self.route_excluding(src, m, Retry::default());
     }
@@ -80,7 +80,7 @@ impl Worker {
             peer_ip: c.peer_ip.as_bytes(),
             peer_port: c.peer.port(),
             from_server: c.kind.is_server(),
-            ws: c.stream.ws,
+            ws: c.stream.ws(),
             backend: c.kind.backend(),
             follow,
             rr_cache: &mut c.rr_tokens,

@@ -4,17 +4,18 @@
 //! (403 naming the header), and closing the connections of a partner a reload removed.
 
 use std::sync::Arc;
-use std::time::Instant;
+
+use ::core::net::SocketAddr;
 
 use super::close::CloseReason;
-use super::event::Worker;
 use super::slots::Kind;
+use super::{Core, Wire};
 use crate::sip::Message;
 use crate::sip::response::Extra;
 use crate::tls::partner::PartnerRefused;
 use crate::tls::trust::ClientClass;
 
-impl Worker {
+impl<S: Wire> Core<S> {
     /// A client's handshake is done: tells partner edges, verified and unverified clients apart
     /// by the certificate it showed; false (and closed) if it is a partner's and fails that
     /// partner's checks now (the handshake refuses most; a certificate can expire in between).
@@ -22,15 +23,9 @@ impl Worker {
         let Some(c) = self.slots.get(slot) else {
             return false;
         };
-        let class = self
-            .rt
-            .tls
-            .classify_client(c.stream.tls.peer_certificates().unwrap_or(&[]));
+        let class = self.rt.tls.classify_client(c.stream.peer_certificates());
         let peer = c.peer;
-        let sni = match &c.stream.tls {
-            rustls::Connection::Server(s) => s.server_name().map(str::to_string),
-            rustls::Connection::Client(_) => None,
-        };
+        let sni = c.stream.sni().map(str::to_string);
         match class {
             ClientClass::Refused(r) => {
                 self.partner_refused(peer, &r);
@@ -55,7 +50,7 @@ impl Worker {
     }
 
     /// A partner's certificate was refused (at the handshake or right after it).
-    pub(super) fn partner_refused(&mut self, peer: std::net::SocketAddr, r: &PartnerRefused) {
+    pub(super) fn partner_refused(&mut self, peer: SocketAddr, r: &PartnerRefused) {
         let reason = r.reason.as_str();
         self.m
             .partner(&r.partner, |p| *p.refusals.entry(reason.into()).or_default() += 1);
@@ -64,7 +59,7 @@ impl Worker {
             .handshake_failures
             .entry(format!("partner {}: {reason}", r.partner))
             .or_default() += 1;
-        if self.partner_log.take(Instant::now()) {
+        if self.partner_log.take(self.turn) {
             tracing::warn!(%peer, partner = &*r.partner, reason, "partner certificate refused");
         } else {
             tracing::debug!(%peer, partner = &*r.partner, reason, "partner certificate refused");
@@ -93,7 +88,7 @@ impl Worker {
         self.m
             .partner(&domain, |p| *p.refusals.entry(reason.into()).or_default() += 1);
         let peer = c.peer;
-        if self.partner_log.take(Instant::now()) {
+        if self.partner_log.take(self.turn) {
             tracing::warn!(%peer, partner = &*domain, header, "partner request refused: it speaks for another domain");
         }
         self.answer(

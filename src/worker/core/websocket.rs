@@ -4,11 +4,9 @@
 //! over TLS; pings are answered, a close is answered and ends the connection, and a violation
 //! ends it with its close code. What siplb writes to the client is framed by the stream.
 
-use std::time::Instant;
-
 use super::close::CloseReason;
-use super::event::{Worker, is_request};
 use super::slots::WsState;
+use super::{Core, Wire, is_request};
 use crate::sip::response::Extra;
 use crate::sip::{FrameError, Read};
 use crate::ws::frame::{self, Event};
@@ -17,11 +15,11 @@ use crate::ws::upgrade::{self, Upgrade};
 /// The longest upgrade request siplb reads (browsers send well under 2 KiB).
 const UPGRADE_MAX: usize = 8 * 1024;
 
-impl Worker {
+impl<S: Wire> Core<S> {
     /// Handles what a WebSocket client's read buffer holds: its upgrade, then its frames.
     pub(super) fn process_ws(&mut self, slot: usize) {
         let Some(c) = self.slots.get_mut(slot) else { return };
-        let (Some(mut state), mut rbuf) = (c.ws.take(), std::mem::take(&mut c.stream.rbuf)) else {
+        let (Some(mut state), mut rbuf) = (c.ws.take(), std::mem::take(c.stream.rbuf())) else {
             return;
         };
         let max = self.shared.cfg.max_message_bytes;
@@ -40,7 +38,7 @@ impl Worker {
                     self.m.ws_upgrades += 1;
                     self.send_raw(slot, &response);
                     if let Some(c) = self.slots.get_mut(slot) {
-                        c.stream.ws = true;
+                        c.stream.set_ws(true);
                     }
                     rbuf.consume(consumed);
                     *state = WsState::Open(frame::Decoder::new(max));
@@ -51,15 +49,12 @@ impl Worker {
             self.frames(slot, d, &mut rbuf, max);
         }
         if let Some(c) = self.slots.get_mut(slot) {
-            c.stream.rbuf = rbuf;
+            let waiting = !rbuf.filled().is_empty();
+            *c.stream.rbuf() = rbuf;
             c.ws = Some(state);
-            // A message (or upgrade) begun and not finished starts the clock of
-            // --message-timeout, as on TLS.
-            c.partial_since = match (c.stream.rbuf.filled().is_empty(), c.partial_since) {
-                (true, _) => None,
-                (false, None) => Some(Instant::now()),
-                (false, since) => since,
-            };
+            // An upgrade begun and not finished starts the clock of --message-timeout, as a
+            // message does.
+            c.message_begun(waiting, self.turn);
         }
     }
 
@@ -68,7 +63,7 @@ impl Worker {
         &mut self,
         slot: usize,
         d: &mut frame::Decoder,
-        rbuf: &mut crate::tls::stream::ReadBuf,
+        rbuf: &mut crate::tls::wire::ReadBuf,
         max: usize,
     ) {
         loop {
@@ -117,7 +112,7 @@ impl Worker {
     /// is not exactly one SIP message is answered 400 (a request) or dropped; the connection
     /// stays, since the frames around it were sound.
     fn ws_message(&mut self, slot: usize, payload: &[u8], max: usize) {
-        let refuse = |w: &mut Worker, code: u16, reason: &str| {
+        let refuse = |w: &mut Core<S>, code: u16, reason: &str| {
             if is_request(payload) {
                 w.answer(
                     slot,

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::event::Worker;
+use super::{Core, Wire};
 use crate::route::RETRY_AFTER;
 use crate::route::invites::{Invite, Retry, Stage};
 use crate::sip::response::{Extra, retry_after, write_ack, write_cancel};
@@ -19,7 +19,7 @@ const OVERLOAD_DEFAULT_SECS: u32 = 10;
 /// The longest a Retry-After keeps a back end out of new dialogs (a server cannot ask for more).
 const OVERLOAD_MAX_SECS: u32 = 300;
 
-impl Worker {
+impl<S: Wire> Core<S> {
     /// Remembers an initial INVITE (or another out-of-dialog request but ACK and CANCEL) sent
     /// from client connection `client` to back end `backend` over pool connection `conn`, so it
     /// can go to another back end if this one is lost, answers 503 or does not answer.
@@ -47,8 +47,8 @@ impl Worker {
             stage: Stage::Sent,
             retry,
             bytes: m.buf.to_vec(),
-            since: Instant::now(),
-            sent: Instant::now(),
+            since: self.turn,
+            sent: self.turn,
         });
     }
 
@@ -62,7 +62,7 @@ impl Worker {
         {
             let t = self
                 .invites
-                .answered((slot, generation), call_id, cseq, code, Instant::now());
+                .answered((slot, generation), call_id, cseq, code, self.turn);
             if let Some((b, took)) = t.first_answer
                 && let Some(c) = self.counters.get_mut(b)
             {
@@ -135,7 +135,7 @@ impl Worker {
             && inv.retry.count < self.shared.cfg.max_retries
             && self.slots.get_checked(to.slot as usize, to.generation).is_some();
         let secs = retry_after(m).unwrap_or(OVERLOAD_DEFAULT_SECS);
-        self.overloaded(b, secs, "503", Instant::now());
+        self.overloaded(b, secs, "503", self.turn);
         if !retry {
             return false;
         }
@@ -235,7 +235,7 @@ impl Worker {
             // stops here.
             inv.stage = Stage::AnsweredByUs;
             inv.bytes = Vec::new();
-            inv.since = Instant::now();
+            inv.since = self.turn;
             self.invites.insert(inv);
         }
     }
