@@ -13,7 +13,7 @@ use rustls::{ClientConnection, Connection, ServerConnection};
 use siplb::balance::{Backend, BalanceKey};
 use siplb::certs::Ca;
 use siplb::load::msg;
-use siplb::route::{Decision, Origin, PathMode, RouteTokens, Router};
+use siplb::route::{ByAvail, Decision, Origin, PathMode, RouteTokens, Router};
 use siplb::sip::token::TOKEN_LEN;
 use siplb::sip::{Read, Rewrite, Role, Token, TokenCache, TokenKey, read};
 use siplb::tls::{self, Identity};
@@ -55,8 +55,8 @@ struct Relay {
     lb_front: Connection,
     lb_back: Connection,
     server: Connection,
-    key: TokenKey,
-    backends: Vec<Backend>,
+    /// One per worker in siplb, made once.
+    router: Router,
     tokens: TokenCache,
     rw: Rewrite,
     rr: Vec<Option<RouteTokens>>,
@@ -115,12 +115,22 @@ impl Relay {
                 instance: 0,
                 ws: false,
             }),
-            key,
-            backends: vec![Backend::new(
-                "b0.bench".into(),
-                SocketAddr::from(([127, 0, 0, 1], 7000)),
-                100,
-            )],
+            router: Router {
+                key: std::sync::Arc::new(key),
+                advertise: "127.0.0.1:5061".into(),
+                adv_host: "127.0.0.1".into(),
+                server_side: None,
+                wss: None,
+                backends: vec![Backend::new(
+                    "b0.bench".into(),
+                    SocketAddr::from(([127, 0, 0, 1], 7000)),
+                    100,
+                )],
+                balance: BalanceKey::CallId,
+                path: PathMode::Supported,
+                draining: false,
+                work: Vec::new(),
+            },
             tokens: TokenCache::new(),
             rw: Rewrite::new(),
             rr: Vec::new(),
@@ -153,18 +163,6 @@ impl Relay {
         let Read::Message(_, m) = read(&self.buf, 64 * 1024) else {
             panic!("siplb could not read the message")
         };
-        let router = Router {
-            key: &self.key,
-            advertise: "127.0.0.1:5061",
-            adv_host: "127.0.0.1",
-            server_side: None,
-            wss: None,
-            backends: &self.backends,
-            balance: BalanceKey::CallId,
-            path: PathMode::Supported,
-            draining: false,
-            work: &[],
-        };
         let token = if to_server {
             &self.front_token
         } else {
@@ -183,9 +181,15 @@ impl Relay {
             follow: None,
             rr_cache: &mut self.rr,
         };
-        let d = router.decide(&m, &mut origin, |_| true, &mut self.tokens, &mut self.rw);
+        let d = self.router.decide(
+            &m,
+            &mut origin,
+            &mut ByAvail(|_| true),
+            &mut self.tokens,
+            &mut self.rw,
+        );
         assert!(
-            matches!(d, Decision::ToBackend(_) | Decision::ToConnection { .. }),
+            matches!(d, Decision::ToBackend { .. } | Decision::ToConnection { .. }),
             "{d:?}"
         );
         let n = lb_out

@@ -8,11 +8,10 @@
 //! end the dialog is pinned to; both are MAC-protected [`Token`]s.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::balance::{self, Backend, BalanceKey};
-use crate::sip::addr::{NameAddr, Uri};
-use crate::sip::header::Name;
-use crate::sip::rewrite::{Forward, MAGIC, Record};
+use crate::sip::rewrite::{Forward, Record};
 use crate::sip::scan;
 use crate::sip::token::TOKEN_LEN;
 use crate::sip::via::Via;
@@ -53,29 +52,66 @@ impl From<bool> for Avail {
     }
 }
 
-/// What stays the same for every message a worker routes.
-pub struct Router<'a> {
-    pub key: &'a TokenKey,
+/// What stays the same for every message a worker routes: one per worker, rebuilt when a reload
+/// or the operator changes the back ends (and told each turn whether siplb is draining).
+pub struct Router {
+    pub key: Arc<TokenKey>,
     /// `host:port` clients see: our Via on requests to clients, the client-facing Record-Route.
-    pub advertise: &'a str,
+    pub advertise: String,
     /// Its host part, to recognise our own Route and Via.
-    pub adv_host: &'a str,
+    pub adv_host: String,
     /// `host:port` and host that servers see (the peer listener): our Via on requests to
     /// servers, the server-facing Record-Route entry and Path. `None` without a peer listener:
     /// then servers reach clients over the connections siplb opened (RFC 5923 alias) and
     /// Record-Route has one entry.
-    pub server_side: Option<(&'a str, &'a str)>,
+    pub server_side: Option<(String, String)>,
     /// `host:port` and host WebSocket clients see (`--advertise-wss`), with WSS listeners: the
     /// client-facing Record-Route of a WebSocket client's dialogs names it, with `transport=ws`.
-    pub wss: Option<(&'a str, &'a str)>,
-    pub backends: &'a [Backend],
+    pub wss: Option<(String, String)>,
+    /// The back ends as routing sees them (draining ones with weight 0).
+    pub backends: Vec<Backend>,
     pub balance: BalanceKey,
     pub path: PathMode,
     /// Shutting down: new dialogs and transactions get 503, dialogs in flight go on.
     pub draining: bool,
     /// Each back end's outstanding work (`--balance least-work`; missing counts as none).
-    pub work: &'a [std::sync::Arc<crate::balance::work::Work>],
+    pub work: Vec<Arc<crate::balance::work::Work>>,
 }
+
+/// The back ends as one worker can use them at this moment, for a [`Router`]'s decision.
+pub trait Pick {
+    /// What back end `b` can take now.
+    fn avail(&self, b: usize) -> Avail;
+    /// The connection a request for `b` goes out on (its pool connections in turn); `None` when
+    /// it has none.
+    fn pick(&mut self, b: usize) -> Option<usize>;
+}
+
+/// Back ends as a function says (up, connected or down), each with one connection (0) while not
+/// down: for tests, the fuzzer and benchmarks.
+pub struct ByAvail<F>(pub F);
+
+impl<F: Fn(usize) -> A, A: Into<Avail>> Pick for ByAvail<F> {
+    fn avail(&self, b: usize) -> Avail {
+        (self.0)(b).into()
+    }
+    fn pick(&mut self, b: usize) -> Option<usize> {
+        (self.avail(b) != Avail::Down).then_some(0)
+    }
+}
+
+/// Where an INVITE's transaction stands, for its CANCEL and the ACK of a non-2xx answer (the
+/// worker remembers where each INVITE went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// At back end `0`: they go there too.
+    Backend(usize),
+    /// siplb gave the final answer itself: a CANCEL is answered, the ACK ends here.
+    AnsweredByUs,
+}
+
+/// Call-ID prefix of siplb's own OPTIONS probes: their answers never leave siplb.
+pub const PROBE_PREFIX: &[u8] = b"siplb-probe-";
 
 /// The connection a message came in on.
 pub struct Origin<'a> {
@@ -93,9 +129,9 @@ pub struct Origin<'a> {
     pub ws: bool,
     /// Which back end, when the connection is a server's and it is known.
     pub backend: Option<usize>,
-    /// The back end that has this request's INVITE transaction, for a CANCEL or the ACK of a
-    /// non-2xx answer (the worker remembers where each INVITE went).
-    pub follow: Option<usize>,
+    /// Where this request's INVITE transaction stands, for a CANCEL or the ACK of a non-2xx
+    /// answer.
+    pub follow: Option<Follow>,
     /// Record-Route / Path tokens of this (client) connection per back end, made on first use.
     pub rr_cache: &'a mut Vec<Option<RouteTokens>>,
 }
@@ -105,8 +141,8 @@ pub type RouteTokens = [[u8; TOKEN_LEN]; 2];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Write the prepared rewrite to one of this worker's connections to back end `0`.
-    ToBackend(usize),
+    /// Write the prepared rewrite to connection `conn`, one of this worker's to `backend`.
+    ToBackend { backend: usize, conn: usize },
     /// Write the prepared rewrite to the connection `to` names (here or on another worker);
     /// `request` says whether a missing connection is answered (430) or only counted. The
     /// token's role says which kind of connection it must be.
@@ -119,6 +155,10 @@ pub enum Decision {
     },
     /// Drop it (a response that is not ours) and count it.
     Drop(&'static str),
+    /// A server's answer to a probe: the pool looks at it; it goes nowhere else.
+    ProbeAnswer,
+    /// It ends here: the ACK of a final answer siplb gave itself.
+    Absorbed,
 }
 
 fn answer(code: u16, reason: impl Into<Cow<'static, str>>) -> Decision {
@@ -145,19 +185,27 @@ struct OurRoute {
     second: bool,
 }
 
-impl Router<'_> {
-    /// Decides what happens to `m`; when it is forwarded, `rw` holds its rewrite. `avail` says
-    /// what a back end can take now (in this worker); a `bool` means "up or down".
-    pub fn decide<A: Into<Avail>>(
+impl Router {
+    /// Decides what happens to `m`; when it is forwarded, `rw` holds its rewrite. `pool` says
+    /// what a back end can take now (in this worker) and gives the connection a request goes
+    /// out on.
+    pub fn decide(
         &self,
         m: &Message,
         from: &mut Origin,
-        avail: impl Fn(usize) -> A,
+        pool: &mut impl Pick,
         tokens: &mut TokenCache,
         rw: &mut Rewrite,
     ) -> Decision {
+        if from.from_server
+            && from.backend.is_some()
+            && !m.is_request()
+            && m.call_id().is_some_and(|c| c.starts_with(PROBE_PREFIX))
+        {
+            return Decision::ProbeAnswer;
+        }
         match (m.is_request(), from.from_server) {
-            (true, false) => self.client_request(m, from, |b| avail(b).into(), tokens, rw),
+            (true, false) => self.client_request(m, from, pool, tokens, rw),
             (true, true) => self.server_request(m, from, tokens, rw),
             (false, from_server) => self.response(m, from_server, tokens, rw),
         }
@@ -168,15 +216,21 @@ impl Router<'_> {
         &self,
         m: &Message,
         from: &mut Origin,
-        avail: impl Fn(usize) -> Avail,
+        pool: &mut impl Pick,
         tokens: &mut TokenCache,
         rw: &mut Rewrite,
     ) -> Decision {
+        let method = m.method().unwrap_or(Method::Options);
+        if from.follow == Some(Follow::AnsweredByUs) {
+            return match method {
+                Method::Cancel => answer(200, "OK"),
+                _ => Decision::Absorbed,
+            };
+        }
         let (via, mf, lh) = match self.check_request(m, false) {
             Ok(v) => v,
             Err(d) => return d,
         };
-        let method = m.method().unwrap_or(Method::Options);
         if self.draining && m.to_tag().is_none() && !matches!(method, Method::Ack | Method::Cancel) {
             return Decision::Answer {
                 code: 503,
@@ -194,23 +248,25 @@ impl Router<'_> {
             Some(t) if t.role == Role::ClientRoute && t.pin != 0 => Some(t.pin),
             _ => None,
         };
-        let connected = |b: usize| avail(b) != Avail::Down;
+        let connected = |b: usize| pool.avail(b) != Avail::Down;
         let chosen = match (from.follow, pin) {
             // CANCEL and the ACK of a non-2xx go where their INVITE went.
-            (Some(b), _) if connected(b) => Some(b),
+            (Some(Follow::Backend(b)), _) if connected(b) => Some(b),
             // A pinned dialog stays on its back end while any connection to it is up, whatever
             // its probes say, and is never re-hashed onto a server that does not have it (nor
             // onto none, when the pin names a back end since removed).
-            (_, Some(p)) => balance::by_pin(p, self.backends).filter(|&b| connected(b)),
+            (_, Some(p)) => balance::by_pin(p, &self.backends).filter(|&b| connected(b)),
             _ if self.balance == BalanceKey::LeastWork => balance::least_work(
                 self.balance.key(m),
-                self.backends,
-                |b| avail(b) == Avail::Up,
+                &self.backends,
+                |b| pool.avail(b) == Avail::Up,
                 |b| self.work.get(b).map_or(0, |w| w.units()),
             ),
-            _ => balance::choose(self.balance.key(m), self.backends, |b| avail(b) == Avail::Up),
+            _ => balance::choose(self.balance.key(m), &self.backends, |b| {
+                pool.avail(b) == Avail::Up
+            }),
         };
-        let Some(be) = chosen else {
+        let Some((be, conn)) = chosen.and_then(|b| Some((b, pool.pick(b)?))) else {
             return unavailable();
         };
         let sips = is_sips(m);
@@ -219,14 +275,14 @@ impl Router<'_> {
         let t = (dialog || path).then(|| self.rr_tokens(from, be));
         let rr = match &t {
             Some(t) if dialog => {
-                let client = match self.wss.filter(|_| from.ws) {
+                let client = match self.wss.as_ref().filter(|_| from.ws) {
                     Some((wss, _)) => Record {
                         ws: true,
                         ..self.record("Record-Route", wss, &t[0], sips)
                     },
-                    None => self.record("Record-Route", self.advertise, &t[0], sips),
+                    None => self.record("Record-Route", &self.advertise, &t[0], sips),
                 };
-                match self.server_side {
+                match &self.server_side {
                     // Topmost the entry the server follows, then the one the client will
                     // (RFC 5658).
                     Some((side, _)) => [Some(self.record("Record-Route", side, &t[1], sips)), Some(client)],
@@ -258,7 +314,7 @@ impl Router<'_> {
             record: rr,
         };
         match rw.forward_request(m, &via, &fwd) {
-            Ok(()) => Decision::ToBackend(be),
+            Ok(()) => Decision::ToBackend { backend: be, conn },
             Err(e) => answer(400, format!("Cannot Forward: {e}")),
         }
     }
@@ -303,7 +359,7 @@ impl Router<'_> {
             })
         };
         // A WebSocket client (its token says so) sees siplb's WebSocket side (RFC 7118).
-        let to_ws = self.wss.filter(|_| t.ws).map(|(a, _)| a);
+        let to_ws = self.wss.as_ref().filter(|_| t.ws).map(|(a, _)| a.as_str());
         let (client_tok, server_tok);
         let rr = match from.backend {
             Some(_) if forms_dialog(m, method) => {
@@ -314,10 +370,10 @@ impl Router<'_> {
                         ws: true,
                         ..self.record("Record-Route", wss, &client_tok, sips)
                     },
-                    None => self.record("Record-Route", self.advertise, &client_tok, sips),
+                    None => self.record("Record-Route", &self.advertise, &client_tok, sips),
                 };
                 // Topmost the entry the client follows, then the one servers do.
-                match self.server_side {
+                match &self.server_side {
                     Some((side, _)) => [
                         Some(client),
                         Some(self.record("Record-Route", side, &server_tok, sips)),
@@ -330,7 +386,7 @@ impl Router<'_> {
         let branch = self.branch(m, &via, lh);
         let fwd = Forward {
             received: None,
-            sent_by: to_ws.unwrap_or(self.advertise).as_bytes(),
+            sent_by: to_ws.unwrap_or(&self.advertise).as_bytes(),
             ws: to_ws.is_some(),
             alias: false,
             branch: &branch,
@@ -407,149 +463,6 @@ impl Router<'_> {
         }
     }
 
-    /// Whether `host` names siplb (either side).
-    fn is_us(&self, host: &[u8]) -> bool {
-        host.eq_ignore_ascii_case(self.adv_host.as_bytes())
-            || [self.server_side, self.wss]
-                .iter()
-                .flatten()
-                .any(|(_, h)| host.eq_ignore_ascii_case(h.as_bytes()))
-    }
-
-    /// The `host:port` servers see.
-    fn server_addr(&self) -> &str {
-        self.server_side.map_or(self.advertise, |(a, _)| a)
-    }
-
-    /// A Route value naming siplb, and the token it carries if valid. A Route whose host is not
-    /// ours is somebody else's, whatever parameters it carries.
-    fn route_token(&self, v: &[u8], tokens: &mut TokenCache) -> Option<Option<Token>> {
-        let addr = NameAddr::parse(v).ok()?;
-        let uri = Uri::parse(addr.uri).ok()?;
-        if !self.is_us(uri.host) {
-            return None;
-        }
-        let param = uri.params.get(b"siplb").flatten();
-        Some(param.and_then(|p| tokens.decode(self.key, p).ok()))
-    }
-
-    /// The top Route, if it names siplb, with its token, and whether the next value is ours too.
-    fn our_route(&self, m: &Message, tokens: &mut TokenCache) -> Option<OurRoute> {
-        let field = m.route?;
-        let token = self.route_token(m.at(field.top), tokens)?;
-        let second_value = match field.next {
-            Some(n) => scan::Values::new(&m.buf[n as usize..field.value.end as usize]).next(),
-            None => m.route_line2.map(|f| m.at(f.top)),
-        };
-        let second = token.is_some()
-            && second_value
-                .and_then(|v| self.route_token(v, tokens))
-                .flatten()
-                .is_some_and(|s| matches!(s.role, Role::ClientRoute | Role::ServerRoute));
-        Some(OurRoute { field, token, second })
-    }
-
-    /// The token in a Via we wrote: `branch=z9hG4bK<16 hex tx><8 hex loop>-<token>`, our host.
-    fn our_via_token(&self, via: &Via, tokens: &mut TokenCache) -> Option<Token> {
-        if !self.is_us(via.host) {
-            return None;
-        }
-        let rest = via.branch()?.strip_prefix(MAGIC)?;
-        if rest.len() != BRANCH_HASH + 1 + TOKEN_LEN || rest[BRANCH_HASH] != b'-' {
-            return None;
-        }
-        tokens.decode(self.key, &rest[BRANCH_HASH + 1..]).ok()
-    }
-
-    /// RFC 3261 §16.3 step 4: a Via of ours further down whose loop part equals what this request
-    /// gives now means it came back unchanged — a loop. A spiral (the same request back with a
-    /// new Request-URI, another Route set, or from the other side) passes. Only requests that
-    /// carry more than one Via are looked at.
-    fn looped(&self, m: &Message, lh: &[u8; 8]) -> bool {
-        // Our Via can only be there if our host is: one memmem over the head spares the re-lexing
-        // for the common multi-Via request (a client behind an SBC).
-        if m.via_count < 2
-            || memchr::memmem::find(m.head(), self.adv_host.as_bytes()).is_none()
-                && self
-                    .server_side
-                    .is_none_or(|(_, h)| memchr::memmem::find(m.head(), h.as_bytes()).is_none())
-        {
-            return false;
-        }
-        m.values_of(Name::Via)
-            .skip(1)
-            .filter_map(|v| Via::parse(v).ok())
-            .any(|v| {
-                self.is_us(v.host)
-                    && v.branch()
-                        .and_then(|b| b.strip_prefix(MAGIC))
-                        .is_some_and(|r| r.get(16..BRANCH_HASH) == Some(&lh[..]))
-            })
-    }
-
-    /// What a loop leaves unchanged and what decides where the request goes (RFC 3261 §16.6
-    /// step 8): Request-URI, Call-ID, From, CSeq number, the Route set and the side it came
-    /// from. CANCEL and ACK share it with their INVITE.
-    fn loop_hash(&self, m: &Message, from_server: bool) -> [u8; 8] {
-        let cseq_num = m.cseq.map(|(_, n, _)| n.to_be_bytes()).unwrap_or_default();
-        let side: &[u8] = if from_server { b"s" } else { b"c" };
-        let fixed: [&[u8]; 5] = [
-            m.request_uri().unwrap_or(b""),
-            m.call_id().unwrap_or(b""),
-            m.value(m.from).unwrap_or(b""),
-            &cseq_num,
-            side,
-        ];
-        let routes = m.route.map(|_| m.values_of(Name::Route)).into_iter().flatten();
-        let h = self.key.branch_of(fixed.into_iter().chain(routes));
-        let mut out = [0u8; 8];
-        out.copy_from_slice(&h[..8]);
-        out
-    }
-
-    /// RFC 3261 §16.11: the same for a retransmission, and for the CANCEL and non-2xx ACK that
-    /// share their INVITE's branch, so the server matches them to its transaction.
-    fn branch(&self, m: &Message, via: &Via, lh: [u8; 8]) -> [u8; BRANCH_HASH] {
-        let tx = match via.branch() {
-            Some(b) if b.starts_with(MAGIC) => self.key.branch(&[b, via.host]),
-            // RFC 2543 peers: derive it from what CANCEL and ACK share with their INVITE.
-            _ => {
-                let top = m.via.map_or(&b""[..], |f| m.at(f.top));
-                let cseq_num = m.cseq.map(|(_, n, _)| n.to_be_bytes()).unwrap_or_default();
-                self.key.branch(&[m.call_id().unwrap_or(b""), &cseq_num, top])
-            }
-        };
-        let mut out = [0u8; BRANCH_HASH];
-        out[..16].copy_from_slice(&tx);
-        out[16..].copy_from_slice(&lh);
-        out
-    }
-
-    /// The Record-Route / Path tokens of a client connection for back end `be`, made once.
-    fn rr_tokens(&self, from: &mut Origin, be: usize) -> RouteTokens {
-        if from.rr_cache.len() != self.backends.len() {
-            *from.rr_cache = vec![None; self.backends.len()];
-        }
-        let t = Token {
-            worker: from.worker,
-            slot: from.slot,
-            generation: from.generation,
-            pin: self.backends[be].pin,
-            role: Role::ClientRoute,
-            instance: 0,
-            ws: from.ws,
-        };
-        *from.rr_cache[be].get_or_insert_with(|| {
-            [
-                self.key.encode(t),
-                self.key.encode(Token {
-                    role: Role::ServerRoute,
-                    ..t
-                }),
-            ]
-        })
-    }
-
     fn record<'t>(
         &self,
         name: &'static str,
@@ -611,6 +524,7 @@ fn forms_dialog(m: &Message, method: Method) -> bool {
 
 pub mod exercise;
 pub mod invites;
+mod ours;
 
 #[cfg(test)]
 mod tests;

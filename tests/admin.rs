@@ -43,9 +43,11 @@ fn spread(
 
 #[test]
 fn operators_drain_disable_enable_and_weigh_back_ends_at_run_time() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(3), None);
-    let lb = start_balancer(&pki, &backends, 2, &["--admin".into(), "127.0.0.1:0".into()]);
+    let Harness { pki, backends, lb } = Harness::new()
+        .backends(3)
+        .workers(2)
+        .flags(&["--admin".into(), "127.0.0.1:0".into()])
+        .start();
     let admin = lb.admin_addr.expect("admin address");
     // Health per worker is what the workers last published (a few times a second).
     let mut list = String::new();

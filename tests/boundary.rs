@@ -98,10 +98,12 @@ fn a_client_cannot_take_a_server_out_with_answers_too_large_for_it() {
 
 #[test]
 fn a_client_replaying_siplbs_via_cannot_answer_in_the_servers_place() {
-    let pki = Pki::new();
     // A server that rings until CANCEL: the INVITE's Via stays in flight.
-    let servers = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(&pki, &servers, 1, &[]);
+    let Harness {
+        pki,
+        backends: servers,
+        lb,
+    } = Harness::new().backends(1).workers(1).start();
     let mut victim = TestClient::connect(&pki, &lb);
     let mut d = new_dialog("victim-call", "sip:hold-victim@pool.test");
     victim.send(&d.request("INVITE", None, None, ""));
@@ -159,9 +161,11 @@ Contact: <sip:evil@attacker.invalid;transport=tls>\r\nContent-Length: 0\r\n\r\n"
 
 #[test]
 fn what_a_client_says_about_its_address_is_replaced_by_what_siplb_saw() {
-    let pki = Pki::new();
-    let servers = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(&pki, &servers, 1, &[]);
+    let Harness {
+        pki,
+        backends: servers,
+        lb,
+    } = Harness::new().backends(1).workers(1).start();
     let mut c = TestClient::connect(&pki, &lb);
     let liar = "OPTIONS sip:service@pool.test SIP/2.0\r\n\
 Via: SIP/2.0/TLS liar.invalid;received=203.0.113.9;rport=1;branch=z9hG4bKliar\r\n\
@@ -198,19 +202,20 @@ Call-ID: liar\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 #[test]
 fn a_client_dripping_a_message_loses_its_connection_whatever_the_idle_timeout() {
     use std::io::{Read, Write};
-    let pki = Pki::new();
-    let servers = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(
-        &pki,
-        &servers,
-        1,
-        &[
+    let Harness {
+        pki,
+        backends: _servers,
+        lb,
+    } = Harness::new()
+        .backends(1)
+        .workers(1)
+        .flags(&[
             "--message-timeout".into(),
             "1".into(),
             "--idle-timeout".into(),
             "600".into(),
-        ],
-    );
+        ])
+        .start();
     let mut s = tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME).expect("connects");
     s.sock
         .set_read_timeout(Some(Duration::from_millis(200)))

@@ -6,9 +6,7 @@ mod common;
 use common::*;
 
 fn through_balancer(per_call_connection: bool) {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
-    let lb = start_balancer(&pki, &backends, 2, &[]);
+    let Harness { pki, backends, lb } = Harness::new().workers(2).start();
     let mut opts = call_opts(&pki, &lb, 300);
     opts.per_call_connection = per_call_connection;
     if per_call_connection {
@@ -44,10 +42,11 @@ fn calls_over_ipv6() {
         eprintln!("SKIPPED calls_over_ipv6: no IPv6 loopback on this machine");
         return;
     }
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
     // Listening and advertising on [::1]: bracketed hosts in Via, Record-Route and received=.
-    let lb = start_balancer(&pki, &backends, 2, &["--listen".into(), "[::1]:0".into()]);
+    let Harness { pki, backends, lb } = Harness::new()
+        .workers(2)
+        .flags(&["--listen".into(), "[::1]:0".into()])
+        .start();
     assert!(lb.advertise().starts_with("[::1]:"), "{}", lb.advertise());
     let report = run_calls(call_opts(&pki, &lb, 60));
     assert_eq!((report.ok, report.failed), (60, 0), "{}", report.summary());

@@ -77,9 +77,7 @@ fn callee_bye_through_the_peer_listener() {
 
 #[test]
 fn cancel_and_non_2xx_ack_reach_the_invites_back_end() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
-    let lb = start_balancer(&pki, &backends, 2, &[]);
+    let Harness { pki, backends, lb } = Harness::new().workers(2).start();
     let mut calls = Vec::new();
     for i in 0..6 {
         let mut c = TestClient::connect(&pki, &lb);
@@ -114,9 +112,7 @@ fn cancel_and_non_2xx_ack_reach_the_invites_back_end() {
 
 #[test]
 fn register_then_the_registrar_calls_the_client() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
-    let lb = start_balancer(&pki, &backends, 2, &[]);
+    let Harness { pki, backends, lb } = Harness::new().workers(2).start();
     let mut c = TestClient::connect(&pki, &lb);
     c.inbox.answer_requests = true;
     let mut reg = Dialog {
@@ -165,11 +161,16 @@ fn register_then_the_registrar_calls_the_client() {
 
 #[test]
 fn pins_keep_dialogs_on_their_back_end_when_another_leaves() {
-    let pki = Pki::new();
-    let mut backends = start_backends(&pki, Backends::default(), None);
     // Hash on the Request-URI user: in-dialog requests go to the server's Contact ("uas"), which
     // hashes to one fixed back end — only the pin in Record-Route keeps each dialog where it began.
-    let lb = start_balancer(&pki, &backends, 2, &["--balance".into(), "ruri-user".into()]);
+    let Harness {
+        pki,
+        mut backends,
+        lb,
+    } = Harness::new()
+        .workers(2)
+        .flags(&["--balance".into(), "ruri-user".into()])
+        .start();
     let mut call = call_opts(&pki, &lb, 90);
     call.vary_user = true;
     // Held long enough that none ends before every one is set up, even on a slow machine.
@@ -208,9 +209,11 @@ fn pins_keep_dialogs_on_their_back_end_when_another_leaves() {
 
 #[test]
 fn crlf_keepalive_gets_a_pong() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(&pki, &backends, 1, &[]);
+    let Harness {
+        pki,
+        backends: _backends,
+        lb,
+    } = Harness::new().backends(1).workers(1).start();
     let mut tls = tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME).expect("handshake");
     use std::io::{Read, Write};
     tls.write_all(b"\r\n\r\n").expect("ping");

@@ -230,14 +230,15 @@ fn hostile_set(
 
 #[test]
 fn connections_per_source_address_are_capped() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(
-        &pki,
-        &backends,
-        2,
-        &["--max-connections-per-ip".into(), "2".into()],
-    );
+    let Harness {
+        pki,
+        backends: _backends,
+        lb,
+    } = Harness::new()
+        .backends(1)
+        .workers(2)
+        .flags(&["--max-connections-per-ip".into(), "2".into()])
+        .start();
     let handshakes = |n: usize| -> Vec<Option<Tls>> {
         (0..n)
             .map(|_| tls_connect(lb.listen_addrs[0], pki.client_tls(None), LB_NAME))
@@ -261,10 +262,15 @@ fn connections_per_source_address_are_capped() {
 
 #[test]
 fn a_flood_is_read_in_turns_all_answered_and_starves_nobody() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
     // A small message limit makes each bounded read small, so the flood must wait on the backlog.
-    let lb = start_balancer(&pki, &backends, 2, &["--max-message-bytes".into(), "1024".into()]);
+    let Harness {
+        pki,
+        backends: _backends,
+        lb,
+    } = Harness::new()
+        .workers(2)
+        .flags(&["--max-message-bytes".into(), "1024".into()])
+        .start();
     // ~2 MB of requests in one go: many times what a connection may read in one event-loop turn.
     const N: usize = 6000;
     let flood: String = (0..N).map(|_| request("OPTIONS", "", &[])).collect();
@@ -300,9 +306,7 @@ fn a_flood_is_read_in_turns_all_answered_and_starves_nobody() {
 /// idle timeout (180 s). The request is forwarded and the connection closed.
 #[test]
 fn a_request_and_a_hang_up_together_are_both_seen() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(&pki, &backends, 1, &[]);
+    let Harness { pki, backends, lb } = Harness::new().backends(1).workers(1).start();
     for round in 0..5 {
         let mut s = tls(&pki, &lb);
         let req = request("OPTIONS", "", &[]);

@@ -46,9 +46,7 @@ fn sipp_calls_through_stunnel_and_siplb() {
     if missing_tools("sipp_calls_through_stunnel_and_siplb") {
         return;
     }
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
-    let lb = start_balancer(&pki, &backends, 2, &[]);
+    let Harness { pki, backends, lb } = Harness::new().workers(2).start();
 
     // stunnel: plain TCP from SIPp in, TLS to siplb out, verifying siplb's chain and name.
     let plain = free_port();

@@ -16,9 +16,14 @@ fn flags(f: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_backend_dies_under_load_and_comes_back() {
-    let pki = Pki::new();
-    let mut backends = start_backends(&pki, Backends::default(), None);
-    let lb = start_balancer(&pki, &backends, 2, &flags(&["--health-interval", "1"]));
+    let Harness {
+        pki,
+        mut backends,
+        lb,
+    } = Harness::new()
+        .workers(2)
+        .flags(&flags(&["--health-interval", "1"]))
+        .start();
     let mut call = call_opts(&pki, &lb, 500);
     call.rate = 50.0;
     let caller = std::thread::spawn(move || run_calls(call));
@@ -178,9 +183,10 @@ fn weight_zero_takes_no_new_dialogs_but_finishes_its_own() {
 
 #[test]
 fn metrics_are_prometheus_text_naming_every_backend() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::default(), None);
-    let lb = start_balancer(&pki, &backends, 2, &flags(&["--metrics", "127.0.0.1:0"]));
+    let Harness { pki, backends, lb } = Harness::new()
+        .workers(2)
+        .flags(&flags(&["--metrics", "127.0.0.1:0"]))
+        .start();
     let report = run_calls(call_opts(&pki, &lb, 30));
     assert_eq!(report.failed, 0);
     metrics_when(&lb, |m| m.forwarded_requests >= 90);

@@ -225,19 +225,16 @@ fn sample(text: &str, name: &str) -> f64 {
 
 #[test]
 fn histograms_move_and_a_silent_client_blocks_nobody() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(2), None);
-    let lb = start_balancer(
-        &pki,
-        &backends,
-        2,
-        &[
+    let Harness { pki, backends, lb } = Harness::new()
+        .backends(2)
+        .workers(2)
+        .flags(&[
             "--metrics".into(),
             "127.0.0.1:0".into(),
             "--health-interval".into(),
             "1".into(),
-        ],
-    );
+        ])
+        .start();
     let addr = lb.metrics_addr.expect("metrics");
     let b0 = &backends[0].name;
     // The back ends are listed once the workers first publish (4 times a second).

@@ -114,14 +114,11 @@ fn required_client_certificates() {
 
 #[test]
 fn optional_client_certificates_tell_verified_from_unverified() {
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(
-        &pki,
-        &backends,
-        2,
-        &["--client-ca".into(), pki.ca_path.display().to_string()],
-    );
+    let Harness {
+        pki,
+        backends: _backends,
+        lb,
+    } = Harness::new().backends(1).workers(2).client_ca().start();
     let other = Ca::new("untrusted client CA").expect("CA");
     let stranger = other.issue(&["stranger.test"]).expect("leaf");
     let stranger = Identity::from_pem(&stranger.cert_pem, &stranger.key_pem).expect("id");
@@ -276,9 +273,11 @@ fn crls_apply_to_their_own_ca_and_others_pass_unless_required() {
 #[test]
 fn siplb_picks_aes_128_gcm_first_on_both_hops() {
     use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
-    let pki = Pki::new();
-    let backends = start_backends(&pki, Backends::n(1), None);
-    let lb = start_balancer(&pki, &backends, 1, &[]);
+    let Harness {
+        pki,
+        backends: _backends,
+        lb,
+    } = Harness::new().backends(1).workers(1).start();
     let roots = tls::roots_from_pem(pki.ca.pem()).expect("roots");
     let offer = |suites: Option<Vec<rustls::SupportedCipherSuite>>| {
         let mut p = rustls::crypto::ring::default_provider();

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Decision, Origin, PathMode, RouteTokens, Router};
+use super::{ByAvail, Decision, Origin, PathMode, RouteTokens, Router};
 use crate::balance::{Backend, BalanceKey};
 use crate::sip::header::Name;
 use crate::sip::response::{Extra, write_response};
@@ -18,7 +18,7 @@ pub fn exercise(data: &[u8]) {
     let Some((&ctl, stream)) = data.split_first() else {
         return;
     };
-    let key = TokenKey::from_secret(b"exercise");
+    let key = std::sync::Arc::new(TokenKey::from_secret(b"exercise"));
     let backends: Vec<Backend> = (0..3)
         .map(|i| {
             Backend::new(
@@ -29,18 +29,18 @@ pub fn exercise(data: &[u8]) {
         })
         .collect();
     // Bit 4: a peer listener, so double Record-Route and a server-facing Via.
-    let server_side = (ctl >> 4 & 1 == 1).then_some(("lb-s.test:5062", "lb-s.test"));
+    let server_side = (ctl >> 4 & 1 == 1).then(|| ("lb-s.test:5062".into(), "lb-s.test".into()));
     let router = Router {
-        key: &key,
-        advertise: "lb.test:5061",
-        adv_host: "lb.test",
+        key: std::sync::Arc::clone(&key),
+        advertise: "lb.test:5061".into(),
+        adv_host: "lb.test".into(),
         server_side,
         wss: None,
-        backends: &backends,
+        backends,
         balance: BalanceKey::CallId,
         path: PathMode::Supported,
         draining: false,
-        work: &[],
+        work: Vec::new(),
     };
     let me = Token {
         worker: 1,
@@ -53,6 +53,7 @@ pub fn exercise(data: &[u8]) {
     };
     let my_token = key.encode(me);
     let up = move |b: usize| ctl >> (1 + b) & 1 == 1;
+    let mut pool = ByAvail(up);
     let mut tokens = TokenCache::new();
     let mut rw = Rewrite::new();
     let mut rr_cache: Vec<Option<RouteTokens>> = Vec::new();
@@ -75,13 +76,13 @@ pub fn exercise(data: &[u8]) {
         let d = router.decide(
             &m,
             &mut origin(me, &my_token, from_server, &mut rr_cache),
-            up,
+            &mut pool,
             &mut tokens,
             &mut rw,
         );
         let mut fwd = Vec::new();
         match d {
-            Decision::ToBackend(be) => {
+            Decision::ToBackend { backend: be, .. } => {
                 assert!(
                     !from_server && up(be),
                     "sent to a back end that is down or from the wrong side"
@@ -115,6 +116,9 @@ pub fn exercise(data: &[u8]) {
                 assert!(!m.is_request());
                 continue;
             }
+            Decision::ProbeAnswer | Decision::Absorbed => {
+                panic!("no probe went out and no INVITE was answered here")
+            }
         }
         // The forwarded request: well-formed, our Via on top, naming this connection.
         let Read::Message(_, out) = read(&fwd, 1 << 20) else {
@@ -124,7 +128,10 @@ pub fn exercise(data: &[u8]) {
                 String::from_utf8_lossy(&fwd)
             )
         };
-        let side = server_side.map_or(&b"lb.test"[..], |(_, h)| h.as_bytes());
+        let side = router
+            .server_side
+            .as_ref()
+            .map_or(&b"lb.test"[..], |(_, h)| h.as_bytes());
         assert_eq!(out.top_via().expect("our Via").host, side);
         // A server's answer to it comes back here.
         let mut resp = Vec::new();
@@ -135,7 +142,7 @@ pub fn exercise(data: &[u8]) {
         let back = router.decide(
             &r,
             &mut origin(me, &my_token, true, &mut rr_cache),
-            up,
+            &mut pool,
             &mut tokens,
             &mut rw,
         );
@@ -148,7 +155,9 @@ pub fn exercise(data: &[u8]) {
             "a response lost its way"
         );
         // An in-dialog request carrying our Record-Route stays on the back end the pin names.
-        let Decision::ToBackend(be) = d else { continue };
+        let Decision::ToBackend { backend: be, .. } = d else {
+            continue;
+        };
         if out.record_route.is_some() && out.method() != Some(crate::sip::Method::Register) {
             // The client's route set: the Record-Route list reversed (RFC 3261 §12.1.2).
             let mut set: Vec<String> = out
@@ -168,11 +177,14 @@ CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
             let pinned = router.decide(
                 &b,
                 &mut origin(me, &my_token, false, &mut rr_cache),
-                up,
+                &mut pool,
                 &mut tokens,
                 &mut rw,
             );
-            assert_eq!(pinned, Decision::ToBackend(be), "a pinned dialog moved");
+            assert!(
+                matches!(pinned, Decision::ToBackend { backend, .. } if backend == be),
+                "a pinned dialog moved"
+            );
             // None of our Route entries is left for the back end to follow.
             let mut fwd = Vec::new();
             rw.write_to(b.buf, &mut fwd);

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 
 use super::*;
+use crate::sip::addr::{NameAddr, Uri};
+use crate::sip::header::Name;
 use crate::sip::{Read, read};
 
 const ADV: &str = "lb.test:5061";
@@ -21,7 +23,7 @@ fn backends() -> Vec<Backend> {
 }
 
 struct Fixture {
-    key: TokenKey,
+    key: std::sync::Arc<TokenKey>,
     backends: Vec<Backend>,
     tokens: TokenCache,
     rw: Rewrite,
@@ -34,7 +36,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let key = TokenKey::from_secret(b"route tests");
+        let key = std::sync::Arc::new(TokenKey::from_secret(b"route tests"));
         let conn_token = key.encode(Token {
             worker: 0,
             slot: 7,
@@ -77,16 +79,16 @@ impl Fixture {
             panic!("test message must parse: {text}")
         };
         let router = Router {
-            key: &self.key,
-            advertise: ADV,
-            adv_host: "lb.test",
-            server_side: self.server_side,
+            key: std::sync::Arc::clone(&self.key),
+            advertise: ADV.into(),
+            adv_host: "lb.test".into(),
+            server_side: self.server_side.map(|(a, h)| (a.into(), h.into())),
             wss: None,
-            backends: &self.backends,
+            backends: self.backends.clone(),
             balance: BalanceKey::CallId,
             path: self.path,
             draining: false,
-            work: &[],
+            work: Vec::new(),
         };
         let mut origin = Origin {
             worker: 0,
@@ -98,12 +100,18 @@ impl Fixture {
             from_server,
             ws: false,
             backend: from_server.then_some(1),
-            follow: self.follow,
+            follow: self.follow.map(Follow::Backend),
             rr_cache: &mut self.rr,
         };
-        let d = router.decide(&m, &mut origin, usable, &mut self.tokens, &mut self.rw);
+        let d = router.decide(
+            &m,
+            &mut origin,
+            &mut ByAvail(usable),
+            &mut self.tokens,
+            &mut self.rw,
+        );
         let mut out = Vec::new();
-        if matches!(d, Decision::ToBackend(_) | Decision::ToConnection { .. }) {
+        if matches!(d, Decision::ToBackend { .. } | Decision::ToConnection { .. }) {
             self.rw.write_to(m.buf, &mut out);
         }
         (d, out)
@@ -121,7 +129,7 @@ From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>\nCall-ID: {call_id}\nCS
 fn client_invite_goes_to_a_backend_record_routed_with_our_via() {
     let mut f = Fixture::new();
     let (d, out) = f.route(&invite("c1", ""), false, |_| true);
-    let Decision::ToBackend(be) = d else {
+    let Decision::ToBackend { backend: be, conn: 0 } = d else {
         panic!("{d:?}")
     };
     let Read::Message(_, m) = read(&out, 1 << 16) else {
@@ -174,7 +182,7 @@ fn answers_siplb_gives_itself() {
 fn pins_beat_the_hash_and_fail_rather_than_move() {
     let mut f = Fixture::new();
     let (d, out) = f.route(&invite("pinned-call", ""), false, |_| true);
-    let Decision::ToBackend(be) = d else {
+    let Decision::ToBackend { backend: be, conn: 0 } = d else {
         panic!("{d:?}")
     };
     let Read::Message(_, m) = read(&out, 1 << 16) else {
@@ -188,7 +196,7 @@ fn pins_beat_the_hash_and_fail_rather_than_move() {
 From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: {other_id}\nCSeq: 2 BYE\nContent-Length: 0\n\n"
         );
         let (d, fwd) = f.route(&bye, false, |_| true);
-        assert_eq!(d, Decision::ToBackend(be));
+        assert_eq!(d, Decision::ToBackend { backend: be, conn: 0 });
         assert!(
             !String::from_utf8_lossy(&fwd).contains("Route:"),
             "our Route was not removed"
@@ -203,7 +211,7 @@ From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: {other
     let forged = rr.replace("siplb=0", "siplb=1").replace("siplb=1", "siplb=2");
     let bye = invite("forged", &format!("Route: {forged}\n"));
     let (d, _) = f.route(&bye, false, |_| true);
-    assert!(matches!(d, Decision::ToBackend(_)), "{d:?}");
+    assert!(matches!(d, Decision::ToBackend { .. }), "{d:?}");
 }
 
 #[test]
@@ -291,7 +299,7 @@ fn a_request_that_comes_back_unchanged_is_a_loop() {
     let spiral = text.replacen("INVITE sip:bob@pool.test", "INVITE sip:bob-mobile@pool.test", 1);
     assert!(matches!(
         f.route(&spiral, false, |_| true).0,
-        Decision::ToBackend(_)
+        Decision::ToBackend { .. }
     ));
 }
 
@@ -315,7 +323,7 @@ fn parse(out: &[u8]) -> Message<'_> {
 fn double_record_route_and_alias_with_a_peer_listener() {
     let mut f = Fixture::with_peer();
     let (d, out) = f.route(&invite("d1", ""), false, |_| true);
-    let Decision::ToBackend(be) = d else {
+    let Decision::ToBackend { backend: be, conn: 0 } = d else {
         panic!("{d:?}")
     };
     let m = parse(&out);
@@ -347,7 +355,7 @@ From: <sip:{from}@a.test>;tag=a1\nTo: <sip:{to}@pool.test>;tag=b1\nCall-ID: othe
     };
     let lines: String = client_set.iter().map(|r| format!("Route: {r}\n")).collect();
     let (d, fwd) = f.route(&bye("alice", "bob", lines), false, |_| true);
-    assert_eq!(d, Decision::ToBackend(be));
+    assert_eq!(d, Decision::ToBackend { backend: be, conn: 0 });
     assert!(
         !String::from_utf8_lossy(&fwd).contains("Route:"),
         "both entries popped"
@@ -488,7 +496,9 @@ Max-Forwards: 70\nFrom: <sip:b@pool.test>;tag=b1\nTo: <sip:a@a.test>;tag=a1\nCal
 fn pinned_and_followed_requests_go_to_a_connected_back_end_new_dialogs_do_not() {
     let mut f = Fixture::new();
     let (d, out) = f.route(&invite("p1", ""), false, |_| true);
-    let Decision::ToBackend(be) = d else { panic!() };
+    let Decision::ToBackend { backend: be, conn: 0 } = d else {
+        panic!()
+    };
     let m = parse(&out);
     let rr = String::from_utf8_lossy(m.at(m.record_route.unwrap().top)).into_owned();
     let bye = format!(
@@ -496,16 +506,28 @@ fn pinned_and_followed_requests_go_to_a_connected_back_end_new_dialogs_do_not() 
 From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: p1\nCSeq: 2 BYE\nContent-Length: 0\n\n"
     );
     let probe_failed = |b: usize| if b == be { Avail::Connected } else { Avail::Up };
-    assert_eq!(f.route(&bye, false, probe_failed).0, Decision::ToBackend(be));
+    assert_eq!(
+        f.route(&bye, false, probe_failed).0,
+        Decision::ToBackend { backend: be, conn: 0 }
+    );
     let (d, _) = f.route(&invite("p1", ""), false, probe_failed);
-    assert!(matches!(d, Decision::ToBackend(b) if b != be), "{d:?}");
+    assert!(
+        matches!(d, Decision::ToBackend { backend: b, conn: 0 } if b != be),
+        "{d:?}"
+    );
     // A CANCEL follows its INVITE's back end, not the hash.
     let other = (be + 1) % 3;
     f.follow = Some(other);
     let cancel = invite("p1", "")
         .replace("INVITE sip", "CANCEL sip")
         .replace("1 INVITE", "1 CANCEL");
-    assert_eq!(f.route(&cancel, false, |_| true).0, Decision::ToBackend(other));
+    assert_eq!(
+        f.route(&cancel, false, |_| true).0,
+        Decision::ToBackend {
+            backend: other,
+            conn: 0
+        }
+    );
 }
 
 #[test]

@@ -251,6 +251,79 @@ pub fn start_balancer(pki: &Pki, backends: &[ServerHandle], workers: usize, extr
     lb
 }
 
+/// One test's world: a CA with every certificate it needs, sipload back ends, and siplb in front
+/// of them, made by [`Harness::new`]'s builder (`Harness::new().backends(3).workers(2).start()`).
+/// Each part stops when it goes out of scope (siplb's workers are joined, the servers told to
+/// stop), so a test may take the parts apart: `let Harness { pki, backends, lb } = ...;`.
+pub struct Harness {
+    pub lb: Balancer,
+    pub backends: Vec<ServerHandle>,
+    pub pki: Pki,
+}
+
+/// What [`Harness::new`] starts: three ordinary back ends and two workers unless told otherwise.
+pub struct HarnessBuilder {
+    backends: Backends,
+    workers: usize,
+    flags: Vec<String>,
+    client_ca: bool,
+}
+
+impl Harness {
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> HarnessBuilder {
+        HarnessBuilder {
+            backends: Backends::default(),
+            workers: 2,
+            flags: Vec::new(),
+            client_ca: false,
+        }
+    }
+}
+
+impl HarnessBuilder {
+    /// `n` ordinary back ends.
+    pub fn backends(mut self, n: usize) -> Self {
+        self.backends.count = n;
+        self
+    }
+
+    /// Back ends as `opts` says (how many, and how they behave).
+    pub fn with(mut self, opts: Backends) -> Self {
+        self.backends = opts;
+        self
+    }
+
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// siplb flags beside the ones every test needs (certificates, back ends, workers).
+    pub fn flags(mut self, flags: &[String]) -> Self {
+        self.flags.extend(flags.iter().cloned());
+        self
+    }
+
+    /// `--client-ca` the test CA: clients showing a certificate from it are verified.
+    pub fn client_ca(mut self) -> Self {
+        self.client_ca = true;
+        self
+    }
+
+    /// Starts the back ends, then siplb, and waits until siplb is connected to them.
+    pub fn start(mut self) -> Harness {
+        let pki = Pki::new();
+        if self.client_ca {
+            self.flags
+                .extend(["--client-ca".into(), pki.ca_path.display().to_string()]);
+        }
+        let backends = start_backends(&pki, self.backends, None);
+        let lb = start_balancer(&pki, &backends, self.workers, &self.flags);
+        Harness { lb, backends, pki }
+    }
+}
+
 pub fn call_opts(pki: &Pki, lb: &Balancer, calls: usize) -> CallOpts {
     call_opts_to(pki, lb.listen_addrs[0], calls)
 }

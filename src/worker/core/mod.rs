@@ -42,6 +42,7 @@ use super::shared::Shared;
 use crate::balance::pool::{Action, Pool};
 use crate::balance::work::Outstanding;
 use crate::metrics::Metrics;
+use crate::route::Router;
 use crate::route::invites::Invites;
 use crate::sip::{Rewrite, TokenCache};
 pub use crate::tls::wire::Wire;
@@ -85,6 +86,9 @@ pub struct Core<S: Wire> {
     /// A random secret in this worker's probes, so no answer but a real one counts.
     probe_secret: u64,
     counters: Vec<Counters>,
+    /// Routing as this worker's settings make it (see `rebuild_router`), the rewrite of the
+    /// message it routes now, and the tokens it decoded lately.
+    router: Router,
     rw: Rewrite,
     tokens: TokenCache,
     /// Scratch for answers siplb generates and for hand-off copies.
@@ -142,6 +146,19 @@ impl<S: Wire> Core<S> {
         let counters = vec![Counters::default(); rt.backends.len()];
         let mut outstanding = Outstanding::default();
         outstanding.remap(shared.work_of(&rt.backends), &[]);
+        // Made for real by the first turn's settings (`rebuild_router`).
+        let router = Router {
+            key: Arc::clone(&rt.key),
+            advertise: String::new(),
+            adv_host: String::new(),
+            server_side: None,
+            wss: None,
+            backends: Vec::new(),
+            balance: shared.cfg.balance,
+            path: shared.cfg.path,
+            draining: false,
+            work: Vec::new(),
+        };
         Core {
             id,
             rt_gen: shared.runtime_gen.load(Ordering::Acquire),
@@ -158,6 +175,7 @@ impl<S: Wire> Core<S> {
             actions: Vec::new(),
             probe_secret,
             counters,
+            router,
             rw: Rewrite::new(),
             tokens: TokenCache::new(),
             out: Vec::with_capacity(1024),
@@ -207,6 +225,7 @@ impl<S: Wire> Core<S> {
             changed = true;
         }
         if changed {
+            self.rebuild_router();
             self.publish(now);
             if let Some(a) = self.shared.applied.get(usize::from(self.id)) {
                 a[0].store(self.rt_gen, Ordering::Release);
@@ -219,6 +238,7 @@ impl<S: Wire> Core<S> {
     pub fn begin_turn(&mut self, now: Instant) {
         self.turn = now;
         self.apply_settings(now);
+        self.router.draining = self.shared.draining.load(Ordering::Acquire);
     }
 
     /// Timers at `now`: connections with data left to read get their next rounds, the pool's

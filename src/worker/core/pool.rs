@@ -15,9 +15,6 @@ use crate::balance::pool::{Action, ConnId, Pool};
 use crate::metrics::BackendMetrics;
 use crate::route::Avail;
 
-/// Call-ID prefix of siplb's own probes; their answers never leave siplb.
-pub const PROBE_PREFIX: &[u8] = b"siplb-probe-";
-
 impl<S: Wire> Core<S> {
     /// Runs the pool's timers and carries out what they ask.
     pub(super) fn pool_tick(&mut self, now: Instant) {
@@ -116,12 +113,10 @@ impl<S: Wire> Core<S> {
         self.counters[b].failure = Some(why);
     }
 
-    /// Takes the answer to a probe (a response from a server whose Call-ID is a probe's); false if
-    /// it is not one. A probe answer never goes further, whether it is the one awaited or not.
-    pub(super) fn probe_answer(&mut self, b: usize, slot: usize, m: &crate::sip::Message) -> bool {
-        if !m.call_id().is_some_and(|c| c.starts_with(PROBE_PREFIX)) {
-            return false;
-        }
+    /// Takes the answer to a probe (a response from a server whose Call-ID is a probe's, as the
+    /// router decided): it counts only if it answers this worker's probe `seq` on the connection
+    /// it went out on. No probe answer goes further, whether it is the one awaited or not.
+    pub(super) fn probe_answer(&mut self, b: usize, slot: usize, m: &crate::sip::Message) {
         if let (Some(code), Some((_, seq, _)), Some(call_id)) = (m.status(), m.cseq, m.call_id())
             && self.is_our_probe(call_id, b, seq)
         {
@@ -130,7 +125,6 @@ impl<S: Wire> Core<S> {
                 p.probe_answer(b, slot, seq, code, now, acts);
             });
         }
-        true
     }
 
     pub(super) fn backend_metrics(&self, b: usize) -> BackendMetrics {

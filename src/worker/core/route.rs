@@ -3,13 +3,16 @@
 //! is another), answering, or counting a drop. Probe answers stop here, initial INVITEs are
 //! remembered for failover, and INVITE / BYE 2xx move the dialog gauge that draining waits on.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::state::Wrote;
 use super::{Core, Wire};
+use crate::balance::pool::Pool;
+use crate::balance::work::Outstanding;
 use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
-use crate::route::{Avail, Decision, Origin, RETRY_AFTER, Router};
+use crate::route::{Avail, Decision, Follow, Origin, Pick, Router};
 use crate::sip::response::Extra;
 use crate::sip::{Message, Method, Token};
 use crate::worker::shared::Handoff;
@@ -28,11 +31,6 @@ impl<S: Wire> Core<S> {
             return false;
         };
         let from_backend = kind.backend().filter(|_| kind.is_server());
-        if let (None, Some(b)) = (m.method(), from_backend)
-            && self.probe_answer(b, src, m)
-        {
-            return false;
-        }
         if !kind.is_server() && retry.count == 0 && !(self.partner_may_send(src, m) && self.admit_new(src, m))
         {
             return false;
@@ -43,34 +41,13 @@ impl<S: Wire> Core<S> {
             && let (Some(call_id), Some((_, cseq, _))) = (m.call_id(), m.cseq)
             && let Some(inv) = self.invites.get((src as u32, generation), call_id, cseq)
         {
-            if inv.stage == Stage::AnsweredByUs {
-                // siplb gave the final answer: the ACK stops here, a CANCEL is answered.
-                if m.method() == Some(Method::Cancel) {
-                    self.answer(src, m.head(), 200, "OK", Extra::default());
-                }
-                return false;
-            }
-            follow = Some(inv.backend);
+            follow = Some(match inv.stage {
+                Stage::AnsweredByUs => Follow::AnsweredByUs,
+                _ => Follow::Backend(inv.backend),
+            });
         }
         let Some(c) = self.slots.get_mut(src) else {
             return false;
-        };
-        let router = Router {
-            key: &self.rt.key,
-            advertise: &self.shared.cfg.advertise,
-            adv_host: &self.shared.adv_host,
-            server_side: self.shared.server_side(),
-            wss: self
-                .shared
-                .cfg
-                .advertise_wss
-                .as_deref()
-                .zip(self.shared.wss_host.as_deref()),
-            backends: &self.eff,
-            balance: self.shared.cfg.balance,
-            path: self.shared.cfg.path,
-            draining: self.shared.draining.load(Ordering::Relaxed),
-            work: self.outstanding.totals(),
         };
         let mut origin = Origin {
             worker: self.id,
@@ -85,21 +62,27 @@ impl<S: Wire> Core<S> {
             follow,
             rr_cache: &mut c.rr_tokens,
         };
-        let (pool, disabled) = (&self.pool, &self.disabled);
-        // `--max-outstanding`: a back end with that much work unanswered takes no new dialogs
-        // (it keeps its own), whatever it says: servers that fall behind without a 503.
-        let cap = u64::from(self.shared.cfg.max_outstanding) * 4;
-        let outstanding = &self.outstanding;
-        let avail = |b: usize| {
-            if retry.tried(b) || disabled.get(b).copied().unwrap_or(false) {
-                Avail::Down
-            } else if cap > 0 && outstanding.total(b) >= cap {
-                pool.avail(b).min(Avail::Connected)
-            } else {
-                pool.avail(b)
-            }
+        let mut pool = Usable {
+            pool: &mut self.pool,
+            disabled: &self.disabled,
+            retry,
+            // `--max-outstanding`: a back end with that much work unanswered takes no new
+            // dialogs (it keeps its own), whatever it says: servers that fall behind without a
+            // 503.
+            cap: u64::from(self.shared.cfg.max_outstanding) * 4,
+            outstanding: &self.outstanding,
         };
-        let decision = router.decide(m, &mut origin, avail, &mut self.tokens, &mut self.rw);
+        let decision = self
+            .router
+            .decide(m, &mut origin, &mut pool, &mut self.tokens, &mut self.rw);
+        match (&decision, from_backend) {
+            (Decision::ProbeAnswer, Some(b)) => {
+                self.probe_answer(b, src, m);
+                return false;
+            }
+            (Decision::ProbeAnswer | Decision::Absorbed, _) => return false,
+            _ => {}
+        }
         match m.method() {
             Some(meth) => self.m.requests_by_method[method_index(meth)] += 1,
             None => {
@@ -112,25 +95,14 @@ impl<S: Wire> Core<S> {
             }
         }
         match decision {
-            Decision::ToBackend(be) => match self.pool.pick(be) {
-                Some(dst) => {
-                    self.write_local(dst, m);
-                    self.m.forwarded_requests += 1;
-                    self.counters[be].requests += 1;
-                    self.outstanding.sent(be, m, self.turn);
-                    self.remember_invite(m, (src as u32, generation), dst, be, retry);
-                    return true;
-                }
-                None => self.answer(
-                    src,
-                    m.head(),
-                    503,
-                    "Service Unavailable",
-                    Extra {
-                        retry_after: Some(RETRY_AFTER),
-                    },
-                ),
-            },
+            Decision::ToBackend { backend: be, conn } => {
+                self.write_local(conn, m);
+                self.m.forwarded_requests += 1;
+                self.counters[be].requests += 1;
+                self.outstanding.sent(be, m, self.turn);
+                self.remember_invite(m, (src as u32, generation), conn, be, retry);
+                return true;
+            }
             Decision::ToConnection { to, request }
                 if !request && from_backend.is_some_and(|b| self.server_answer(src, b, to, m)) => {}
             Decision::ToConnection { to, request } => match (self.deliver(to, m, request), request) {
@@ -151,8 +123,27 @@ impl<S: Wire> Core<S> {
                 tracing::debug!(worker = self.id, why, "message dropped");
                 self.m.drop_for(why);
             }
+            Decision::ProbeAnswer | Decision::Absorbed => {}
         }
         false
+    }
+
+    /// The router as this worker's settings make it: rebuilt after a reload or an admin change,
+    /// never per message.
+    pub(super) fn rebuild_router(&mut self) {
+        let shared = &self.shared;
+        self.router = Router {
+            key: Arc::clone(&self.rt.key),
+            advertise: shared.cfg.advertise.clone(),
+            adv_host: shared.adv_host.clone(),
+            server_side: shared.peer_advertise.clone(),
+            wss: shared.cfg.advertise_wss.clone().zip(shared.wss_host.clone()),
+            backends: self.eff.clone(),
+            balance: shared.cfg.balance,
+            path: shared.cfg.path,
+            draining: shared.draining.load(Ordering::Relaxed),
+            work: self.outstanding.totals().to_vec(),
+        };
     }
 
     /// Shedding starts with new dialogs: an out-of-dialog request (not ACK or CANCEL) from a
@@ -249,5 +240,32 @@ impl<S: Wire> Core<S> {
         );
         self.m.handoffs += u64::from(sent);
         sent
+    }
+}
+
+/// The back ends as one message may use them: the pool's view, minus the ones the operator
+/// disabled, those already tried for this request, and (as far as new dialogs go) those with
+/// `--max-outstanding` work unanswered.
+struct Usable<'a> {
+    pool: &'a mut Pool,
+    disabled: &'a [bool],
+    retry: Retry,
+    cap: u64,
+    outstanding: &'a Outstanding,
+}
+
+impl Pick for Usable<'_> {
+    fn avail(&self, b: usize) -> Avail {
+        if self.retry.tried(b) || self.disabled.get(b).copied().unwrap_or(false) {
+            Avail::Down
+        } else if self.cap > 0 && self.outstanding.total(b) >= self.cap {
+            self.pool.avail(b).min(Avail::Connected)
+        } else {
+            self.pool.avail(b)
+        }
+    }
+
+    fn pick(&mut self, b: usize) -> Option<usize> {
+        self.pool.pick(b)
     }
 }

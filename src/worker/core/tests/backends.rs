@@ -57,6 +57,41 @@ fn a_refusing_server_is_retried_with_back_off_and_reconnected_once_it_listens() 
     sim.all_up();
 }
 
+#[test]
+fn a_server_refusing_our_certificate_after_a_tls13_handshake_backs_off_and_is_never_up() {
+    let mut sim = Sim::new(2, &[]);
+    sim.refuse_cert(0, true);
+    let mut up = false;
+    for _ in 0..1000 {
+        sim.run_for(Duration::from_millis(10), Duration::from_millis(10));
+        up |= sim.core.pool.avail(0) == Avail::Up;
+    }
+    // Doubling from 100 ms to 30 s: 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3 s — seven in ten seconds,
+    // where a back-off reset by every completed handshake makes a hundred.
+    let tries = sim.attempts(0);
+    assert!((5..=9).contains(&tries), "{tries} handshakes in 10 s");
+    assert!(!up, "a server that refuses our certificate was taken for up");
+    assert_eq!(sim.core.pool.avail(1), Avail::Up, "the other one is up");
+    assert!(
+        sim.core.counters[0].failures.keys().any(|k| k.contains("TLS")),
+        "{:?}",
+        sim.core.counters[0].failures
+    );
+}
+
+#[test]
+fn with_the_tls_health_check_a_server_that_never_answers_options_stays_up_and_is_not_probed() {
+    let mut sim = Sim::new(1, &["--health-check", "tls", "--health-interval", "1"]);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.extend(sim.run_for(Duration::from_secs(1), Duration::from_millis(50)));
+        assert_eq!(sim.core.pool.avail(0), Avail::Up);
+    }
+    let s = sim.conn_of(0).unwrap();
+    seen.extend(sim.received(s).into_iter().map(|m| (0, m)));
+    assert!(seen.is_empty(), "nothing was sent to it: {seen:?}");
+}
+
 fn set(sim: &Sim, name: &str, state: AdminState) {
     let mut o = sim.shared.admin.lock().unwrap();
     o.insert(name.to_string(), Override { state, weight: None });
@@ -85,10 +120,11 @@ fn a_draining_server_keeps_its_dialogs_and_a_disabled_one_gets_nothing() {
     sim.tick(Duration::from_millis(1));
     for i in 0..20 {
         let call = format!("drained-{i}");
-        sim.send(c, &invite(&call));
-        let got = sim.who_got(&call);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, 1, "new dialogs avoid a draining server: {call}");
+        assert_eq!(
+            sim.invite(c, &call).0,
+            1,
+            "new dialogs avoid a draining server: {call}"
+        );
     }
     let bye = in_dialog("BYE", &ok, 2);
     sim.send(c, &bye);
@@ -101,10 +137,7 @@ fn a_draining_server_keeps_its_dialogs_and_a_disabled_one_gets_nothing() {
     sim.tick(Duration::from_millis(1));
     for i in 0..20 {
         let call = format!("disabled-{i}");
-        sim.send(c, &invite(&call));
-        let got = sim.who_got(&call);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, 0, "{call}");
+        assert_eq!(sim.invite(c, &call).0, 0, "{call}");
     }
     set(&sim, "b0.test", AdminState::Disabled);
     sim.tick(Duration::from_millis(1));

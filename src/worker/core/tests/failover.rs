@@ -10,10 +10,7 @@ fn a_server_lost_before_it_answered_costs_the_caller_nothing() {
     let mut sim = Sim::new(2, &[]);
     sim.all_up();
     let c = sim.client();
-    sim.send(c, &invite("lost-early"));
-    let got = sim.who_got("lost-early");
-    assert_eq!(got.len(), 1);
-    let first = got[0].0;
+    let (first, _) = sim.invite(c, "lost-early");
     sim.lose(sim.conn_of(first).unwrap());
     let again = sim.who_got("lost-early");
     assert_eq!(again.len(), 1, "the INVITE went out once more");
@@ -33,10 +30,7 @@ fn a_server_lost_after_a_provisional_gets_the_caller_a_503_not_a_second_server()
     let mut sim = Sim::new(2, &[]);
     sim.all_up();
     let c = sim.client();
-    sim.send(c, &invite("lost-late"));
-    let got = sim.who_got("lost-late");
-    assert_eq!(got.len(), 1);
-    let (first, inv) = got[0].clone();
+    let (first, inv) = sim.invite(c, "lost-late");
     let s = sim.conn_of(first).unwrap();
     sim.send(s, &answer(&inv, 180, Extra::default()));
     assert_eq!(
@@ -64,10 +58,7 @@ fn a_503_goes_to_the_next_server_is_acked_and_keeps_new_calls_off_the_first() {
     let mut sim = Sim::new(2, &[]);
     sim.all_up();
     let c = sim.client();
-    sim.send(c, &invite("busy"));
-    let got = sim.who_got("busy");
-    assert_eq!(got.len(), 1);
-    let (first, inv) = got[0].clone();
+    let (first, inv) = sim.invite(c, "busy");
     let s = sim.conn_of(first).unwrap();
     let retry = Extra {
         retry_after: Some(30),
@@ -90,10 +81,7 @@ fn a_503_goes_to_the_next_server_is_acked_and_keeps_new_calls_off_the_first() {
     // New calls stay off the first server for its Retry-After, whatever their Call-ID.
     for i in 0..12 {
         let call = format!("after-{i}");
-        sim.send(c, &invite(&call));
-        let got = sim.who_got(&call);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, 1 - first, "{call}");
+        assert_eq!(sim.invite(c, &call).0, 1 - first, "{call}");
     }
     sim.run_for(Duration::from_secs(31), Duration::from_millis(250));
     assert!(!sim.core.pool.is_overloaded(first), "back after its Retry-After");
@@ -125,10 +113,7 @@ fn a_silent_server_is_taken_out_and_the_invite_tried_on_the_next() {
     let mut sim = Sim::new(2, &["--backend-answer-timeout", "2"]);
     sim.all_up();
     let c = sim.client();
-    sim.send(c, &invite("silent"));
-    let got = sim.who_got("silent");
-    assert_eq!(got.len(), 1);
-    let first = got[0].0;
+    let (first, _) = sim.invite(c, "silent");
     let before = sim.run_for(Duration::from_millis(1750), Duration::from_millis(250));
     assert!(before.is_empty(), "nothing more before the timeout: {before:?}");
     let after = sim.run_for(Duration::from_millis(750), Duration::from_millis(250));

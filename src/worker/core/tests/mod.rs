@@ -35,6 +35,8 @@ struct Args {
 #[derive(Default)]
 struct Dial {
     refuse: AtomicBool,
+    /// Completes a TLS 1.3 handshake, then refuses siplb's certificate (its alert).
+    refuse_cert: AtomicBool,
     attempts: AtomicUsize,
 }
 
@@ -104,7 +106,14 @@ impl Sim {
             if d[b].refuse.load(Ordering::Relaxed) {
                 return Err("connect: connection refused".to_string());
             }
-            Ok((Pipe::new(), rt.backends[b].addr))
+            let mut pipe = Pipe::new();
+            if d[b].refuse_cert.load(Ordering::Relaxed) {
+                pipe.tls13 = true;
+                pipe.fail = Some(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::CertificateUnknown,
+                ));
+            }
+            Ok((pipe, rt.backends[b].addr))
         });
         let now = Instant::now();
         let core = Core::new(0, Arc::clone(&shared), SECRET, connect, now);
@@ -204,19 +213,10 @@ impl Sim {
     /// answered); panics after a simulated minute.
     pub fn all_up(&mut self) {
         for _ in 0..6000 {
-            let n = self.core.pool.len();
-            if (0..n).all(|b| self.core.pool.avail(b) == crate::route::Avail::Up) {
+            if (0..self.core.pool.len()).all(|b| self.core.pool.avail(b) == crate::route::Avail::Up) {
                 return;
             }
-            for b in 0..n {
-                if let Some(s) = self.conn_of(b)
-                    && self.wire(s).is_handshaking_now()
-                {
-                    self.send(s, b"");
-                }
-                self.serve_probes(b);
-            }
-            self.tick(Duration::from_millis(10));
+            self.run_for(Duration::from_millis(10), Duration::from_millis(10));
         }
         panic!("back ends not up after a simulated minute");
     }
@@ -233,6 +233,11 @@ impl Sim {
     /// Makes back end `b` refuse (or accept again) new connections.
     pub fn refuse(&self, b: usize, yes: bool) {
         self.dials[b].refuse.store(yes, Ordering::Relaxed);
+    }
+
+    /// Makes back end `b`'s server refuse siplb's certificate after the handshake.
+    pub fn refuse_cert(&self, b: usize, yes: bool) {
+        self.dials[b].refuse_cert.store(yes, Ordering::Relaxed);
     }
 
     pub fn attempts(&self, b: usize) -> usize {
@@ -349,6 +354,12 @@ impl Sim {
         while self.now < until {
             self.tick(step);
             for b in 0..self.core.pool.len() {
+                // New pool connections get their server's handshake flight.
+                if let Some(s) = self.conn_of(b)
+                    && self.wire(s).is_handshaking_now()
+                {
+                    self.send(s, b"");
+                }
                 got.extend(self.serve_probes(b).into_iter().map(|m| (b, m)));
             }
         }
@@ -358,16 +369,22 @@ impl Sim {
     /// A call from client `c` answered 200 by whichever server took it: the 200 the caller got,
     /// and the back end.
     pub fn call(&mut self, c: usize, call: &str) -> (Vec<u8>, usize) {
-        self.send(c, &invite(call));
-        let got = self.who_got(call);
-        assert_eq!(got.len(), 1, "one server got INVITE {call}");
-        let (b, inv) = &got[0];
-        let s = self.conn_of(*b).expect("pool connection");
-        self.send(s, &dialog_answer(inv, 200));
+        let (b, inv) = self.invite(c, call);
+        let s = self.conn_of(b).expect("pool connection");
+        self.send(s, &dialog_answer(&inv, 200));
         let heard = self.received(c);
         assert_eq!(heard.len(), 1, "the caller got the 200");
         assert_eq!(status(&heard[0]), Some(200));
-        (heard[0].clone(), *b)
+        (heard[0].clone(), b)
+    }
+
+    /// Client `c` sends INVITE `call`: the back end whose server got it (exactly one did), and
+    /// the INVITE as it got it.
+    pub fn invite(&mut self, c: usize, call: &str) -> (usize, Vec<u8>) {
+        self.send(c, &invite(call));
+        let mut got = self.who_got(call);
+        assert_eq!(got.len(), 1, "one server got INVITE {call}");
+        got.remove(0)
     }
 
     /// The event loop saw `slot` writable (its peer read some).

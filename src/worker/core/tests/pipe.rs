@@ -24,6 +24,10 @@ pub struct Pipe {
     ws: bool,
     /// The core closed it (close_notify).
     pub closed_by_us: bool,
+    /// The handshake agrees on TLS 1.3.
+    pub tls13: bool,
+    /// What the next read after the handshake fails with (a peer's TLS alert, say).
+    pub fail: Option<rustls::Error>,
 }
 
 impl Pipe {
@@ -40,6 +44,8 @@ impl Pipe {
             ended: Ended::default(),
             ws: false,
             closed_by_us: false,
+            tls13: false,
+            fail: None,
         }
     }
 
@@ -52,7 +58,12 @@ impl Pipe {
 
 impl Wire for Pipe {
     fn read(&mut self, limit: usize) -> Result<usize, StreamError> {
-        self.handshaking = false;
+        if std::mem::replace(&mut self.handshaking, false) {
+            return Ok(0);
+        }
+        if let Some(e) = self.fail.take() {
+            return Err(StreamError::Tls(e));
+        }
         let room = limit.saturating_sub(self.rbuf.filled().len());
         let n = room.min(self.inbound.len());
         self.rbuf.extend(&self.inbound[..n]);
@@ -114,7 +125,7 @@ impl Wire for Pipe {
         None
     }
     fn tls13(&self) -> bool {
-        false
+        self.tls13
     }
     fn close(&mut self) {
         self.closed_by_us = true;

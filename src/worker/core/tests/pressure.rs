@@ -107,6 +107,8 @@ fn draining_waits_for_invites_and_dialogs_in_flight_and_refuses_new_ones() {
     assert_eq!(got.len(), 1);
     let ringing = got[0].1.clone();
     sim.shared.draining.store(true, Ordering::Release);
+    // The worker sees the drain at its next turn.
+    sim.tick(Duration::from_millis(1));
     let now = sim.now;
     assert!(!sim.core.drained(now), "an INVITE is in progress and a dialog up");
     // A new dialog is refused by siplb; the server never sees it.
