@@ -1,5 +1,5 @@
 #!/bin/sh
-# What the real-browser test (tests/browser.rs) needs beyond Chromium and Kamailio: JsSIP 3.13
+# What the real-browser test (tests/e2e/browser.rs) needs beyond Chromium and Kamailio: JsSIP 3.13
 # from the npm registry, bundled for the page with esbuild (JsSIP's npm package ships CommonJS
 # only). Writes target/browser-deps/jssip.js; idempotent.
 set -eu

@@ -3,9 +3,7 @@
 //! overloaded one takes no new dialogs for its Retry-After), and when every server is overloaded
 //! siplb answers `503` with a Retry-After itself.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siplb::load::server::Faults;
 use siplb::sip::{Message, Method};
 

@@ -1,12 +1,10 @@
 //! The TLS/MTLS security model: back ends that are not trusted get no traffic (and nothing is
 //! lost), client certificates optional or required, SNI certificate choice. Real TLS, rcgen PKI.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use siplb::certs::Ca;
 use siplb::tls::{self, Identity};
 

@@ -2,10 +2,8 @@
 //! list, drain (no new dialogs, existing ones finish), disable, enable, weight — and a
 //! non-loopback `--admin` refused.
 
-mod common;
-
+use crate::common::*;
 use clap::Parser;
-use common::*;
 use siplb::sip::Method;
 
 fn ctl(admin: std::net::SocketAddr, args: &[&str]) -> (bool, String) {

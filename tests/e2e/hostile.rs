@@ -2,13 +2,11 @@
 //! error response or a closed connection), and afterwards 100 good calls all complete — nothing
 //! a hostile peer does may harm other connections.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use siplb::load::caller::CallOpts;
 
 fn tls(pki: &Pki, lb: &siplb::worker::Balancer) -> Tls {

@@ -1,12 +1,10 @@
 //! Running for months: a back end dying under load and coming back, a hung back end found by
 //! its health probes, drain by weight=0, and the Prometheus endpoint.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use siplb::load::msg;
 use siplb::sip::Method;
 

@@ -3,11 +3,9 @@
 //! then a call from the registrar to the registered client, pins surviving a back end leaving,
 //! and the CRLF keep-alive.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use siplb::load::msg::{self, Dialog};
 use siplb::load::server::ByeOn;
 use siplb::sip::Method;

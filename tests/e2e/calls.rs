@@ -1,9 +1,7 @@
 //! End to end: real SIP dialogs through siplb (2 workers) to 3 sipload back ends, over real TLS
 //! and MTLS on loopback.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn through_balancer(per_call_connection: bool) {
     let Harness { pki, backends, lb } = Harness::new().workers(2).start();

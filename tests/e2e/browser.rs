@@ -6,16 +6,14 @@
 //! INVITEs to them went to siplb's peer listener. Skips, saying why, without Chromium, Kamailio
 //! or the JsSIP bundle (`scripts/browser-deps.sh`); `.ci/run` installs all three.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::kamailio::{kamailio, kamailio_installed};
-use common::*;
+use crate::common::kamailio::{kamailio, kamailio_installed};
+use crate::common::*;
 use siplb::load::endpoint::{Endpoint, Handler, Out};
 use siplb::load::msg::{self, Dialog, text};
 use siplb::sip::{Message, Method};

@@ -2,11 +2,9 @@
 //! A client cannot answer in a server's place by replaying siplb's Via, cannot take a server out
 //! by making its answers too large, and cannot tell the servers a false address.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use siplb::load::caller::CallOpts;
 use siplb::load::msg;
 use siplb::load::server::Faults;

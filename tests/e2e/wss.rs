@@ -4,12 +4,10 @@
 //! bad input: each upgrade fault gets its HTTP status and a close, each frame fault its close
 //! code, a slow upgrade is closed — and none of it harms the calls of others.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use siplb::load::caller::CallOpts;
 use siplb::load::msg::{self, Dialog};
 use siplb::load::server::ByeOn;

@@ -3,13 +3,11 @@
 //! never answers OPTIONS, one whose probes fail while its dialogs go on, CANCEL after a weight
 //! change, and a server that dies after 180 Ringing.
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use siplb::load::caller::CallOpts;
 use siplb::load::msg;
 use siplb::load::server::Faults;

@@ -8,14 +8,12 @@
 //! phones that, like most real ones, never say `Supported: path` (siplb with `--path always`).
 //! Skips, saying why, when Kamailio is not installed; `.ci/run` installs it.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::kamailio::{Kamailio, kamailio, kamailio_installed};
-use common::*;
+use crate::common::kamailio::{Kamailio, kamailio, kamailio_installed};
+use crate::common::*;
 use siplb::load::caller::CallOpts;
 use siplb::load::endpoint::{Endpoint, Handler, Out};
 use siplb::load::msg::{self, Dialog, text};

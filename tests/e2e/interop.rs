@@ -4,13 +4,11 @@
 //! not write must complete its calls, each on one back end.
 //! Skips, saying why, when sipp or stunnel4 is not installed; .ci/run installs both.
 
-mod common;
-
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn installed(tool: &str) -> bool {
     Command::new("sh")

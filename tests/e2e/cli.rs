@@ -1,12 +1,10 @@
 //! The binaries as an operator meets them: refusals (one line, exit 2 for flags, 1 for files),
 //! SIGHUP reloads, SIGTERM stops with exit 0.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn run(bin: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(bin).args(args).output().expect("runs");

@@ -4,15 +4,13 @@
 //! unit file, completions and the man page, private keys written owner-only, and sipload's
 //! failure reasons.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use clap::CommandFactory;
-use common::*;
 use siplb::load::server::ServerHandle;
 
 const SIPLB: &str = env!("CARGO_BIN_EXE_siplb");

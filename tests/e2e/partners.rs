@@ -5,12 +5,10 @@
 //! connections and keeps everyone else's calls (its edges may connect again, as any client
 //! without a trusted certificate can).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use siplb::load::caller::CallOpts;
 use siplb::load::server::ByeOn;
 use siplb::sip::Method;

@@ -1,9 +1,7 @@
 //! SIGHUP reload: a new back-end CA and a changed back-ends file take effect for new connections
 //! and calls, while an established dialog goes on; a reload that fails keeps what runs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use siplb::certs::Ca;
 use siplb::load::msg;
 use siplb::sip::Method;

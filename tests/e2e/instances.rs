@@ -4,12 +4,10 @@
 //! another (430); a port in use is refused unless every instance asks for `--reuse-port`; the key
 //! file is checked like a private key.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use siplb::sip::{Message, Method};
 
 fn key_file(pki: &Pki, name: &str) -> String {
