@@ -155,10 +155,9 @@ impl<S: Wire> Core<S> {
         let Some(mut c) = self.slots.remove(slot) else {
             return;
         };
-        self.out_queued = self.out_queued.saturating_sub(c.stream.queued());
-        if c.kind.is_server() {
-            self.server_queued = self.server_queued.saturating_sub(c.stream.queued());
-        }
+        let budget = self.shared.cfg.max_output_bytes;
+        self.queued
+            .moved(c.stream.queued(), 0, c.kind.is_server(), budget);
         // A WebSocket closed by siplb says so in a close frame first (its close handshake),
         // unless one was already sent (a violation) or the client closed.
         if c.stream.ws()

@@ -64,7 +64,7 @@ impl<S: Wire> Core<S> {
                 .invites
                 .answered((slot, generation), call_id, cseq, code, self.turn);
             if let Some((b, took)) = t.first_answer
-                && let Some(c) = self.counters.get_mut(b)
+                && let Some(c) = self.be.counters.get_mut(b)
             {
                 c.answer_seconds.observe(took);
             }
@@ -78,12 +78,12 @@ impl<S: Wire> Core<S> {
     /// for `secs` (every worker), logged once per episode.
     fn overloaded(&mut self, b: usize, secs: u32, why: &str, now: Instant) {
         let secs = secs.min(OVERLOAD_MAX_SECS);
-        if !self.pool.is_overloaded(b) {
+        if !self.be.pool.is_overloaded(b) {
             tracing::info!(worker = self.id, backend = %self.rt.backends[b].name, retry_after = secs, why, "back end overloaded: no new dialogs for a while");
         }
         let until = now + Duration::from_secs(u64::from(secs));
-        self.pool.overloaded(b, until);
-        if let Some(w) = self.outstanding.totals().get(b) {
+        self.be.pool.overloaded(b, until);
+        if let Some(w) = self.be.outstanding.totals().get(b) {
             w.overload(self.shared.millis(until));
         }
     }
@@ -174,6 +174,7 @@ impl<S: Wire> Core<S> {
             // Silent since the request left: overloaded (or hung). A server that answers other
             // requests only dropped this one, which a client can provoke at will.
             if self
+                .be
                 .counters
                 .get(b)
                 .is_none_or(|c| c.last_answer.is_none_or(|t| t < inv.sent))

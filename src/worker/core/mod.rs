@@ -9,11 +9,13 @@
 //! between them and this core; the tests here drive it in virtual time with in-memory wires.
 //!
 //! Where each piece of state lives: connections in [`slots`] (life and closing in `conns.rs`,
-//! reading and framing in `input.rs`, writing and budgets in `output.rs`), back ends in
-//! `pool.rs` (the pool state machine's actions, probes with their secret, per-back-end counters,
-//! reloads), calls in `route.rs` (the routing decision carried out, the dialog gauge) and
-//! `failover.rs` (the INVITE table: retries and answers of our own).
+//! reading and framing in `input.rs`, writing, the output budget and backpressure in `output.rs`
+//! with their arithmetic in `state::Queued`), back ends in `backends.rs` (one owner: pool, probe
+//! secret, counters, outstanding work, the operator's settings; carried out in `pool.rs`), calls in
+//! `route.rs` (the router's decision carried out, the dialog gauge) and `failover.rs` (the INVITE
+//! table: retries and answers of our own).
 
+mod backends;
 mod close;
 mod conns;
 mod failover;
@@ -39,16 +41,15 @@ use ::core::net::SocketAddr;
 
 use super::runtime::Runtime;
 use super::shared::Shared;
-use crate::balance::pool::{Action, Pool};
-use crate::balance::work::Outstanding;
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::route::invites::Invites;
 use crate::sip::{Rewrite, TokenCache};
 pub use crate::tls::wire::Wire;
+use backends::Backends;
 use slots::Slots;
 pub use slots::{Kind, Readiness};
-use state::{Counters, Load, LogBudget};
+use state::{Load, LogBudget, Queued};
 
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -68,10 +69,6 @@ pub struct Core<S: Wire> {
     /// The TLS configurations and back ends this worker uses (see `Runtime`).
     rt: Arc<Runtime>,
     rt_gen: u64,
-    /// The back ends as routing sees them: the configured ones with the operator's weights
-    /// (draining: 0), and which are disabled; rebuilt when the runtime or the admin settings change.
-    eff: Vec<crate::balance::Backend>,
-    disabled: Vec<bool>,
     admin_gen: u64,
     slots: Slots<S>,
     connect: Connector<S>,
@@ -79,13 +76,8 @@ pub struct Core<S: Wire> {
     /// interest (readable, or writable too) changed.
     registering: Vec<usize>,
     reinterest: Vec<usize>,
-    /// Connections and health of the back ends (the state machine), its pending actions, and
-    /// what this worker counts per back end.
-    pool: Pool,
-    actions: Vec<Action>,
-    /// A random secret in this worker's probes, so no answer but a real one counts.
-    probe_secret: u64,
-    counters: Vec<Counters>,
+    /// The back ends as this worker has them (`pool.rs`).
+    be: Backends,
     /// Routing as this worker's settings make it (see `rebuild_router`), the rewrite of the
     /// message it routes now, and the tokens it decoded lately.
     router: Router,
@@ -99,22 +91,15 @@ pub struct Core<S: Wire> {
     backlog: Vec<usize>,
     /// Connections to close after the current batch, with why.
     doomed: Vec<(usize, CloseReason)>,
-    /// Output queued in this worker's streams (bounded by `--max-output-bytes`), and whether a
-    /// connection was already picked to close for it this batch.
-    out_queued: usize,
-    shedding: bool,
-    /// The part of `out_queued` waiting for servers; past [`PAUSE_ABOVE`] clients are not read
-    /// (backpressure) until it falls below [`RESUME_BELOW`].
-    server_queued: usize,
-    paused: bool,
+    /// Output queued in this worker's streams: the client part bounded by `--max-output-bytes`,
+    /// the server part met with backpressure.
+    queued: Queued,
     /// Client connections with data left unread while paused.
     paused_clients: Vec<usize>,
     /// This worker's counters (published to `Shared::published` by `publish`).
     m: Metrics,
     /// Initial INVITEs until their transaction is over (CANCEL / ACK routing, failover).
     invites: Invites,
-    /// Transactions forwarded and not yet finally answered, per back end (least work).
-    outstanding: Outstanding,
     /// Saturated after the last turn (see [`SATURATED_TURN`]): new dialogs get 503.
     saturated: bool,
     load: Load,
@@ -142,10 +127,7 @@ impl<S: Wire> Core<S> {
         now: Instant,
     ) -> Core<S> {
         let rt = shared.runtime.load_full();
-        let pool = Pool::new(shared.cfg.health, rt.backends.len(), now);
-        let counters = vec![Counters::default(); rt.backends.len()];
-        let mut outstanding = Outstanding::default();
-        outstanding.remap(shared.work_of(&rt.backends), &[]);
+        let be = Backends::new(&shared, &rt, probe_secret, now);
         // Made for real by the first turn's settings (`rebuild_router`).
         let router = Router {
             key: Arc::clone(&rt.key),
@@ -162,8 +144,6 @@ impl<S: Wire> Core<S> {
         Core {
             id,
             rt_gen: shared.runtime_gen.load(Ordering::Acquire),
-            eff: Vec::new(),
-            disabled: Vec::new(),
             admin_gen: u64::MAX,
             rt,
             shared,
@@ -171,10 +151,7 @@ impl<S: Wire> Core<S> {
             connect,
             registering: Vec::new(),
             reinterest: Vec::new(),
-            pool,
-            actions: Vec::new(),
-            probe_secret,
-            counters,
+            be,
             router,
             rw: Rewrite::new(),
             tokens: TokenCache::new(),
@@ -182,14 +159,10 @@ impl<S: Wire> Core<S> {
             dirty: Vec::new(),
             backlog: Vec::new(),
             doomed: Vec::new(),
-            out_queued: 0,
-            shedding: false,
-            server_queued: 0,
-            paused: false,
+            queued: Queued::default(),
             paused_clients: Vec::new(),
             m: Metrics::default(),
             invites: Invites::default(),
-            outstanding,
             saturated: false,
             load: Default::default(),
             turn: now,
@@ -207,7 +180,7 @@ impl<S: Wire> Core<S> {
     pub(super) fn apply_admin(&mut self) {
         self.admin_gen = self.shared.admin_gen.load(Ordering::Acquire);
         let overrides = self.shared.admin.lock().map(|o| o.clone()).unwrap_or_default();
-        (self.eff, self.disabled) = rules::effective(&self.rt.backends, &overrides);
+        (self.be.eff, self.be.disabled) = rules::effective(&self.rt.backends, &overrides);
     }
 
     /// Takes a reload or an admin change (rare: one atomic load each per turn otherwise), then
@@ -312,8 +285,9 @@ impl<S: Wire> Core<S> {
         self.last_sweep = now;
         self.answer_timeouts(now);
         self.invites.expire(now);
-        self.outstanding.expire(now);
-        if !self.ready && (self.pool.all_up() || now.duration_since(self.started) > Duration::from_secs(3)) {
+        self.be.outstanding.expire(now);
+        if !self.ready && (self.be.pool.all_up() || now.duration_since(self.started) > Duration::from_secs(3))
+        {
             // Readiness means what callers read: the snapshot `Balancer::metrics` shows is the
             // state this worker counted itself ready in, not one a publish period older.
             self.publish(now);

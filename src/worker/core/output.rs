@@ -8,15 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::close::CloseReason;
-use super::state::Wrote;
+use super::state::{Budget, Wrote};
 use super::{Core, Wire};
 use crate::sip::response::{Extra, write_response};
 use crate::tls::wire::StreamError;
-
-/// Output waiting for slow servers above which clients are not read (backpressure), and below
-/// which reading resumes.
-const PAUSE_ABOVE: usize = 1 << 20;
-const RESUME_BELOW: usize = 256 << 10;
 
 impl<S: Wire> Core<S> {
     /// A turn that took `busy` is over: counted, and whether this worker is saturated after it (see [`super::state::Load`]).
@@ -52,16 +47,11 @@ impl<S: Wire> Core<S> {
             if let Err(e) = flushed {
                 tracing::debug!(worker = self.id, slot, error = %e, "write failed");
                 self.doomed.push((slot, CloseReason::WriteFailed));
-                self.account(slot, before, after);
-                continue;
             }
-            self.out_queued = (self.out_queued + after).saturating_sub(before);
+            self.account(slot, before, after);
             let Some(c) = self.slots.get_mut(slot) else {
                 continue;
             };
-            if c.kind.is_server() {
-                self.server_queued = (self.server_queued + after).saturating_sub(before);
-            }
             let want = c.stream.wants_write();
             if want != c.interest {
                 c.interest = want;
@@ -71,29 +61,26 @@ impl<S: Wire> Core<S> {
         while let Some((slot, why)) = self.doomed.pop() {
             self.close(slot, why);
         }
-        self.shedding = false;
-        self.backpressure();
-    }
-
-    /// Stops reading clients while servers are slow to take what was read from them, and goes
-    /// back to the clients left unread once they catch up.
-    fn backpressure(&mut self) {
-        if !self.paused && self.server_queued > PAUSE_ABOVE {
-            self.paused = true;
-            self.m.backpressure_pauses += 1;
-            tracing::info!(
-                worker = self.id,
-                queued = self.server_queued,
-                "servers are slow: not reading clients"
-            );
-        } else if self.paused && self.server_queued < RESUME_BELOW {
-            self.paused = false;
-            for slot in std::mem::take(&mut self.paused_clients) {
-                if let Some(c) = self.slots.get_mut(slot) {
-                    c.paused = false;
-                    self.backlog.push(slot);
+        // Backpressure: clients are not read while servers are slow to take what was read from
+        // them, and the clients left unread are read again once they catch up.
+        match self.queued.end_batch() {
+            Some(true) => {
+                self.m.backpressure_pauses += 1;
+                tracing::info!(
+                    worker = self.id,
+                    queued = self.queued.to_servers(),
+                    "servers are slow: not reading clients"
+                );
+            }
+            Some(false) => {
+                for slot in std::mem::take(&mut self.paused_clients) {
+                    if let Some(c) = self.slots.get_mut(slot) {
+                        c.paused = false;
+                        self.backlog.push(slot);
+                    }
                 }
             }
+            None => {}
         }
     }
 
@@ -101,14 +88,9 @@ impl<S: Wire> Core<S> {
     /// connection's queue from `before` to `after` bytes. Past `--max-output-bytes` the connection
     /// holding the most is closed: a slow reader loses its own connection, never another's.
     pub(super) fn account(&mut self, slot: usize, before: usize, after: usize) {
-        self.out_queued = (self.out_queued + after).saturating_sub(before);
-        if self.slots.get(slot).is_some_and(|c| c.kind.is_server()) {
-            self.server_queued = (self.server_queued + after).saturating_sub(before);
-        }
-        // Output waiting for servers is met with backpressure, not counted here: a budget
-        // filled by slow servers would otherwise shoot whichever client had a few bytes queued.
-        let to_clients = self.out_queued.saturating_sub(self.server_queued);
-        if to_clients <= self.shared.cfg.max_output_bytes || self.shedding {
+        let server = self.slots.get(slot).is_some_and(|c| c.kind.is_server());
+        let budget = self.shared.cfg.max_output_bytes;
+        if self.queued.moved(before, after, server, budget) == Budget::Within {
             return;
         }
         // Servers are met with backpressure, not closed: the hog is the client with the most.
@@ -119,7 +101,6 @@ impl<S: Wire> Core<S> {
             .filter(|&s| self.slots.get(s).is_some_and(|c| !c.kind.is_server()))
             .max_by_key(|&s| self.slots.get(s).map_or(0, |c| c.stream.queued()));
         if let Some(slot) = hog {
-            self.shedding = true;
             self.m.output_budget_closes += 1;
             self.doomed.push((slot, CloseReason::OutputBudget));
         }

@@ -1,44 +1,44 @@
-//! A worker's MTLS connections to the back ends, carried out: the decisions are the pure
+//! A worker's MTLS connections to its back ends, carried out: the decisions are the pure
 //! [`Pool`](crate::balance::pool::Pool)'s (when to connect, when a connection counts, health,
-//! back-off); this file does what they ask — opens connections (through the [`super::Connector`]:
-//! in the shell, verified against `--backend-ca` and the back end's NAME), sends OPTIONS probes, logs each state change once and
-//! counts failures by reason — and adopts a reloaded back-end set.
+//! back-off); this file does what they ask — opens connections (through the
+//! [`super::Connector`]: in the shell, verified against `--backend-ca` and the back end's NAME),
+//! sends OPTIONS probes, logs each state change once and counts failures by reason — and adopts a
+//! reloaded back-end set.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::close::CloseReason;
 use super::slots::Kind;
-use super::state::Counters;
 use super::{Core, Wire};
 use crate::balance::pool::{Action, ConnId, Pool};
 use crate::metrics::BackendMetrics;
-use crate::route::Avail;
 
 impl<S: Wire> Core<S> {
     /// Runs the pool's timers and carries out what they ask.
     pub(super) fn pool_tick(&mut self, now: Instant) {
         // A 503 seen by another worker keeps this one's new dialogs off that back end too.
         let ms = self.shared.millis(now);
-        for (b, w) in self.outstanding.totals().iter().enumerate() {
+        for (b, w) in self.be.outstanding.totals().iter().enumerate() {
             let until = w.overloaded_until();
             if until > ms {
-                self.pool
+                self.be
+                    .pool
                     .overloaded(b, now + std::time::Duration::from_millis(until - ms));
             }
         }
-        let mut acts = std::mem::take(&mut self.actions);
-        self.pool.tick(now, &mut acts);
+        let mut acts = std::mem::take(&mut self.be.actions);
+        self.be.pool.tick(now, &mut acts);
         self.carry_out(&mut acts);
-        self.actions = acts;
+        self.be.actions = acts;
     }
 
     /// Feeds one event to the pool and carries out what follows.
     pub(super) fn pool_event(&mut self, event: impl FnOnce(&mut Pool, &mut Vec<Action>)) {
-        let mut acts = std::mem::take(&mut self.actions);
-        event(&mut self.pool, &mut acts);
+        let mut acts = std::mem::take(&mut self.be.actions);
+        event(&mut self.be.pool, &mut acts);
         self.carry_out(&mut acts);
-        self.actions = acts;
+        self.be.actions = acts;
     }
 
     fn carry_out(&mut self, acts: &mut Vec<Action>) {
@@ -48,16 +48,16 @@ impl<S: Wire> Core<S> {
             i += 1;
             match a {
                 Action::Connect { backend, index } => match self.open_backend(backend) {
-                    Ok(slot) => self.pool.connecting(backend, index, slot),
-                    Err(why) => self.pool.connect_failed(backend, index, &why, self.turn, acts),
+                    Ok(slot) => self.be.pool.connecting(backend, index, slot),
+                    Err(why) => self.be.pool.connect_failed(backend, index, &why, self.turn, acts),
                 },
                 Action::Probe { backend, conn, seq } => self.send_probe(backend, conn, seq),
                 Action::Up { backend } => {
                     tracing::info!(worker = self.id, backend = %self.rt.backends[backend].name, "back end up");
                 }
                 Action::Down { backend, why } => {
-                    let why = self.counters[backend].failure.take().unwrap_or(why);
-                    *self.counters[backend].failures.entry(why.clone()).or_default() += 1;
+                    let why = self.be.counters[backend].failure.take().unwrap_or(why);
+                    *self.be.counters[backend].failures.entry(why.clone()).or_default() += 1;
                     tracing::warn!(worker = self.id, backend = %self.rt.backends[backend].name, why, "back end down");
                 }
                 Action::FailOver { backend, conn } => self.fail_over(conn, backend),
@@ -80,19 +80,13 @@ impl<S: Wire> Core<S> {
         let host = &self.shared.adv_host;
         let name = &self.rt.backends[b].name;
         let id = self.id;
-        let secret = self.probe_secret;
+        let secret = self.be.probe_secret;
         let probe = format!(
             "OPTIONS sip:{name} SIP/2.0\r\nVia: SIP/2.0/TLS {adv};branch=z9hG4bK-siplb-probe-{secret:016x}-{seq}\r\n\
              Max-Forwards: 70\r\nFrom: <sip:siplb@{host}>;tag=siplb-probe-{id}\r\nTo: <sip:{name}>\r\n\
              Call-ID: siplb-probe-{id}-{b}-{seq}-{secret:016x}@{host}\r\nCSeq: {seq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
         );
         self.send_raw(conn, probe.as_bytes());
-    }
-
-    /// Whether `call_id` is that of this worker's probe `seq` to back end `b`.
-    fn is_our_probe(&self, call_id: &[u8], b: usize, seq: u32) -> bool {
-        let want = format!("siplb-probe-{}-{b}-{seq}-{:016x}@", self.id, self.probe_secret);
-        call_id.starts_with(want.as_bytes())
     }
 
     /// A pool connection finished our side of its handshake.
@@ -110,7 +104,7 @@ impl<S: Wire> Core<S> {
 
     /// Why a pool connection failed (a TLS verification error, say), for the close that follows.
     pub(super) fn pool_failure(&mut self, b: usize, why: String) {
-        self.counters[b].failure = Some(why);
+        self.be.counters[b].failure = Some(why);
     }
 
     /// Takes the answer to a probe (a response from a server whose Call-ID is a probe's, as the
@@ -118,7 +112,7 @@ impl<S: Wire> Core<S> {
     /// it went out on. No probe answer goes further, whether it is the one awaited or not.
     pub(super) fn probe_answer(&mut self, b: usize, slot: usize, m: &crate::sip::Message) {
         if let (Some(code), Some((_, seq, _)), Some(call_id)) = (m.status(), m.cseq, m.call_id())
-            && self.is_our_probe(call_id, b, seq)
+            && self.be.is_our_probe(self.id, call_id, b, seq)
         {
             let now = self.turn;
             self.pool_event(|p, acts| {
@@ -128,22 +122,7 @@ impl<S: Wire> Core<S> {
     }
 
     pub(super) fn backend_metrics(&self, b: usize) -> BackendMetrics {
-        let c = &self.counters[b];
-        let m = self.pool.member(b);
-        BackendMetrics {
-            name: self.rt.backends[b].name.clone(),
-            up: self.pool.avail(b) == Avail::Up,
-            overloaded: self.pool.is_overloaded(b),
-            outstanding: self.outstanding.mine(b),
-            requests: c.requests,
-            responses: c.responses,
-            dialogs: c.dialogs,
-            probe_rtt: m.probe_rtt,
-            probe_seconds: m.probe_seconds,
-            answer_seconds: c.answer_seconds,
-            probes_failed: m.probes_failed,
-            failures: c.failures.clone(),
-        }
+        self.be.metrics(b, &self.rt.backends[b].name)
     }
 
     /// Takes a reloaded configuration: pool state follows its back end by name (connections to
@@ -170,14 +149,7 @@ impl<S: Wire> Core<S> {
                 self.close(slot, CloseReason::Removed);
             }
         }
-        self.pool.remap(&map, new.backends.len(), self.turn);
-        let mut counters = vec![Counters::default(); new.backends.len()];
-        for (old, c) in std::mem::take(&mut self.counters).into_iter().enumerate() {
-            if let Some(n) = map[old] {
-                counters[n] = c;
-            }
-        }
-        self.counters = counters;
+        self.be.remap(&map, &self.shared, &new, self.turn);
         for slot in self.slots.occupied() {
             let Some(c) = self.slots.get_mut(slot) else {
                 continue;
@@ -191,7 +163,6 @@ impl<S: Wire> Core<S> {
             c.rr_tokens.clear();
         }
         self.invites.remap(&map);
-        self.outstanding.remap(self.shared.work_of(&new.backends), &map);
         self.rt = new;
         self.close_removed_partners();
         self.pool_tick(self.turn);

@@ -63,14 +63,14 @@ impl<S: Wire> Core<S> {
             rr_cache: &mut c.rr_tokens,
         };
         let mut pool = Usable {
-            pool: &mut self.pool,
-            disabled: &self.disabled,
+            pool: &mut self.be.pool,
+            disabled: &self.be.disabled,
             retry,
             // `--max-outstanding`: a back end with that much work unanswered takes no new
             // dialogs (it keeps its own), whatever it says: servers that fall behind without a
             // 503.
             cap: u64::from(self.shared.cfg.max_outstanding) * 4,
-            outstanding: &self.outstanding,
+            outstanding: &self.be.outstanding,
         };
         let decision = self
             .router
@@ -88,9 +88,9 @@ impl<S: Wire> Core<S> {
             None => {
                 self.m.responses += 1;
                 if let Some(b) = from_backend {
-                    self.counters[b].responses += 1;
-                    self.counters[b].last_answer = Some(self.turn);
-                    self.outstanding.answered(b, m);
+                    self.be.counters[b].responses += 1;
+                    self.be.counters[b].last_answer = Some(self.turn);
+                    self.be.outstanding.answered(b, m);
                 }
             }
         }
@@ -98,8 +98,8 @@ impl<S: Wire> Core<S> {
             Decision::ToBackend { backend: be, conn } => {
                 self.write_local(conn, m);
                 self.m.forwarded_requests += 1;
-                self.counters[be].requests += 1;
-                self.outstanding.sent(be, m, self.turn);
+                self.be.counters[be].requests += 1;
+                self.be.outstanding.sent(be, m, self.turn);
                 self.remember_invite(m, (src as u32, generation), conn, be, retry);
                 return true;
             }
@@ -138,11 +138,11 @@ impl<S: Wire> Core<S> {
             adv_host: shared.adv_host.clone(),
             server_side: shared.peer_advertise.clone(),
             wss: shared.cfg.advertise_wss.clone().zip(shared.wss_host.clone()),
-            backends: self.eff.clone(),
+            backends: self.be.eff.clone(),
             balance: shared.cfg.balance,
             path: shared.cfg.path,
             draining: shared.draining.load(Ordering::Relaxed),
-            work: self.outstanding.totals().to_vec(),
+            work: self.be.outstanding.totals().to_vec(),
         };
     }
 
@@ -189,7 +189,7 @@ impl<S: Wire> Core<S> {
         match method {
             Method::Invite => {
                 if let Some(b) = from_backend {
-                    self.counters[b].dialogs += 1;
+                    self.be.counters[b].dialogs += 1;
                 }
                 self.shared.active_dialogs.fetch_add(1, Ordering::AcqRel);
             }

@@ -84,6 +84,71 @@ impl LogBudget {
     }
 }
 
+/// Output waiting for servers above which clients are not read (backpressure), and below which
+/// reading resumes.
+const PAUSE_ABOVE: usize = 1 << 20;
+const RESUME_BELOW: usize = 256 << 10;
+
+/// The output a worker holds in its connections' queues: all of it, the part waiting for servers
+/// (met with backpressure), whether clients are paused for it, and whether a client was already
+/// picked to close for the budget in this batch.
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    total: usize,
+    to_servers: usize,
+    paused: bool,
+    shedding: bool,
+}
+
+/// What the output budget calls for after a queue moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Budget {
+    Within,
+    /// Past `--max-output-bytes` for clients: close the client holding the most.
+    CloseHog,
+}
+
+impl Queued {
+    /// One connection's queue went from `before` to `after` bytes (`server`: a server's). Output
+    /// waiting for servers does not count against `budget`: a budget filled by slow servers would
+    /// otherwise shoot whichever client had a few bytes queued. Past it, one client is closed
+    /// per batch.
+    pub(super) fn moved(&mut self, before: usize, after: usize, server: bool, budget: usize) -> Budget {
+        self.total = (self.total + after).saturating_sub(before);
+        if server {
+            self.to_servers = (self.to_servers + after).saturating_sub(before);
+        }
+        if self.total.saturating_sub(self.to_servers) <= budget || self.shedding {
+            return Budget::Within;
+        }
+        self.shedding = true;
+        Budget::CloseHog
+    }
+
+    /// The end of a batch: whether clients must now stop being read (`Some(true)`: servers are
+    /// `PAUSE_ABOVE` behind) or may be read again (`Some(false)`: back under `RESUME_BELOW`).
+    pub(super) fn end_batch(&mut self) -> Option<bool> {
+        self.shedding = false;
+        if !self.paused && self.to_servers > PAUSE_ABOVE {
+            self.paused = true;
+            Some(true)
+        } else if self.paused && self.to_servers < RESUME_BELOW {
+            self.paused = false;
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    pub(super) fn to_servers(&self) -> usize {
+        self.to_servers
+    }
+}
+
 /// What one write did to a connection: its queue before and after, and whether the stream took
 /// it (a peer that does not read makes it refuse).
 pub(super) struct Wrote {
@@ -110,6 +175,32 @@ impl Wrote {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_servers_pause_clients_and_only_clients_spend_the_budget() {
+        let mut q = Queued::default();
+        // 3 MiB waiting for servers: over no budget, but clients are paused.
+        assert_eq!(q.moved(0, 3 << 20, true, 1 << 20), Budget::Within);
+        assert_eq!(q.end_batch(), Some(true));
+        assert_eq!(q.end_batch(), None, "paused once");
+        assert!(q.paused());
+        // Clients' output past the budget: one close per batch, whoever asks.
+        assert_eq!(q.moved(0, 600 << 10, false, 1 << 20), Budget::Within);
+        assert_eq!(q.moved(0, 600 << 10, false, 1 << 20), Budget::CloseHog);
+        assert_eq!(q.moved(0, 10, false, 1 << 20), Budget::Within, "one per batch");
+        assert_eq!(q.end_batch(), None);
+        assert_eq!(
+            q.moved(0, 10, false, 1 << 20),
+            Budget::CloseHog,
+            "the next batch again"
+        );
+        // The servers catch up: clients are read again below the lower mark, not before.
+        assert_eq!(q.moved(3 << 20, 300 << 10, true, 1 << 20), Budget::Within);
+        assert_eq!(q.end_batch(), None, "still over RESUME_BELOW");
+        q.moved(300 << 10, 0, true, 1 << 20);
+        assert_eq!(q.end_batch(), Some(false));
+        assert!(!q.paused());
+    }
 
     #[test]
     fn saturation_takes_long_turns_in_a_row_or_a_backed_up_hand_off_queue() {

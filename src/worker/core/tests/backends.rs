@@ -32,10 +32,10 @@ fn only_the_answer_to_our_own_probe_brings_a_server_up_and_none_leaves_siplb() {
     // Someone who saw an earlier probe but not this worker's secret cannot bring it up.
     let forged = text.replace(&secret, "0123456789abcdef").into_bytes();
     sim.send(s, &answer(&forged, 200, Extra::default()));
-    assert_ne!(sim.core.pool.avail(0), Avail::Up, "a forged answer counted");
+    assert_ne!(sim.core.be.pool.avail(0), Avail::Up, "a forged answer counted");
     // The real answer does; neither reached the client.
     sim.send(s, &answer(&probe, 200, Extra::default()));
-    assert_eq!(sim.core.pool.avail(0), Avail::Up);
+    assert_eq!(sim.core.be.pool.avail(0), Avail::Up);
     assert!(sim.received(c).is_empty());
 }
 
@@ -64,18 +64,18 @@ fn a_server_refusing_our_certificate_after_a_tls13_handshake_backs_off_and_is_ne
     let mut up = false;
     for _ in 0..1000 {
         sim.run_for(Duration::from_millis(10), Duration::from_millis(10));
-        up |= sim.core.pool.avail(0) == Avail::Up;
+        up |= sim.core.be.pool.avail(0) == Avail::Up;
     }
     // Doubling from 100 ms to 30 s: 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3 s — seven in ten seconds,
     // where a back-off reset by every completed handshake makes a hundred.
     let tries = sim.attempts(0);
     assert!((5..=9).contains(&tries), "{tries} handshakes in 10 s");
     assert!(!up, "a server that refuses our certificate was taken for up");
-    assert_eq!(sim.core.pool.avail(1), Avail::Up, "the other one is up");
+    assert_eq!(sim.core.be.pool.avail(1), Avail::Up, "the other one is up");
     assert!(
-        sim.core.counters[0].failures.keys().any(|k| k.contains("TLS")),
+        sim.core.be.counters[0].failures.keys().any(|k| k.contains("TLS")),
         "{:?}",
-        sim.core.counters[0].failures
+        sim.core.be.counters[0].failures
     );
 }
 
@@ -85,7 +85,7 @@ fn with_the_tls_health_check_a_server_that_never_answers_options_stays_up_and_is
     let mut seen = Vec::new();
     for _ in 0..10 {
         seen.extend(sim.run_for(Duration::from_secs(1), Duration::from_millis(50)));
-        assert_eq!(sim.core.pool.avail(0), Avail::Up);
+        assert_eq!(sim.core.be.pool.avail(0), Avail::Up);
     }
     let s = sim.conn_of(0).unwrap();
     seen.extend(sim.received(s).into_iter().map(|m| (0, m)));

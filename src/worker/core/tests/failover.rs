@@ -77,14 +77,17 @@ fn a_503_goes_to_the_next_server_is_acked_and_keeps_new_calls_off_the_first() {
     );
     assert!(sim.received(c).is_empty(), "the caller never heard the 503");
     assert_eq!(sim.core.m.retries_503, 1);
-    assert!(sim.core.pool.is_overloaded(first));
+    assert!(sim.core.be.pool.is_overloaded(first));
     // New calls stay off the first server for its Retry-After, whatever their Call-ID.
     for i in 0..12 {
         let call = format!("after-{i}");
         assert_eq!(sim.invite(c, &call).0, 1 - first, "{call}");
     }
     sim.run_for(Duration::from_secs(31), Duration::from_millis(250));
-    assert!(!sim.core.pool.is_overloaded(first), "back after its Retry-After");
+    assert!(
+        !sim.core.be.pool.is_overloaded(first),
+        "back after its Retry-After"
+    );
 }
 
 #[test]
@@ -121,7 +124,7 @@ fn a_silent_server_is_taken_out_and_the_invite_tried_on_the_next() {
     assert_eq!(after[0].0, 1 - first, "the next server got it");
     assert_eq!(call_id(&after[0].1), "silent");
     assert!(
-        sim.core.pool.is_overloaded(first),
+        sim.core.be.pool.is_overloaded(first),
         "a silent server takes no new dialogs"
     );
     assert_eq!(sim.core.m.retries_no_answer, 1);

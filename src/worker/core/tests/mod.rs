@@ -213,7 +213,7 @@ impl Sim {
     /// answered); panics after a simulated minute.
     pub fn all_up(&mut self) {
         for _ in 0..6000 {
-            if (0..self.core.pool.len()).all(|b| self.core.pool.avail(b) == crate::route::Avail::Up) {
+            if (0..self.core.be.pool.len()).all(|b| self.core.be.pool.avail(b) == crate::route::Avail::Up) {
                 return;
             }
             self.run_for(Duration::from_millis(10), Duration::from_millis(10));
@@ -248,7 +248,7 @@ impl Sim {
     /// back end's messages.
     pub fn who_got(&mut self, call: &str) -> Vec<(usize, Vec<u8>)> {
         let mut got = Vec::new();
-        for b in 0..self.core.pool.len() {
+        for b in 0..self.core.be.pool.len() {
             for m in self.serve_probes(b) {
                 if call_id(&m) == call {
                     got.push((b, m));
@@ -353,7 +353,7 @@ impl Sim {
         let until = self.now + d;
         while self.now < until {
             self.tick(step);
-            for b in 0..self.core.pool.len() {
+            for b in 0..self.core.be.pool.len() {
                 // New pool connections get their server's handshake flight.
                 if let Some(s) = self.conn_of(b)
                     && self.wire(s).is_handshaking_now()

@@ -36,7 +36,7 @@ fn a_slow_server_pauses_reading_clients_until_it_catches_up_and_nothing_is_lost(
     sim.wire(s).window = 0;
     let c = sim.client();
     let mut sent = 0;
-    while !sim.core.paused {
+    while !sim.core.queued.paused() {
         assert!(sent < 100, "paused before 100 × 30 KB");
         sim.send(c, &big_invite(&format!("p{sent}"), 30_000));
         sent += 1;
@@ -50,7 +50,7 @@ fn a_slow_server_pauses_reading_clients_until_it_catches_up_and_nothing_is_lost(
     // The server reads again: clients are read again, and everything arrives in order.
     sim.wire(s).window = usize::MAX;
     sim.writable(s);
-    assert!(!sim.core.paused);
+    assert!(!sim.core.queued.paused());
     sim.tick(Duration::from_millis(1));
     assert!(sim.wire(c).inbound.is_empty(), "the client was read again");
     let calls: Vec<String> = sim.received(s).iter().map(|m| call_id(m)).collect();
