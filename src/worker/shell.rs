@@ -249,10 +249,9 @@ fn interest(write: bool) -> Interest {
 fn connector() -> Connector<TlsStream> {
     Box::new(|rt: &Runtime, b: usize| {
         let addr = rt.backends[b].addr;
-        let sock = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        let sock = TcpStream::connect(addr)?;
         let name = rt.backend_names[b].clone();
-        let tls =
-            ClientConnection::new(Arc::clone(&rt.tls.backend), name).map_err(|e| format!("TLS: {e}"))?;
+        let tls = ClientConnection::new(Arc::clone(&rt.tls.backend), name)?;
         Ok((stream(sock, Connection::Client(tls)), addr))
     })
 }

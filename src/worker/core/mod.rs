@@ -61,7 +61,16 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// Opens a pool connection to back end `b` of the runtime (a socket and a TLS client session in
 /// the shell; an in-memory wire in tests), with the address it goes to.
-pub type Connector<S> = Box<dyn FnMut(&Runtime, usize) -> Result<(S, SocketAddr), String> + Send>;
+pub type Connector<S> = Box<dyn FnMut(&Runtime, usize) -> Result<(S, SocketAddr), ConnectError> + Send>;
+
+/// Why a pool connection could not even be started (the pool backs off and counts the reason).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect: {0}")]
+    Connect(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
 
 pub struct Core<S: Wire> {
     id: u16,

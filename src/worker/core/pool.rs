@@ -49,7 +49,11 @@ impl<S: Wire> Core<S> {
             match a {
                 Action::Connect { backend, index } => match self.open_backend(backend) {
                     Ok(slot) => self.be.pool.connecting(backend, index, slot),
-                    Err(why) => self.be.pool.connect_failed(backend, index, &why, self.turn, acts),
+                    Err(why) => {
+                        self.be
+                            .pool
+                            .connect_failed(backend, index, &why.to_string(), self.turn, acts)
+                    }
                 },
                 Action::Probe { backend, conn, seq } => self.send_probe(backend, conn, seq),
                 Action::Up { backend } => {
@@ -66,7 +70,7 @@ impl<S: Wire> Core<S> {
         acts.clear();
     }
 
-    fn open_backend(&mut self, b: usize) -> Result<ConnId, String> {
+    fn open_backend(&mut self, b: usize) -> Result<ConnId, super::ConnectError> {
         let (stream, addr) = (self.connect)(&self.rt, b)?;
         Ok(self.add_conn(stream, addr, Kind::Backend(b)))
     }

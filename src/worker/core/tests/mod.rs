@@ -104,7 +104,8 @@ impl Sim {
         let connect = Box::new(move |rt: &Runtime, b: usize| {
             d[b].attempts.fetch_add(1, Ordering::Relaxed);
             if d[b].refuse.load(Ordering::Relaxed) {
-                return Err("connect: connection refused".to_string());
+                let refused = std::io::ErrorKind::ConnectionRefused;
+                return Err(super::ConnectError::Connect(refused.into()));
             }
             let mut pipe = Pipe::new();
             if d[b].refuse_cert.load(Ordering::Relaxed) {
