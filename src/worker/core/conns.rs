@@ -208,7 +208,7 @@ impl<S: Wire> Core<S> {
         true
     }
 
-    /// Gives back what [`Worker::admit`] counted; every path that ends an admitted connection
+    /// Gives back what [`Core::admit`] counted; every path that ends an admitted connection
     /// (refusal, setup failure, close) calls it once.
     pub fn unadmit(&self, peer: SocketAddr) {
         self.shared.admitted.fetch_sub(1, Ordering::AcqRel);

@@ -133,7 +133,7 @@ impl<S: Wire> Core<S> {
         self.send_with(slot, bytes.len(), |s| s.write_all(bytes));
     }
 
-    /// Writes `n` bytes with `write` to the connection in `slot` (see [`Worker::wrote`]).
+    /// Writes `n` bytes with `write` to the connection in `slot` (see [`Core::wrote`]).
     pub(super) fn send_with(
         &mut self,
         slot: usize,

@@ -95,7 +95,7 @@ pub struct Conn<S> {
     pub paused: bool,
     /// A WebSocket client (`--listen-wss`): where its upgrade and frames stand.
     pub ws: Option<Box<WsState>>,
-    /// A WebSocket ping went out since the client last sent anything (see `Worker::sweep`).
+    /// A WebSocket ping went out since the client last sent anything (see `Core::sweep`).
     pub pinged: bool,
     /// The federation partner (its domain) whose edge this client is.
     pub partner: Option<std::sync::Arc<str>>,

@@ -1,7 +1,8 @@
-//! A worker's own small state machines and counters, kept apart from the `Worker` that uses
+//! A worker's own small state machines and counters, kept apart from the `Core` that uses
 //! them so they are plain values (tested alone) and no file of the worker imports another in a
 //! circle: what it counts per back end, the saturation rule over its turns, the budget of log
-//! lines for partner refusals, and what one write did to a connection's queue.
+//! lines for partner refusals, the output it holds (the output budget and backpressure), and what
+//! one write did to a connection's queue.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
