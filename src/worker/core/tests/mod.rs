@@ -214,7 +214,9 @@ impl Sim {
     /// answered); panics after a simulated minute.
     pub fn all_up(&mut self) {
         for _ in 0..6000 {
-            if (0..self.core.be.pool.len()).all(|b| self.core.be.pool.avail(b) == crate::route::Avail::Up) {
+            let n = self.core.be.pool.len();
+            assert!(n > 0, "a simulated worker has back ends");
+            if (0..n).all(|b| self.core.be.pool.avail(b) == crate::route::Avail::Up) {
                 return;
             }
             self.run_for(Duration::from_millis(10), Duration::from_millis(10));
