@@ -165,7 +165,7 @@ impl Worker {
     }
 
     fn accept_clients(&mut self, i: usize) {
-        let rt = self.shared.runtime.load_full();
+        let front = Arc::clone(&self.core.runtime().tls.front);
         loop {
             let (sock, peer) = match self.listeners[i].accept() {
                 Ok(s) => s,
@@ -178,7 +178,7 @@ impl Worker {
             if !self.core.admit(peer) {
                 continue;
             }
-            let tls = match ServerConnection::new(Arc::clone(&rt.tls.front)) {
+            let tls = match ServerConnection::new(Arc::clone(&front)) {
                 Ok(t) => Connection::Server(t),
                 Err(e) => {
                     self.core.unadmit(peer);
@@ -194,7 +194,7 @@ impl Worker {
     }
 
     fn accept_peer(&mut self) {
-        let Some(peer_tls) = self.shared.runtime.load().tls.peer.clone() else {
+        let Some(peer_tls) = self.core.runtime().tls.peer.clone() else {
             return;
         };
         loop {

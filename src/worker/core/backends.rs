@@ -1,16 +1,18 @@
 //! What a worker holds about its back ends, in one owner: the pool state machine and the actions
 //! it asked for, the secret in this worker's probes, what it counts per back end, the work it has
 //! outstanding at each, and the back ends as routing sees them under the operator's settings —
-//! with what follows a reload, what the metrics show, and which probe answers count. Carried out
-//! (connections opened, probes sent) in `pool.rs`.
+//! with what follows a reload, the router they make, what the metrics show, and which probe
+//! answers count. Carried out (connections opened, probes sent) in `pool.rs`.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::state::Counters;
 use crate::balance::pool::{Action, Pool};
 use crate::balance::work::Outstanding;
 use crate::metrics::BackendMetrics;
-use crate::route::Avail;
+use crate::route::{Avail, Router};
 use crate::worker::runtime::Runtime;
 use crate::worker::shared::Shared;
 
@@ -36,7 +38,7 @@ impl Backends {
     pub(super) fn new(shared: &Shared, rt: &Runtime, probe_secret: u64, now: Instant) -> Backends {
         let mut outstanding = Outstanding::default();
         outstanding.remap(shared.work_of(&rt.backends), &[]);
-        Backends {
+        let mut be = Backends {
             pool: Pool::new(shared.cfg.health, rt.backends.len(), now),
             actions: Vec::new(),
             probe_secret,
@@ -44,6 +46,32 @@ impl Backends {
             outstanding,
             eff: Vec::new(),
             disabled: Vec::new(),
+        };
+        be.apply_admin(shared, rt);
+        be
+    }
+
+    /// Takes the operator's settings (kept by name, so they outlive reloads) onto the configured
+    /// back ends.
+    pub(super) fn apply_admin(&mut self, shared: &Shared, rt: &Runtime) {
+        let overrides = shared.admin.lock().map(|o| o.clone()).unwrap_or_default();
+        (self.eff, self.disabled) = super::rules::effective(&rt.backends, &overrides);
+    }
+
+    /// The router for what the configuration and the runtime say, with these back ends as the
+    /// operator's settings make them and their shared outstanding work.
+    pub(super) fn router(&self, shared: &Shared, rt: &Runtime) -> Router {
+        Router {
+            key: Arc::clone(&rt.key),
+            advertise: shared.cfg.advertise.clone(),
+            adv_host: shared.adv_host.clone(),
+            server_side: shared.peer_advertise.clone(),
+            wss: shared.cfg.advertise_wss.clone().zip(shared.wss_host.clone()),
+            backends: self.eff.clone(),
+            balance: shared.cfg.balance,
+            path: shared.cfg.path,
+            draining: shared.draining.load(Ordering::Relaxed),
+            work: self.outstanding.totals().to_vec(),
         }
     }
 

@@ -137,19 +137,7 @@ impl<S: Wire> Core<S> {
     ) -> Core<S> {
         let rt = shared.runtime.load_full();
         let be = Backends::new(&shared, &rt, probe_secret, now);
-        // Made for real by the first turn's settings (`rebuild_router`).
-        let router = Router {
-            key: Arc::clone(&rt.key),
-            advertise: String::new(),
-            adv_host: String::new(),
-            server_side: None,
-            wss: None,
-            backends: Vec::new(),
-            balance: shared.cfg.balance,
-            path: shared.cfg.path,
-            draining: false,
-            work: Vec::new(),
-        };
+        let router = be.router(&shared, &rt);
         Core {
             id,
             rt_gen: shared.runtime_gen.load(Ordering::Acquire),
@@ -188,8 +176,7 @@ impl<S: Wire> Core<S> {
     /// settings (kept by name, so they outlive reloads).
     pub(super) fn apply_admin(&mut self) {
         self.admin_gen = self.shared.admin_gen.load(Ordering::Acquire);
-        let overrides = self.shared.admin.lock().map(|o| o.clone()).unwrap_or_default();
-        (self.be.eff, self.be.disabled) = rules::effective(&self.rt.backends, &overrides);
+        self.be.apply_admin(&self.shared, &self.rt);
     }
 
     /// Takes a reload or an admin change (rare: one atomic load each per turn otherwise), then
@@ -268,6 +255,12 @@ impl<S: Wire> Core<S> {
             }
         }
         None
+    }
+
+    /// The runtime this core works with (the shell starts new connections' TLS with it, so a
+    /// reload reaches both at the same turn).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
     }
 
     /// The open connections and what each is for.

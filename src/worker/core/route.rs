@@ -3,7 +3,6 @@
 //! is another), answering, or counting a drop. Probe answers stop here, initial INVITEs are
 //! remembered for failover, and INVITE / BYE 2xx move the dialog gauge that draining waits on.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::state::Wrote;
@@ -12,7 +11,7 @@ use crate::balance::pool::Pool;
 use crate::balance::work::Outstanding;
 use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
-use crate::route::{Avail, Decision, Follow, Origin, Pick, Router};
+use crate::route::{Avail, Decision, Follow, Origin, Pick};
 use crate::sip::response::Extra;
 use crate::sip::{Message, Method, Token};
 use crate::worker::shared::Handoff;
@@ -131,19 +130,7 @@ impl<S: Wire> Core<S> {
     /// The router as this worker's settings make it: rebuilt after a reload or an admin change,
     /// never per message.
     pub(super) fn rebuild_router(&mut self) {
-        let shared = &self.shared;
-        self.router = Router {
-            key: Arc::clone(&self.rt.key),
-            advertise: shared.cfg.advertise.clone(),
-            adv_host: shared.adv_host.clone(),
-            server_side: shared.peer_advertise.clone(),
-            wss: shared.cfg.advertise_wss.clone().zip(shared.wss_host.clone()),
-            backends: self.be.eff.clone(),
-            balance: shared.cfg.balance,
-            path: shared.cfg.path,
-            draining: shared.draining.load(Ordering::Relaxed),
-            work: self.be.outstanding.totals().to_vec(),
-        };
+        self.router = self.be.router(&self.shared, &self.rt);
     }
 
     /// Shedding starts with new dialogs: an out-of-dialog request (not ACK or CANCEL) from a

@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn drain_disable_and_weights_from_the_operator() {
-        let a: std::net::SocketAddr = "192.0.2.1:5061".parse().unwrap();
+        let a: ::core::net::SocketAddr = "192.0.2.1:5061".parse().unwrap();
         let backends = vec![
             Backend::new("a".into(), a, 100),
             Backend::new("b".into(), a, 100),

@@ -15,7 +15,7 @@ fn only_the_answer_to_our_own_probe_brings_a_server_up_and_none_leaves_siplb() {
     for _ in 0..100 {
         sim.tick(Duration::from_millis(10));
         if let Some(s) = sim.conn_of(0) {
-            if sim.wire(s).is_handshaking_now() {
+            if sim.wire(s).is_handshaking() {
                 sim.send(s, b"");
             }
             probe = sim.received(s).into_iter().find(|m| method(m) == "OPTIONS");

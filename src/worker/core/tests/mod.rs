@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use super::{Core, Kind, Readiness};
+use super::{Core, Kind, Readiness, Wire};
 use crate::config::RunArgs;
 use crate::sip::response::{Extra, write_response};
 use crate::sip::{Message, Read};
@@ -262,12 +262,6 @@ impl Sim {
     }
 }
 
-impl Pipe {
-    fn is_handshaking_now(&self) -> bool {
-        crate::tls::wire::Wire::is_handshaking(self)
-    }
-}
-
 pub fn invite(call: &str) -> Vec<u8> {
     request("INVITE", call, 1)
 }
@@ -359,7 +353,7 @@ impl Sim {
             for b in 0..self.core.be.pool.len() {
                 // New pool connections get their server's handshake flight.
                 if let Some(s) = self.conn_of(b)
-                    && self.wire(s).is_handshaking_now()
+                    && self.wire(s).is_handshaking()
                 {
                     self.send(s, b"");
                 }

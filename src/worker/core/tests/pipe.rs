@@ -49,6 +49,19 @@ impl Pipe {
         }
     }
 
+    fn write_raw(&mut self, head: &[u8], slices: &[IoSlice<'_>]) -> Result<(), StreamError> {
+        let total = head.len() + slices.iter().map(|s| s.len()).sum::<usize>();
+        if self.pending.len() + total > self.max_pending {
+            return Err(StreamError::Backlog);
+        }
+        self.pending.extend_from_slice(head);
+        for s in slices {
+            self.pending.extend_from_slice(s);
+        }
+        self.take();
+        Ok(())
+    }
+
     fn take(&mut self) {
         let n = self.pending.len().min(self.window);
         self.sent.extend(self.pending.drain(..n));
@@ -82,19 +95,15 @@ impl Wire for Pipe {
         &mut self.rbuf
     }
     fn write(&mut self, slices: &[IoSlice<'_>]) -> Result<(), StreamError> {
+        // Once upgraded, a message is one text frame (the contract `TlsStream` keeps too).
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        if self.pending.len() + total > self.max_pending {
-            return Err(StreamError::Backlog);
-        }
-        for s in slices {
-            self.pending.extend_from_slice(s);
-        }
-        self.take();
-        Ok(())
+        let (head, n) = crate::ws::frame::header(crate::ws::frame::OP_TEXT, total);
+        let head = if self.ws { &head[..n] } else { &[][..] };
+        self.write_raw(head, slices)
     }
     fn write_control(&mut self, opcode: u8, payload: &[u8]) -> Result<(), StreamError> {
         let (head, n) = crate::ws::frame::header(opcode, payload.len());
-        self.write(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
+        self.write_raw(&head[..n], &[IoSlice::new(payload)])
     }
     fn flush(&mut self) -> Result<(), StreamError> {
         self.take();
