@@ -7,7 +7,7 @@ use clap::Parser;
 use siplb::sip::Method;
 
 fn ctl(admin: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+    let out = siplb_command()
         .args(["ctl", "--admin", &admin.to_string()])
         .args(args)
         .output()
@@ -153,7 +153,7 @@ fn the_admin_api_on_a_unix_socket() {
         1,
         &["--admin".into(), sock.display().to_string()],
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+    let out = siplb_command()
         .args([
             "ctl",
             "--admin",

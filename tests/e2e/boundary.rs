@@ -388,7 +388,8 @@ To: <sip:b@pool.test>;tag=2\r\nCall-ID: route-{n}\r\nCSeq: 2 BYE\r\nContent-Leng
         report.failed,
         0,
         "{}\nsiplb: shed {} (saturated {} times), retries: 503 {} no answer {} lost {}, \
-         backpressure pauses {}, output-budget closes {}, answered by siplb {:?}",
+         backpressure pauses {}, output-budget closes {}, answered by siplb {:?}, \
+         handshakes failed {:?}, refused {:?}",
         report.summary(),
         m.shed,
         m.saturations,
@@ -397,7 +398,9 @@ To: <sip:b@pool.test>;tag=2\r\nCall-ID: route-{n}\r\nCSeq: 2 BYE\r\nContent-Leng
         m.failovers,
         m.backpressure_pauses,
         m.output_budget_closes,
-        m.answers
+        m.answers,
+        m.handshake_failures,
+        m.refused
     );
     assert_eq!(m.backends.len(), 3, "{:?}", m.backends);
     for b in &m.backends {

@@ -12,7 +12,7 @@ use siplb::sip::{Message, Method};
 
 fn key_file(pki: &Pki, name: &str) -> String {
     let path = pki.dir.path().join(name);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+    let out = siplb_command()
         .args(["keygen", &path.display().to_string()])
         .output()
         .expect("siplb keygen runs");
@@ -154,7 +154,7 @@ fn a_port_in_use_is_refused_unless_every_instance_asks_to_share_it() {
     let (mut first, port) = spawn_siplb(&pki, &backends, &["--reuse-port"]);
     let listen = format!("127.0.0.1:{port}");
     let run = |extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+        let mut cmd = siplb_command();
         cmd.args(["--listen", &listen, "--cert", &pki.lb.cert.display().to_string()])
             .args(["--key", &pki.lb.key.display().to_string()])
             .args(["--backend-ca", &pki.ca_path.display().to_string()])
@@ -199,7 +199,7 @@ fn a_key_file_others_can_read_or_too_short_is_refused_naming_it() {
     std::fs::write(&short, "x".repeat(16)).expect("write");
     std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     for f in [&loose, &short] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+        let out = siplb_command()
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -233,7 +233,7 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
         .port();
     let spawn = || {
         let metrics = free_port();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+        let mut cmd = siplb_command();
         cmd.args(["--metrics", &format!("127.0.0.1:{metrics}")]);
         cmd.args([
             "--listen",

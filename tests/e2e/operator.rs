@@ -31,7 +31,7 @@ fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
 
 #[test]
 fn help_has_headings_and_every_flag_says_what_it_does() {
-    let out = Command::new(SIPLB).arg("--help").output().expect("runs");
+    let out = siplb_command().arg("--help").output().expect("runs");
     let help = String::from_utf8_lossy(&out.stdout);
     for heading in [
         "Listeners and TLS:",
@@ -56,7 +56,7 @@ fn help_has_headings_and_every_flag_says_what_it_does() {
 
 #[test]
 fn all_missing_required_flags_in_one_line() {
-    let out = Command::new(SIPLB).output().expect("runs");
+    let out = siplb_command().output().expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -74,7 +74,7 @@ fn a_key_that_is_not_the_certificates_names_both_files() {
         .expect("leaf")
         .write(pki.dir.path(), "other")
         .expect("write");
-    let out = Command::new(SIPLB)
+    let out = siplb_command()
         .args(["--listen", "127.0.0.1:0", "--backend", "b=127.0.0.1:1"])
         .arg("--cert")
         .arg(&pki.lb.cert)
@@ -101,7 +101,7 @@ fn start_logged(
     env: &[(&str, &str)],
 ) -> (std::process::Child, String, Vec<ServerHandle>) {
     let backends = start_backends(pki, Backends::n(1), None);
-    let mut cmd = Command::new(SIPLB);
+    let mut cmd = siplb_command();
     cmd.args(["--listen", "127.0.0.1:0", "--workers", "1", "--log", "info"])
         .arg("--cert")
         .arg(&pki.lb.cert)
@@ -342,13 +342,13 @@ fn the_systemd_unit_verifies() {
 
 #[test]
 fn completions_and_man_page_come_from_the_flags() {
-    let out = Command::new(SIPLB)
+    let out = siplb_command()
         .args(["completions", "bash"])
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("--backend-ca") && text.contains("--log-format"));
-    let out = Command::new(SIPLB).arg("manpage").output().expect("runs");
+    let out = siplb_command().arg("manpage").output().expect("runs");
     let man = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && man.contains(".TH siplb"), "{man}");
     assert!(man.contains("backend\\-ca"), "{man}");

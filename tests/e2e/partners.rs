@@ -91,7 +91,7 @@ fn a_partner_edge_calls_through_the_pool_and_is_called_back() {
     );
     // `siplb ctl partners` lists both, with A's open connection.
     let admin = lb.admin_addr.expect("admin");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+    let out = siplb_command()
         .args(["ctl", "--admin", &admin.to_string(), "partners"])
         .output()
         .expect("ctl");
@@ -375,7 +375,7 @@ fn with_partners_file(
 
 /// Runs the siplb binary with `args` (and our certificates); its exit code and stderr.
 fn siplb_with(pki: &Pki, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+    let out = siplb_command()
         .args(["--listen", "127.0.0.1:0", "--backend", "b0.pool.test=127.0.0.1:9"])
         .args(["--cert", &pki.lb.cert.display().to_string()])
         .args(["--key", &pki.lb.key.display().to_string()])

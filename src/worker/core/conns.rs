@@ -72,8 +72,9 @@ impl<S: Wire> Core<S> {
             partner: None,
         };
         tracing::debug!(worker = self.id, slot, %peer, ?kind, "connection open");
-        self.registering.push(slot);
-        self.slots.insert(conn)
+        let slot = self.slots.insert(conn);
+        self.registering.push(self.slots.stamp(slot));
+        slot
     }
 
     /// A read failed: count and log it as what it was, then close.

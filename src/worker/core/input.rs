@@ -37,7 +37,7 @@ impl<S: Wire> Core<S> {
             (false, false) => CloseReason::ClosedByPeer,
         };
         if ended.closed || ev.read_closed && !ev.readable || ev.error {
-            self.doomed.push((slot, why));
+            self.doom(slot, why);
         }
         self.mark_dirty(slot);
     }
@@ -87,7 +87,7 @@ impl<S: Wire> Core<S> {
                 self.pool_event(|p, acts| p.data_read(b, slot, acts));
             }
             self.process(slot);
-            if !more || self.doomed.iter().any(|&(s, _)| s == slot) {
+            if !more || self.doomed.iter().any(|&(s, _)| s == self.slots.stamp(slot)) {
                 return self.slots.get(slot).is_some();
             }
         }
@@ -166,7 +166,7 @@ impl<S: Wire> Core<S> {
                             Extra::default(),
                         );
                     }
-                    self.doomed.push((slot, CloseReason::UnframableInput));
+                    self.doom(slot, CloseReason::UnframableInput);
                     pos = buf.len();
                     break;
                 }

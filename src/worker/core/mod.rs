@@ -47,8 +47,8 @@ use crate::route::invites::Invites;
 use crate::sip::{Rewrite, TokenCache};
 pub use crate::tls::wire::Wire;
 use backends::Backends;
-use slots::Slots;
 pub use slots::{Kind, Readiness};
+use slots::{Slots, Stamp};
 use state::{Load, LogBudget, Queued};
 
 /// How often timers run (probes, reconnects, timeouts): a fraction of the shortest interval.
@@ -83,7 +83,7 @@ pub struct Core<S: Wire> {
     connect: Connector<S>,
     /// New connections the shell has yet to register with its poll, and connections whose
     /// interest (readable, or writable too) changed.
-    registering: Vec<usize>,
+    registering: Vec<Stamp>,
     reinterest: Vec<usize>,
     /// The back ends as this worker has them (`pool.rs`).
     be: Backends,
@@ -99,7 +99,7 @@ pub struct Core<S: Wire> {
     /// Connections with data left to read after their rounds this turn.
     backlog: Vec<usize>,
     /// Connections to close after the current batch, with why.
-    doomed: Vec<(usize, CloseReason)>,
+    doomed: Vec<(Stamp, CloseReason)>,
     /// Output queued in this worker's streams: the client part bounded by `--max-output-bytes`,
     /// the server part met with backpressure.
     queued: Queued,
@@ -244,7 +244,12 @@ impl<S: Wire> Core<S> {
 
     /// A new connection for the shell to register with its poll (under its slot as token).
     pub fn poll_register(&mut self) -> Option<usize> {
-        self.registering.pop()
+        while let Some(stamp) = self.registering.pop() {
+            if self.slots.holds(stamp) {
+                return Some(stamp.slot);
+            }
+        }
+        None
     }
 
     /// A connection whose interest changed: whether it now waits for writable too.
@@ -314,7 +319,7 @@ impl<S: Wire> Core<S> {
                 pinged: c.pinged,
             };
             match rules::timer(&clocks, &limits, now) {
-                Some(rules::Timer::Close(why)) => self.doomed.push((slot, why)),
+                Some(rules::Timer::Close(why)) => self.doom(slot, why),
                 Some(rules::Timer::Ping) => ping.push(slot),
                 None => {}
             }

@@ -46,7 +46,7 @@ impl<S: Wire> Core<S> {
             let after = c.stream.queued();
             if let Err(e) = flushed {
                 tracing::debug!(worker = self.id, slot, error = %e, "write failed");
-                self.doomed.push((slot, CloseReason::WriteFailed));
+                self.doom(slot, CloseReason::WriteFailed);
             }
             self.account(slot, before, after);
             let Some(c) = self.slots.get_mut(slot) else {
@@ -58,8 +58,12 @@ impl<S: Wire> Core<S> {
                 self.reinterest.push(slot);
             }
         }
-        while let Some((slot, why)) = self.doomed.pop() {
-            self.close(slot, why);
+        while let Some((stamp, why)) = self.doomed.pop() {
+            // A connection closed since (a failed read closes at once) left its slot to
+            // whichever came next: that one has done nothing to be closed for.
+            if self.slots.holds(stamp) {
+                self.close(stamp.slot, why);
+            }
         }
         // Backpressure: clients are not read while servers are slow to take what was read from
         // them, and the clients left unread are read again once they catch up.
@@ -102,8 +106,14 @@ impl<S: Wire> Core<S> {
             .max_by_key(|&s| self.slots.get(s).map_or(0, |c| c.stream.queued()));
         if let Some(slot) = hog {
             self.m.output_budget_closes += 1;
-            self.doomed.push((slot, CloseReason::OutputBudget));
+            self.doom(slot, CloseReason::OutputBudget);
         }
+    }
+
+    /// Closes the connection now in `slot` after the current batch, unless it is gone by then
+    /// (see [`super::slots::Stamp`]).
+    pub(super) fn doom(&mut self, slot: usize, why: CloseReason) {
+        self.doomed.push((self.slots.stamp(slot), why));
     }
 
     /// Queues a connection for the flush at the end of this turn (once, however many messages).
@@ -152,7 +162,7 @@ impl<S: Wire> Core<S> {
     pub(super) fn wrote(&mut self, slot: usize, n: usize, w: Wrote) {
         self.m.bytes_out += n as u64;
         if !w.ok {
-            self.doomed.push((slot, CloseReason::PeerNotReading));
+            self.doom(slot, CloseReason::PeerNotReading);
         }
         self.account(slot, w.before, w.after);
         self.mark_dirty(slot);

@@ -113,6 +113,15 @@ impl<S> Conn<S> {
     }
 }
 
+/// A connection named for a step later in the turn (a close, a registration): a slot is reused
+/// by the next connection accepted once its own closed, often within the same turn, and what
+/// was decided about the old connection must not befall the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub slot: usize,
+    generation: u32,
+}
+
 /// A slot: its generation stays for as long as the worker runs (tokens name it), while the
 /// connection is boxed, so a closed connection gives all of its memory back and 10 000 slots
 /// that were once busy cost 16 bytes each, not a whole connection's state.
@@ -178,6 +187,22 @@ impl<S> Slots<S> {
             return None;
         }
         e.conn.as_deref_mut()
+    }
+
+    /// The connection now in `slot`, as a later step must find it again.
+    pub fn stamp(&self, slot: usize) -> Stamp {
+        Stamp {
+            slot,
+            generation: self.generation(slot),
+        }
+    }
+
+    /// Whether the connection `stamp` named is still open (not closed, its slot not taken by
+    /// another since).
+    pub fn holds(&self, stamp: Stamp) -> bool {
+        self.entries
+            .get(stamp.slot)
+            .is_some_and(|e| e.generation == stamp.generation && e.conn.is_some())
     }
 
     pub fn generation(&self, slot: usize) -> u32 {

@@ -30,7 +30,7 @@ impl<S: Wire> Core<S> {
                     *self.m.ws_refused.entry(status.to_string()).or_default() += 1;
                     tracing::debug!(worker = self.id, slot, status, "WebSocket upgrade refused");
                     self.send_raw(slot, &response);
-                    self.doomed.push((slot, CloseReason::UpgradeRefused));
+                    self.doom(slot, CloseReason::UpgradeRefused);
                     let n = rbuf.filled().len();
                     rbuf.consume(n);
                 }
@@ -79,7 +79,7 @@ impl<S: Wire> Core<S> {
                 Event::Close(code) => {
                     let echo = code.unwrap_or(frame::code::NORMAL).to_be_bytes();
                     self.send_with(slot, 4, |s| s.write_control(frame::OP_CLOSE, &echo));
-                    self.doomed.push((slot, CloseReason::ClosedByPeer));
+                    self.doom(slot, CloseReason::ClosedByPeer);
                     break;
                 }
                 Event::Fail(code, why) => {
@@ -97,7 +97,7 @@ impl<S: Wire> Core<S> {
                     self.send_with(slot, payload.len() + 2, |s| {
                         s.write_control(frame::OP_CLOSE, &payload)
                     });
-                    self.doomed.push((slot, CloseReason::UnframableInput));
+                    self.doom(slot, CloseReason::UnframableInput);
                     break;
                 }
                 Event::Partial => break,

@@ -254,11 +254,19 @@ pub fn establish_dialog(c: &mut TestClient, mut d: siplb::load::msg::Dialog) -> 
     d
 }
 
+/// A command running the siplb binary, with the test runner's `RUST_LOG` taken away: a log filter
+/// set for the tests would override the `--log` a test gives and change the lines it reads.
+pub fn siplb_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
 /// The siplb binary on a free port in front of `backends`, with `extra` flags, its stderr piped;
 /// returns once it listens.
 pub fn spawn_siplb(pki: &Pki, backends: &[ServerHandle], extra: &[&str]) -> (std::process::Child, u16) {
     let port = free_port();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"));
+    let mut cmd = siplb_command();
     cmd.args([
         "--listen",
         &format!("127.0.0.1:{port}"),

@@ -96,6 +96,81 @@ fn the_client_holding_the_most_output_loses_its_connection_and_no_one_else() {
     assert_eq!(status(&heard[0]), Some(180));
 }
 
+/// The event loop's view of one readable event, handled without ending the turn.
+fn readable(sim: &mut Sim, slot: usize) {
+    let ready = Readiness {
+        readable: true,
+        ..Readiness::default()
+    };
+    let now = sim.now;
+    sim.core.handle_event(slot, ready, now);
+}
+
+#[test]
+fn a_close_decided_for_a_connection_gone_since_spares_the_one_that_took_its_slot() {
+    let mut sim = Sim::new(1, &["--max-output-bytes", "200000"]);
+    sim.all_up();
+    let s = sim.conn_of(0).unwrap();
+    let hog = sim.client();
+    sim.wire(hog).window = 0;
+    let (_, inv) = sim.invite(hog, "hog");
+    let ring = padded(&answer(&inv, 180, Extra::default()), 20_000);
+    // One turn: the server's answers spend the budget (the hog is to be closed at the end of
+    // the turn), the hog's connection breaks meanwhile (closed at once), and a new client is
+    // accepted into the slot it left.
+    let mut n = 0;
+    while sim.core.m.output_budget_closes == 0 {
+        assert!(n < 20, "the budget never ran out");
+        sim.wire(s).inbound.extend_from_slice(&ring);
+        readable(&mut sim, s);
+        n += 1;
+    }
+    sim.wire(hog).fail = Some(rustls::Error::AlertReceived(
+        rustls::AlertDescription::DecodeError,
+    ));
+    readable(&mut sim, hog);
+    assert!(!sim.is_open(hog), "a broken connection is closed at once");
+    let peer = "198.51.100.9:40999".parse().unwrap();
+    let newcomer = sim.core.handle_accepted(Pipe::new(), peer, Kind::Client, false);
+    assert_eq!(newcomer, hog, "the slot is taken again in the same turn");
+    sim.core.handle_timeout(sim.now);
+    assert!(
+        sim.is_open(newcomer),
+        "the newcomer was closed for what the hog did"
+    );
+    assert_eq!(sim.core.m.output_budget_closes, 1);
+    // It is registered with the poll once, and works.
+    assert_eq!(sim.core.poll_register(), Some(newcomer));
+    assert_eq!(sim.core.poll_register(), None);
+    sim.send(newcomer, b"");
+    let (ok, _) = sim.call(newcomer, "newcomer");
+    assert_eq!(status(&ok), Some(200));
+}
+
+#[test]
+fn a_connection_closed_before_it_was_registered_leaves_only_its_successor_to_register() {
+    let mut sim = Sim::new(1, &[]);
+    sim.all_up();
+    let first = sim.core.handle_accepted(
+        Pipe::new(),
+        "198.51.100.9:1".parse().unwrap(),
+        Kind::Client,
+        false,
+    );
+    sim.core.close(first, crate::worker::core::CloseReason::Io);
+    let second = sim.core.handle_accepted(
+        Pipe::new(),
+        "198.51.100.9:2".parse().unwrap(),
+        Kind::Client,
+        false,
+    );
+    assert_eq!(second, first, "the slot is taken again");
+    // Registering its socket twice would fail the second time, and that failure would close it.
+    assert_eq!(sim.core.poll_register(), Some(second));
+    assert_eq!(sim.core.poll_register(), None);
+    assert!(sim.is_open(second));
+}
+
 #[test]
 fn draining_waits_for_invites_and_dialogs_in_flight_and_refuses_new_ones() {
     let mut sim = Sim::new(1, &["--drain-timeout", "600"]);
