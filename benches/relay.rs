@@ -188,15 +188,14 @@ impl Relay {
             &mut self.tokens,
             &mut self.rw,
         );
-        assert!(
-            matches!(d, Decision::ToBackend { .. } | Decision::ToConnection { .. }),
-            "{d:?}"
-        );
+        let (Decision::ToBackend { rewrite, .. } | Decision::ToConnection { rewrite, .. }) = d else {
+            panic!("{d:?}")
+        };
         let n = lb_out
             .writer()
-            .write_vectored(self.rw.slices(m.buf).as_slice())
+            .write_vectored(rewrite.slices(m.buf).as_slice())
             .expect("relay");
-        assert_eq!(n, self.rw.len(m.buf), "rustls took only part of the message");
+        assert_eq!(n, rewrite.len(m.buf), "rustls took only part of the message");
         pump(lb_out, dst, &mut self.wire);
         let mut got = Vec::new();
         plaintext(dst, &mut got);

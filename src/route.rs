@@ -140,13 +140,22 @@ pub struct Origin<'a> {
 pub type RouteTokens = [[u8; TOKEN_LEN]; 2];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Write the prepared rewrite to connection `conn`, one of this worker's to `backend`.
-    ToBackend { backend: usize, conn: usize },
-    /// Write the prepared rewrite to the connection `to` names (here or on another worker);
-    /// `request` says whether a missing connection is answered (430) or only counted. The
-    /// token's role says which kind of connection it must be.
-    ToConnection { to: Token, request: bool },
+pub enum Decision<'r> {
+    /// Write the message as `rewrite` changes it to connection `conn`, one of this worker's to
+    /// `backend`.
+    ToBackend {
+        backend: usize,
+        conn: usize,
+        rewrite: &'r Rewrite,
+    },
+    /// Write the message as `rewrite` changes it to the connection `to` names (here or on another
+    /// worker); `request` says whether a missing connection is answered (430) or only counted.
+    /// The token's role says which kind of connection it must be.
+    ToConnection {
+        to: Token,
+        request: bool,
+        rewrite: &'r Rewrite,
+    },
     /// Answer the request ourselves.
     Answer {
         code: u16,
@@ -161,7 +170,7 @@ pub enum Decision {
     Absorbed,
 }
 
-fn answer(code: u16, reason: impl Into<Cow<'static, str>>) -> Decision {
+fn answer(code: u16, reason: impl Into<Cow<'static, str>>) -> Decision<'static> {
     Decision::Answer {
         code,
         reason: reason.into(),
@@ -169,7 +178,7 @@ fn answer(code: u16, reason: impl Into<Cow<'static, str>>) -> Decision {
     }
 }
 
-fn unavailable() -> Decision {
+fn unavailable() -> Decision<'static> {
     Decision::Answer {
         code: 503,
         reason: "Service Unavailable".into(),
@@ -186,17 +195,17 @@ struct OurRoute {
 }
 
 impl Router {
-    /// Decides what happens to `m`; when it is forwarded, `rw` holds its rewrite. `pool` says
-    /// what a back end can take now (in this worker) and gives the connection a request goes
-    /// out on.
-    pub fn decide(
+    /// Decides what happens to `m`; when it is forwarded, the decision carries its rewrite
+    /// (prepared in `rw`, whose buffer is reused message after message). `pool` says what a
+    /// back end can take now (in this worker) and gives the connection a request goes out on.
+    pub fn decide<'r>(
         &self,
         m: &Message,
         from: &mut Origin,
         pool: &mut impl Pick,
         tokens: &mut TokenCache,
-        rw: &mut Rewrite,
-    ) -> Decision {
+        rw: &'r mut Rewrite,
+    ) -> Decision<'r> {
         if from.from_server
             && from.backend.is_some()
             && !m.is_request()
@@ -212,14 +221,14 @@ impl Router {
     }
 
     /// Rule 1: a request from a client goes to the pinned or the hashed back end.
-    fn client_request(
+    fn client_request<'r>(
         &self,
         m: &Message,
         from: &mut Origin,
         pool: &mut impl Pick,
         tokens: &mut TokenCache,
-        rw: &mut Rewrite,
-    ) -> Decision {
+        rw: &'r mut Rewrite,
+    ) -> Decision<'r> {
         let method = m.method().unwrap_or(Method::Options);
         if from.follow == Some(Follow::AnsweredByUs) {
             return match method {
@@ -314,19 +323,23 @@ impl Router {
             record: rr,
         };
         match rw.forward_request(m, &via, &fwd) {
-            Ok(()) => Decision::ToBackend { backend: be, conn },
+            Ok(()) => Decision::ToBackend {
+                backend: be,
+                conn,
+                rewrite: rw,
+            },
             Err(e) => answer(400, format!("Cannot Forward: {e}")),
         }
     }
 
     /// Rule 3: a request from a server goes to the client connection its Route token names.
-    fn server_request(
+    fn server_request<'r>(
         &self,
         m: &Message,
         from: &Origin,
         tokens: &mut TokenCache,
-        rw: &mut Rewrite,
-    ) -> Decision {
+        rw: &'r mut Rewrite,
+    ) -> Decision<'r> {
         let (via, mf, lh) = match self.check_request(m, true) {
             Ok(v) => v,
             Err(d) => return d,
@@ -404,6 +417,7 @@ impl Router {
                     ..t
                 },
                 request: true,
+                rewrite: rw,
             },
             Err(e) => answer(400, format!("Cannot Forward: {e}")),
         }
@@ -411,13 +425,13 @@ impl Router {
 
     /// Rule 2: a response goes where our top Via's token says, if that token was minted for the
     /// direction the response travels; anything else is dropped.
-    fn response(
+    fn response<'r>(
         &self,
         m: &Message,
         from_server: bool,
         tokens: &mut TokenCache,
-        rw: &mut Rewrite,
-    ) -> Decision {
+        rw: &'r mut Rewrite,
+    ) -> Decision<'r> {
         let Some(top) = m.via else {
             return Decision::Drop("response without Via");
         };
@@ -439,7 +453,11 @@ impl Router {
         }
         rw.clear();
         match rw.pop_top(top) {
-            Ok(()) => Decision::ToConnection { to, request: false },
+            Ok(()) => Decision::ToConnection {
+                to,
+                request: false,
+                rewrite: rw,
+            },
             Err(_) => Decision::Drop("response whose Via cannot be removed"),
         }
     }
@@ -450,7 +468,7 @@ impl Router {
         &self,
         m: &Message<'a>,
         from_server: bool,
-    ) -> Result<(Via<'a>, u32, [u8; 8]), Decision> {
+    ) -> Result<(Via<'a>, u32, [u8; 8]), Decision<'static>> {
         let via = m.validate_request().map_err(|why| answer(400, why.to_string()))?;
         let lh = self.loop_hash(m, from_server);
         if self.looped(m, &lh) {

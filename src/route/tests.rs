@@ -34,6 +34,10 @@ struct Fixture {
     follow: Option<usize>,
 }
 
+/// What a decision's rewrite stands for once [`Fixture::route`] has written the message out with
+/// it (the bytes are what the tests look at).
+static WRITTEN: Rewrite = Rewrite::unallocated();
+
 impl Fixture {
     fn new() -> Fixture {
         let key = std::sync::Arc::new(TokenKey::from_secret(b"route tests"));
@@ -73,7 +77,7 @@ impl Fixture {
         text: &str,
         from_server: bool,
         usable: impl Fn(usize) -> A,
-    ) -> (Decision, Vec<u8>) {
+    ) -> (Decision<'static>, Vec<u8>) {
         let buf = text.replace('\n', "\r\n").into_bytes();
         let Read::Message(_, m) = read(&buf, 1 << 16) else {
             panic!("test message must parse: {text}")
@@ -111,9 +115,40 @@ impl Fixture {
             &mut self.rw,
         );
         let mut out = Vec::new();
-        if matches!(d, Decision::ToBackend { .. } | Decision::ToConnection { .. }) {
-            self.rw.write_to(m.buf, &mut out);
-        }
+        let d = match d {
+            Decision::ToBackend {
+                backend,
+                conn,
+                rewrite,
+            } => {
+                rewrite.write_to(m.buf, &mut out);
+                Decision::ToBackend {
+                    backend,
+                    conn,
+                    rewrite: &WRITTEN,
+                }
+            }
+            Decision::ToConnection { to, request, rewrite } => {
+                rewrite.write_to(m.buf, &mut out);
+                Decision::ToConnection {
+                    to,
+                    request,
+                    rewrite: &WRITTEN,
+                }
+            }
+            Decision::Answer {
+                code,
+                reason,
+                retry_after,
+            } => Decision::Answer {
+                code,
+                reason,
+                retry_after,
+            },
+            Decision::Drop(why) => Decision::Drop(why),
+            Decision::ProbeAnswer => Decision::ProbeAnswer,
+            Decision::Absorbed => Decision::Absorbed,
+        };
         (d, out)
     }
 }
@@ -129,7 +164,10 @@ From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>\nCall-ID: {call_id}\nCS
 fn client_invite_goes_to_a_backend_record_routed_with_our_via() {
     let mut f = Fixture::new();
     let (d, out) = f.route(&invite("c1", ""), false, |_| true);
-    let Decision::ToBackend { backend: be, conn: 0 } = d else {
+    let Decision::ToBackend {
+        backend: be, conn: 0, ..
+    } = d
+    else {
         panic!("{d:?}")
     };
     let Read::Message(_, m) = read(&out, 1 << 16) else {
@@ -182,7 +220,10 @@ fn answers_siplb_gives_itself() {
 fn pins_beat_the_hash_and_fail_rather_than_move() {
     let mut f = Fixture::new();
     let (d, out) = f.route(&invite("pinned-call", ""), false, |_| true);
-    let Decision::ToBackend { backend: be, conn: 0 } = d else {
+    let Decision::ToBackend {
+        backend: be, conn: 0, ..
+    } = d
+    else {
         panic!("{d:?}")
     };
     let Read::Message(_, m) = read(&out, 1 << 16) else {
@@ -196,7 +237,14 @@ fn pins_beat_the_hash_and_fail_rather_than_move() {
 From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: {other_id}\nCSeq: 2 BYE\nContent-Length: 0\n\n"
         );
         let (d, fwd) = f.route(&bye, false, |_| true);
-        assert_eq!(d, Decision::ToBackend { backend: be, conn: 0 });
+        assert_eq!(
+            d,
+            Decision::ToBackend {
+                backend: be,
+                conn: 0,
+                rewrite: &WRITTEN
+            }
+        );
         assert!(
             !String::from_utf8_lossy(&fwd).contains("Route:"),
             "our Route was not removed"
@@ -241,7 +289,8 @@ To: <sip:bob@pool.test>;tag=b1\nCall-ID: r1\nCSeq: 1 INVITE\nContent-Length: 0\n
                 instance: 0,
                 ws: false,
             },
-            request: false
+            request: false,
+            rewrite: &WRITTEN
         }
     );
     assert!(
@@ -274,7 +323,8 @@ From: <sip:bob@pool.test>;tag=b1\nTo: <sip:alice@a.test>;tag=a1\nCall-ID: s1\nCS
                     generation: 1,
                     ..
                 },
-                request: true
+                request: true,
+                ..
             }
         ),
         "{d:?}"
@@ -323,7 +373,10 @@ fn parse(out: &[u8]) -> Message<'_> {
 fn double_record_route_and_alias_with_a_peer_listener() {
     let mut f = Fixture::with_peer();
     let (d, out) = f.route(&invite("d1", ""), false, |_| true);
-    let Decision::ToBackend { backend: be, conn: 0 } = d else {
+    let Decision::ToBackend {
+        backend: be, conn: 0, ..
+    } = d
+    else {
         panic!("{d:?}")
     };
     let m = parse(&out);
@@ -355,7 +408,14 @@ From: <sip:{from}@a.test>;tag=a1\nTo: <sip:{to}@pool.test>;tag=b1\nCall-ID: othe
     };
     let lines: String = client_set.iter().map(|r| format!("Route: {r}\n")).collect();
     let (d, fwd) = f.route(&bye("alice", "bob", lines), false, |_| true);
-    assert_eq!(d, Decision::ToBackend { backend: be, conn: 0 });
+    assert_eq!(
+        d,
+        Decision::ToBackend {
+            backend: be,
+            conn: 0,
+            rewrite: &WRITTEN
+        }
+    );
     assert!(
         !String::from_utf8_lossy(&fwd).contains("Route:"),
         "both entries popped"
@@ -375,7 +435,8 @@ From: <sip:{from}@a.test>;tag=a1\nTo: <sip:{to}@pool.test>;tag=b1\nCall-ID: othe
                     generation: 1,
                     ..
                 },
-                request: true
+                request: true,
+                ..
             }
         ),
         "{d:?}"
@@ -496,7 +557,10 @@ Max-Forwards: 70\nFrom: <sip:b@pool.test>;tag=b1\nTo: <sip:a@a.test>;tag=a1\nCal
 fn pinned_and_followed_requests_go_to_a_connected_back_end_new_dialogs_do_not() {
     let mut f = Fixture::new();
     let (d, out) = f.route(&invite("p1", ""), false, |_| true);
-    let Decision::ToBackend { backend: be, conn: 0 } = d else {
+    let Decision::ToBackend {
+        backend: be, conn: 0, ..
+    } = d
+    else {
         panic!()
     };
     let m = parse(&out);
@@ -508,11 +572,15 @@ From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: p1\nCS
     let probe_failed = |b: usize| if b == be { Avail::Connected } else { Avail::Up };
     assert_eq!(
         f.route(&bye, false, probe_failed).0,
-        Decision::ToBackend { backend: be, conn: 0 }
+        Decision::ToBackend {
+            backend: be,
+            conn: 0,
+            rewrite: &WRITTEN
+        }
     );
     let (d, _) = f.route(&invite("p1", ""), false, probe_failed);
     assert!(
-        matches!(d, Decision::ToBackend { backend: b, conn: 0 } if b != be),
+        matches!(d, Decision::ToBackend { backend: b, conn: 0, .. } if b != be),
         "{d:?}"
     );
     // A CANCEL follows its INVITE's back end, not the hash.
@@ -525,7 +593,8 @@ From: <sip:alice@a.test>;tag=a1\nTo: <sip:bob@pool.test>;tag=b1\nCall-ID: p1\nCS
         f.route(&cancel, false, |_| true).0,
         Decision::ToBackend {
             backend: other,
-            conn: 0
+            conn: 0,
+            rewrite: &WRITTEN
         }
     );
 }
@@ -558,7 +627,8 @@ To: <sip:a@a.test>;tag=a1\nCall-ID: back\nCSeq: 1 BYE\nContent-Length: 0\n\n",
                 role: Role::ServerVia,
                 ..
             },
-            request: false
+            request: false,
+            ..
         }
     ));
     // From a server: dropped.

@@ -41,7 +41,7 @@ pub enum RewriteError {
 
 /// The edits for one message. Keep one per connection (or per worker) and `clear` it between
 /// messages so its scratch buffer is reused.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewrite {
     edits: [Edit; MAX_EDITS],
     n: usize,
@@ -114,6 +114,22 @@ impl Rewrite {
             edits: [Edit::default(); MAX_EDITS],
             n: 0,
             scratch: Vec::with_capacity(512),
+        }
+    }
+
+    /// A rewrite with no edits and no buffer yet (allocates nothing): what stands in for a
+    /// worker's rewrite while a routing decision holds it.
+    pub const fn unallocated() -> Rewrite {
+        const NONE: Edit = Edit {
+            at: 0,
+            del: 0,
+            ins_start: 0,
+            ins_end: 0,
+        };
+        Rewrite {
+            edits: [NONE; MAX_EDITS],
+            n: 0,
+            scratch: Vec::new(),
         }
     }
 

@@ -87,8 +87,9 @@ pub struct Core<S: Wire> {
     reinterest: Vec<usize>,
     /// The back ends as this worker has them (`pool.rs`).
     be: Backends,
-    /// Routing as this worker's settings make it (see `rebuild_router`), the rewrite of the
-    /// message it routes now, and the tokens it decoded lately.
+    /// Routing as this worker's settings make it (see `rebuild_router`), the buffer its
+    /// decisions' rewrites are prepared in (lent to each decision in turn), and the tokens it
+    /// decoded lately.
     router: Router,
     rw: Rewrite,
     tokens: TokenCache,

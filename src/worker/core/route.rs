@@ -13,7 +13,7 @@ use crate::metrics::method_index;
 use crate::route::invites::{Retry, Stage};
 use crate::route::{Avail, Decision, Follow, Origin, Pick};
 use crate::sip::response::Extra;
-use crate::sip::{Message, Method, Token};
+use crate::sip::{Message, Method, Rewrite, Token};
 use crate::worker::shared::Handoff;
 
 impl<S: Wire> Core<S> {
@@ -71,9 +71,27 @@ impl<S: Wire> Core<S> {
             cap: u64::from(self.shared.cfg.max_outstanding) * 4,
             outstanding: &self.be.outstanding,
         };
+        // The decision carries the rewrite, prepared in the worker's buffer: lent to it (moved
+        // out, nothing copied or allocated) for as long as the decision is carried out.
+        let mut rw = std::mem::replace(&mut self.rw, Rewrite::unallocated());
         let decision = self
             .router
-            .decide(m, &mut origin, &mut pool, &mut self.tokens, &mut self.rw);
+            .decide(m, &mut origin, &mut pool, &mut self.tokens, &mut rw);
+        let forwarded = self.act_on((src, generation), from_backend, m, retry, decision);
+        self.rw = rw;
+        forwarded
+    }
+
+    /// Does what the router decided for `m` from connection `src` (its slot and generation), a
+    /// server's when `from_backend`. True if it went to a back end.
+    fn act_on(
+        &mut self,
+        (src, generation): (usize, u32),
+        from_backend: Option<usize>,
+        m: &Message,
+        retry: Retry,
+        decision: Decision,
+    ) -> bool {
         match (&decision, from_backend) {
             (Decision::ProbeAnswer, Some(b)) => {
                 self.probe_answer(b, src, m);
@@ -94,25 +112,31 @@ impl<S: Wire> Core<S> {
             }
         }
         match decision {
-            Decision::ToBackend { backend: be, conn } => {
-                self.write_local(conn, m);
+            Decision::ToBackend {
+                backend: be,
+                conn,
+                rewrite,
+            } => {
+                self.write_local(conn, m, rewrite);
                 self.m.forwarded_requests += 1;
                 self.be.counters[be].requests += 1;
                 self.be.outstanding.sent(be, m, self.turn);
                 self.remember_invite(m, (src as u32, generation), conn, be, retry);
                 return true;
             }
-            Decision::ToConnection { to, request }
+            Decision::ToConnection { to, request, .. }
                 if !request && from_backend.is_some_and(|b| self.server_answer(src, b, to, m)) => {}
-            Decision::ToConnection { to, request } => match (self.deliver(to, m, request), request) {
-                (true, true) => self.m.forwarded_requests += 1,
-                (true, false) => {
-                    self.m.forwarded_responses += 1;
-                    self.count_dialogs(m, from_backend);
+            Decision::ToConnection { to, request, rewrite } => {
+                match (self.deliver(to, m, request, rewrite), request) {
+                    (true, true) => self.m.forwarded_requests += 1,
+                    (true, false) => {
+                        self.m.forwarded_responses += 1;
+                        self.count_dialogs(m, from_backend);
+                    }
+                    (false, false) => self.m.drop_for("connection gone or of the other kind"),
+                    (false, true) => self.answer(src, m.head(), 430, "Flow Failed", Extra::default()),
                 }
-                (false, false) => self.m.drop_for("connection gone or of the other kind"),
-                (false, true) => self.answer(src, m.head(), 430, "Flow Failed", Extra::default()),
-            },
+            }
             Decision::Answer {
                 code,
                 reason,
@@ -188,19 +212,18 @@ impl<S: Wire> Core<S> {
     }
 
     /// Writes the rewritten message to a connection of this worker.
-    fn write_local(&mut self, dst: usize, m: &Message) -> bool {
+    fn write_local(&mut self, dst: usize, m: &Message, rw: &Rewrite) -> bool {
         let Some(c) = self.slots.get_mut(dst) else {
             return false;
         };
-        let rw = &self.rw;
         let w = Wrote::by(&mut c.stream, |s| s.write(rw.slices(m.buf).as_slice()));
-        self.wrote(dst, self.rw.len(m.buf), w);
+        self.wrote(dst, rw.len(m.buf), w);
         true
     }
 
     /// Sends the rewritten message to the connection `t` names, here or on its worker — only if
     /// that connection is of the kind the token's role names (a client's or a server's).
-    fn deliver(&mut self, t: Token, m: &Message, request: bool) -> bool {
+    fn deliver(&mut self, t: Token, m: &Message, request: bool, rw: &Rewrite) -> bool {
         let to_client = t.role.names_client();
         if t.worker == self.id {
             // The server answered, whether or not its caller is still there to hear it.
@@ -212,10 +235,10 @@ impl<S: Wire> Core<S> {
                 Some(c) if c.kind.is_server() != to_client => {}
                 _ => return false,
             }
-            return self.write_local(slot, m);
+            return self.write_local(slot, m, rw);
         }
-        let mut bytes = Vec::with_capacity(self.rw.len(m.buf));
-        self.rw.write_to(m.buf, &mut bytes);
+        let mut bytes = Vec::with_capacity(rw.len(m.buf));
+        rw.write_to(m.buf, &mut bytes);
         let sent = self.shared.hand_off(
             usize::from(t.worker),
             Handoff {
