@@ -49,15 +49,12 @@ fn operators_drain_disable_enable_and_weigh_back_ends_at_run_time() {
     let admin = lb.admin_addr.expect("admin address");
     // Health per worker is what the workers last published (a few times a second).
     let mut list = String::new();
-    for _ in 0..40 {
+    wait_until("every back end up in both workers' health", || {
         let (ok, l) = ctl(admin, &["backends"]);
         assert!(ok, "{l}");
         list = l;
-        if list.matches("\"health\":[\"up\",\"up\"]").count() == 3 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        list.matches("\"health\":[\"up\",\"up\"]").count() == 3
+    });
     for b in &backends {
         assert!(list.contains(&format!("\"name\":\"{}\"", b.name)), "{list}");
     }

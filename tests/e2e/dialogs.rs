@@ -42,10 +42,7 @@ fn callee_hangs_up(bye_on: ByeOn, peer_listen: bool) {
             .iter()
             .all(|id| backends.iter().any(|b| b.snapshot().saw(id, "200 BYE")))
     };
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while !all_answered() && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("every BYE's 200 at its back end", all_answered);
     let stats: Vec<_> = backends.into_iter().map(|b| b.stop()).collect();
     assert_one_backend_per_call(&report, &stats);
     for id in &report.call_ids {
