@@ -178,7 +178,7 @@ impl Handler for Uac {
         }
     }
 
-    fn on_close(&mut self, conn: usize, why: Closed) {
+    fn on_close(&mut self, conn: usize, why: Closed, error: Option<&str>) {
         let lost: Vec<String> = self
             .calls
             .iter()
@@ -193,7 +193,11 @@ impl Handler for Uac {
             if again {
                 self.retry.push(id);
             } else {
-                self.end(&id, Some(why.as_str().into()));
+                let failure = match error {
+                    Some(e) => format!("{} ({e})", why.as_str()),
+                    None => why.as_str().into(),
+                };
+                self.end(&id, Some(failure));
             }
         }
     }

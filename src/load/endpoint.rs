@@ -38,7 +38,9 @@ impl Out {
 pub trait Handler {
     fn on_message(&mut self, out: &mut Out, conn: usize, m: &Message);
     fn on_open(&mut self, _conn: usize, _peer: SocketAddr) {}
-    fn on_close(&mut self, _conn: usize, _why: Closed) {}
+    /// Connection `conn` ended: why, and the error that ended it when there was one (a TLS
+    /// alert, a reset), for a report that says what to look at.
+    fn on_close(&mut self, _conn: usize, _why: Closed, _error: Option<&str>) {}
 }
 
 /// Why a connection ended, in words a report can show.
@@ -288,10 +290,12 @@ Sec-WebSocket-Protocol: sip\r\n\r\n"
             c.stream.read_to_eof = to_eof;
             let handshaking = c.stream.is_handshaking();
             // Our own peers: no cap needed on what one read takes.
+            let mut error = None;
             let mut dead = match c.stream.read(usize::MAX) {
                 Ok(_) => None,
                 Err(e) => {
                     tracing::debug!(conn = id, error = %e, "sipload: read failed");
+                    error = Some(e.to_string());
                     Some(Closed::of(&e, handshaking))
                 }
             };
@@ -331,17 +335,24 @@ Sec-WebSocket-Protocol: sip\r\n\r\n"
                     } else {
                         Closed::ByPeer
                     };
+                    if dead.is_none() && handshaking {
+                        error = Some("closed by the far end during the handshake".into());
+                    }
                     dead = dead.or(Some(why));
                 }
                 if dead.is_none()
                     && let Err(e) = c.stream.flush()
                 {
                     tracing::debug!(conn = id, error = %e, "sipload: write failed");
+                    error = Some(e.to_string());
                     dead = Some(Closed::of(&e, c.stream.is_handshaking()));
                 }
                 // A connection that never got connected was refused, whatever the read said.
                 if dead.is_some() && handshaking && c.stream.sock.peer_addr().is_err() {
                     dead = Some(Closed::Refused);
+                }
+                if dead == Some(Closed::Refused) {
+                    error = None; // "refused" says it all
                 }
                 Self::rearm(&self.poll, id, c);
             }
@@ -351,12 +362,12 @@ Sec-WebSocket-Protocol: sip\r\n\r\n"
             for conn in out.drop.drain(..) {
                 if let Some(mut c) = self.conns.remove(&conn) {
                     let _ = self.poll.registry().deregister(&mut c.stream.sock);
-                    h.on_close(conn, Closed::Dropped);
+                    h.on_close(conn, Closed::Dropped, None);
                 }
             }
             if let Some(why) = dead {
                 self.close(id);
-                h.on_close(id, why);
+                h.on_close(id, why, error.as_deref());
             }
         }
         Ok(())

@@ -536,7 +536,7 @@ impl Handler for Uas {
         }
     }
 
-    fn on_close(&mut self, conn: usize, _why: super::endpoint::Closed) {
+    fn on_close(&mut self, conn: usize, _why: super::endpoint::Closed, _error: Option<&str>) {
         self.conns.retain(|&c| c != conn);
     }
 }
