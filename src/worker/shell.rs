@@ -21,6 +21,22 @@ const PEER: Token = Token(usize::MAX - 1);
 /// Front listeners use tokens counting down from here.
 const LISTEN_BASE: usize = usize::MAX - 2;
 
+/// A connection's token: its slot in the low 32 bits, its slot's generation in the 31 above (the
+/// top bit stays clear, so no connection's token is a listener's or the waker's). An event that
+/// names a generation the slot no longer has was meant for a connection closed since, and goes
+/// nowhere.
+const GENERATION_MASK: u32 = 0x7fff_ffff;
+const _: () = assert!(usize::BITS == 64, "connection tokens need a 64-bit usize");
+
+fn conn_token(slot: usize, generation: u32) -> Token {
+    Token(((generation & GENERATION_MASK) as usize) << 32 | (slot & 0xffff_ffff))
+}
+
+/// The slot and (masked) generation a connection token names.
+fn slot_of(token: Token) -> (usize, u32) {
+    (token.0 & 0xffff_ffff, (token.0 >> 32) as u32 & GENERATION_MASK)
+}
+
 pub struct Worker {
     id: u16,
     core: Core<TlsStream>,
@@ -96,7 +112,11 @@ impl Worker {
                     Token(t) if t > LISTEN_BASE - self.listeners.len() && t <= LISTEN_BASE => {
                         self.accept_clients(LISTEN_BASE - t)
                     }
-                    Token(slot) => {
+                    token => {
+                        let (slot, generation) = slot_of(token);
+                        if self.core.generation(slot) & GENERATION_MASK != generation {
+                            continue;
+                        }
                         let ready = Readiness {
                             readable: ev.is_readable(),
                             read_closed: ev.is_read_closed(),
@@ -118,29 +138,36 @@ impl Worker {
             }
         }
         self.core.close_all();
+        self.sync();
         self.core.publish(Instant::now());
     }
 
     /// Carries out what the core asks of the poll: registers its new connections (one that
-    /// cannot be is closed at once) and changes the interest of those that want to write.
+    /// cannot be is closed at once), changes the interest of those that want to write, and takes
+    /// the closed ones off the poll before they are dropped.
     fn sync(&mut self) {
         loop {
+            while let Some(mut s) = self.core.poll_released() {
+                let _ = self.poll.registry().deregister(&mut s.sock);
+            }
             while let Some(slot) = self.core.poll_register() {
+                let token = conn_token(slot, self.core.generation(slot));
                 let Some(s) = self.core.wire_mut(slot) else {
                     continue;
                 };
                 let interest = interest(s.tls.wants_write());
-                if let Err(e) = self.poll.registry().register(&mut s.sock, Token(slot), interest) {
+                if let Err(e) = self.poll.registry().register(&mut s.sock, token, interest) {
                     tracing::warn!(worker = self.id, error = %e, "cannot register connection");
                     self.core.close(slot, CloseReason::Io);
                 }
             }
             while let Some((slot, write)) = self.core.poll_interest() {
+                let token = conn_token(slot, self.core.generation(slot));
                 if let Some(s) = self.core.wire_mut(slot) {
                     let _ = self
                         .poll
                         .registry()
-                        .reregister(&mut s.sock, Token(slot), interest(write));
+                        .reregister(&mut s.sock, token, interest(write));
                 }
             }
             // Closing a connection that could not be registered may ask for a reconnect.

@@ -18,6 +18,7 @@ mod load;
 mod operations;
 mod operator;
 mod partners;
+mod poll;
 mod reload;
 mod servers;
 mod trust;

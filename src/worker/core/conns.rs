@@ -168,7 +168,6 @@ impl<S: Wire> Core<S> {
                 .stream
                 .write_control(crate::ws::frame::OP_CLOSE, &code.to_be_bytes());
         }
-        // Dropping the socket (in the shell's stream) takes it off the poll.
         c.stream.close();
         match c.kind {
             Kind::Client => {
@@ -189,6 +188,7 @@ impl<S: Wire> Core<S> {
                 tracing::debug!(peer = %c.peer, why = why.as_str(), "peer connection closed before it was admitted");
             }
         }
+        self.released.push(c.stream);
     }
 
     /// Counts an accepted connection (client or peer) against `--max-connections-per-ip` and

@@ -84,6 +84,8 @@ pub struct Core<S: Wire> {
     /// New connections the shell has yet to register with its poll, and connections whose
     /// interest (readable, or writable too) changed.
     registering: Vec<Stamp>,
+    /// Connections closed this turn, for the shell to take off its poll and drop.
+    released: Vec<S>,
     reinterest: Vec<usize>,
     /// The back ends as this worker has them (`pool.rs`).
     be: Backends,
@@ -148,6 +150,7 @@ impl<S: Wire> Core<S> {
             slots: Slots::default(),
             connect,
             registering: Vec::new(),
+            released: Vec::new(),
             reinterest: Vec::new(),
             be,
             router,
@@ -253,6 +256,20 @@ impl<S: Wire> Core<S> {
         None
     }
 
+    /// A connection closed since the last call (its close_notify already queued and sent as far
+    /// as the socket took it): the shell takes it off its poll before it drops it. Dropping alone
+    /// is not enough: a socket whose descriptor a forked child still holds for an instant stays in
+    /// the poll, and its events would reach whichever connection took its slot.
+    pub fn poll_released(&mut self) -> Option<S> {
+        self.released.pop()
+    }
+
+    /// The generation of `slot`: a connection's poll token carries it with its slot, so an event
+    /// meant for a connection that has gone is told from one for the connection in its slot now.
+    pub fn generation(&self, slot: usize) -> u32 {
+        self.slots.generation(slot)
+    }
+
     /// A connection whose interest changed: whether it now waits for writable too.
     pub fn poll_interest(&mut self) -> Option<(usize, bool)> {
         while let Some(slot) = self.reinterest.pop() {
@@ -280,7 +297,7 @@ impl<S: Wire> Core<S> {
 
     /// Whether registrations or interest changes wait for the shell.
     pub fn wants_sync(&self) -> bool {
-        !self.registering.is_empty() || !self.reinterest.is_empty()
+        !self.registering.is_empty() || !self.reinterest.is_empty() || !self.released.is_empty()
     }
 
     /// The wire of the connection in `slot` (the shell registers its socket).

@@ -136,6 +136,7 @@ impl Sim {
         self.core.begin_turn(self.now);
         self.core.handle_timeout(self.now);
         while self.core.poll_register().is_some() {}
+        while self.core.poll_released().is_some() {}
     }
 
     /// Back end `b`'s pool connection, if it has one.

@@ -130,6 +130,9 @@ fn a_close_decided_for_a_connection_gone_since_spares_the_one_that_took_its_slot
     ));
     readable(&mut sim, hog);
     assert!(!sim.is_open(hog), "a broken connection is closed at once");
+    // Its wire goes back to the shell (to come off the poll), closed, once.
+    assert!(sim.core.poll_released().is_some_and(|w| w.closed_by_us));
+    assert!(sim.core.poll_released().is_none());
     let peer = "198.51.100.9:40999".parse().unwrap();
     let newcomer = sim.core.handle_accepted(Pipe::new(), peer, Kind::Client, false);
     assert_eq!(newcomer, hog, "the slot is taken again in the same turn");
