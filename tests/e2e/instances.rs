@@ -49,7 +49,11 @@ fn a_shared_key_keeps_dialogs_on_their_back_end_across_instances() {
     let mut c = TestClient::connect(&pki, &a);
     let ids: Vec<String> = (0..40).map(|i| format!("shared-{i}")).collect();
     let mut dialogs: Vec<_> = ids.iter().map(|id| establish(&mut c, id)).collect();
-    // The first instance goes away; the dialogs end through the second.
+    // The first instance goes away once it has passed every ACK on (the caller does not wait
+    // for that); the dialogs end through the second.
+    wait_until("every ACK at its back end", || {
+        calls_that_saw(&backends, "ACK") >= ids.len()
+    });
     a.shutdown();
     let mut c2 = TestClient::connect(&pki, &b);
     for (id, d) in ids.iter().zip(dialogs.iter_mut()) {
