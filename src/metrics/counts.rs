@@ -68,6 +68,9 @@ counts! {
         messages,
         loop_turns,
         connections_open,
+        /// 1 in a worker's counts once it is ready to route: every back end up in it, or 3 s
+        /// after it started (added up: how many workers are).
+        workers_ready,
         /// WebSocket clients: connections accepted, upgrades done, open now.
         ws_accepted,
         ws_upgrades,
@@ -75,6 +78,8 @@ counts! {
     }
     families {
         "gauge" "connections_open" "Client connections open" [connections_open];
+        "gauge" "workers_ready"
+            "Workers ready to route: every back end up in them, or 3 s after they started" [workers_ready];
         "counter" "connections_accepted_total" "Client connections accepted" [accepted];
         "counter" "clients_total" "Clients connected, by whether their certificate was verified"
             [clients_verified = "verified=\"true\"", clients_unverified = "verified=\"false\""];

@@ -83,12 +83,7 @@ fn sighup_reloads_and_sigterm_exits_zero() {
     wait_started(metrics);
     signal(&child, "-HUP");
     wait_until("the reload counted in /metrics", || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("metrics");
-        use std::io::{Read, Write};
-        let mut text = String::new();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_ok()
-            && s.read_to_string(&mut text).is_ok()
-            && text.contains("siplb_reloads_total{result=\"ok\"} 1")
+        scrape(metrics).contains("siplb_reloads_total{result=\"ok\"} 1")
     });
     signal(&child, "-TERM");
     let (status, log) = exit_and_log(&mut child, Duration::from_secs(10));
@@ -103,11 +98,19 @@ fn sighup_reloads_and_sigterm_exits_zero() {
 fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::n(2), None);
-    let (mut child, port) = spawn_siplb(&pki, &backends, &["--drain-timeout", "20"]);
-    // Both workers connected to both back ends.
-    wait_until("the pool connections", || {
-        backends.iter().all(|b| b.snapshot().connections >= 2)
-    });
+    let metrics = free_port();
+    let (mut child, port) = spawn_siplb(
+        &pki,
+        &backends,
+        &[
+            "--drain-timeout",
+            "20",
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+        ],
+    );
+    // Both workers with both back ends up: a call is not refused for want of one.
+    wait_workers_ready(metrics, 2);
     let opts = siplb::load::caller::CallOpts {
         rate: 200.0,
         hold: Duration::from_millis(1500),

@@ -256,6 +256,8 @@ fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
         }
         let child = cmd.spawn().expect("siplb starts");
         wait_started(metrics);
+        // It shares the port from the start; it takes the old one's place once it can route.
+        wait_workers_ready(metrics, 1);
         child
     };
     let stop = |mut c: std::process::Child| {

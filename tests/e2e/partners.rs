@@ -300,10 +300,7 @@ fn a_sighup_that_removes_a_partner_closes_its_connections_and_keeps_the_others()
             "1",
         ],
     );
-    wait_started(metrics);
-    wait_until("the pool connections of both workers", || {
-        backends.iter().all(|b| b.snapshot().connections >= 2)
-    });
+    wait_workers_ready(metrics, 2);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     // A revoked edge is refused (and logged, below).
     let mut refused = TestClient::connect_to(addr, PartnerPki::edge_tls(&pki, &revoked));

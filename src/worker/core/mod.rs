@@ -315,8 +315,8 @@ impl<S: Wire> Core<S> {
         {
             // Readiness means what callers read: the snapshot `Balancer::metrics` shows is the
             // state this worker counted itself ready in, not one a publish period older.
-            self.publish(now);
             self.ready = true;
+            self.publish(now);
             self.shared.ready.fetch_add(1, Ordering::AcqRel);
         }
         let cfg = &self.shared.cfg;
@@ -373,6 +373,7 @@ impl<S: Wire> Core<S> {
         self.last_publish = now;
         let mut snap = self.m.clone();
         snap.bad_tokens = self.tokens.bad_mac;
+        snap.workers_ready = u64::from(self.ready);
         snap.connections_open = self
             .slots
             .occupied()

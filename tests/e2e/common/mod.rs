@@ -289,11 +289,9 @@ pub fn spawn_siplb(pki: &Pki, backends: &[ServerHandle], extra: &[&str]) -> (std
         cmd.args(["--backend", &format!("{}={}", b.name, b.addr)]);
     }
     let child = cmd.spawn().expect("siplb starts");
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < until, "siplb did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("siplb listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     (child, port)
 }
 
@@ -366,6 +364,26 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port()
+}
+
+/// What a spawned siplb's `--metrics` on `port` serves now (empty if it does not answer).
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let _ = s.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Waits until every one of a spawned siplb's `workers` is ready to route (every back end up in
+/// it), as its `--metrics` on `port` says.
+pub fn wait_workers_ready(port: u16, workers: usize) {
+    let line = format!("siplb_workers_ready {workers}\n");
+    wait_until(&format!("{workers} workers ready"), || {
+        scrape(port).contains(&line)
+    });
 }
 
 /// Waits until a spawned siplb serves `--metrics` on `port`: it binds that last, once every
