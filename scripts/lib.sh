@@ -34,6 +34,18 @@ wait_port() {
   return 1
 }
 
+# wait_ready METRICS_PORT N: until the siplb serving --metrics on METRICS_PORT has N workers
+# ready to route (every back end up in them), as siplb_workers_ready says.
+wait_ready() {
+  for _ in $(seq 1 400); do
+    ( exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 &&
+      grep -q "^siplb_workers_ready $2\b" <&3 ) 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "siplb (metrics on port $1) has not $2 workers ready" >&2
+  return 1
+}
+
 # Three sipload servers on BACKEND_PORT, +1, +2 (MTLS, names b0..b2.bench).
 BACKEND_PORT=${BACKEND_PORT:-17001}
 start_backends() {

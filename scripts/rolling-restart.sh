@@ -13,17 +13,20 @@ start_backends
 PORT=${PORT:-17061}
 "$BIN/siplb" keygen "$BENCH_DIR/token.key"
 
-# start_instance: one siplb on PORT sharing it and the key; sets NEW_PID.
+# start_instance: one siplb on PORT sharing it and the key, its metrics on a port of its own;
+# returns once it can route; sets NEW_PID.
+INSTANCES=0
 start_instance() {
+  INSTANCES=$((INSTANCES + 1))
+  local metrics=$((PORT + 100 + INSTANCES))
   "$BIN/siplb" --listen "127.0.0.1:$PORT" --reuse-port --token-key-file "$BENCH_DIR/token.key" \
-    --workers 1 --log warn \
+    --workers 1 --log warn --metrics "127.0.0.1:$metrics" \
     --cert "$BENCH_DIR/localhost.crt.pem" --key "$BENCH_DIR/localhost.key.pem" --backend-ca "$BENCH_DIR/ca.pem" \
     --backend "b0.bench=127.0.0.1:$BACKEND_PORT" --backend "b1.bench=127.0.0.1:$((BACKEND_PORT + 1))" \
     --backend "b2.bench=127.0.0.1:$((BACKEND_PORT + 2))" >>"$BENCH_DIR/siplb.log" 2>&1 &
   NEW_PID=$!
   PIDS+=("$NEW_PID")
-  wait_port "$PORT"
-  sleep 0.7
+  wait_ready "$metrics" 1
 }
 
 # replace OLD_PID: start a new instance, then SIGTERM the old one and wait for it to drain.
