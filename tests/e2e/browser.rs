@@ -145,6 +145,7 @@ fn pump(ep: &mut Endpoint, carol: &mut Carol) {
 
 #[test]
 fn browsers_register_and_call_through_siplb_to_a_kamailio_registrar() {
+    let _heavy = machine_to_ourselves();
     if let Some(why) = missing() {
         eprintln!("SKIPPED browser test: {why}");
         return;

@@ -114,7 +114,6 @@ fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     let opts = siplb::load::caller::CallOpts {
         rate: 200.0,
         hold: Duration::from_millis(1500),
-        timeout: Duration::from_secs(15),
         ..call_opts_to(&pki, format!("127.0.0.1:{port}").parse().expect("addr"), 20)
     };
     let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));

@@ -260,6 +260,7 @@ fn connections_per_source_address_are_capped() {
 
 #[test]
 fn a_flood_is_read_in_turns_all_answered_and_starves_nobody() {
+    let _heavy = machine_to_ourselves();
     // A small message limit makes each bounded read small, so the flood must wait on the backlog.
     let Harness {
         pki,

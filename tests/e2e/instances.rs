@@ -227,6 +227,7 @@ fn a_key_file_others_can_read_or_too_short_is_refused_naming_it() {
 
 #[test]
 fn a_rolling_restart_of_two_instances_on_one_port_costs_no_call() {
+    let _heavy = machine_to_ourselves();
     use siplb::load::caller::CallOpts;
     let pki = Pki::new();
     let backends = start_backends(&pki, Backends::n(3), None);

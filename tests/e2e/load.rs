@@ -156,6 +156,7 @@ fn least_work_keeps_new_calls_off_a_slow_server() {
 /// burst of 50), siplb answers the excess, and every legitimate call completes.
 #[test]
 fn a_flooding_source_is_capped_and_nobody_else_notices() {
+    let _heavy = machine_to_ourselves();
     let pki = Pki::new();
     if std::net::TcpListener::bind("127.0.0.2:0").is_err() {
         eprintln!("SKIPPED: no 127.0.0.2 on this machine's loopback for a second source address");

@@ -236,11 +236,9 @@ fn histograms_move_and_a_silent_client_blocks_nobody() {
     let addr = lb.metrics_addr.expect("metrics");
     let b0 = &backends[0].name;
     // The back ends are listed once the workers first publish (4 times a second).
-    let until = Instant::now() + Duration::from_secs(5);
-    while !get_metrics(addr).contains(&format!("siplb_backend_up{{backend=\"{b0}\"}} 1")) {
-        assert!(Instant::now() < until, "back ends never listed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the back ends listed", || {
+        get_metrics(addr).contains(&format!("siplb_backend_up{{backend=\"{b0}\"}} 1"))
+    });
     // Clients that connect and never send, or ask and never read: they hold only themselves.
     let _silent: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(addr).expect("connect"))
@@ -419,6 +417,8 @@ fn a_scan_of_failed_handshakes_writes_a_bounded_log() {
         &backends,
         &["--peer-listen", &peer, "--metrics", &metrics.to_string()],
     );
+    // /metrics is bound after the listeners.
+    wait_started(metrics.port());
     let mut attempts = 0;
     for target in [port, peer_port] {
         for _ in 0..200 {

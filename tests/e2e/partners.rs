@@ -313,7 +313,6 @@ fn a_sighup_that_removes_a_partner_closes_its_connections_and_keeps_the_others()
     let mut db = establish_dialog(&mut cb, dialog_from("b-call", "bob", B));
     let opts = CallOpts {
         hold: Duration::from_millis(1500),
-        timeout: Duration::from_secs(20),
         ..call_opts_to(&pki, addr, 20)
     };
     let caller = std::thread::spawn(move || siplb::load::caller::run(opts).expect("caller"));
