@@ -48,7 +48,7 @@ impl<S: Wire> Core<S> {
     /// correct (no new event comes for data already waiting). False if the connection is gone.
     pub(super) fn read_rounds(&mut self, slot: usize) -> bool {
         let server = self.slots.get(slot).is_some_and(|c| c.kind.is_server());
-        if self.queued.paused() && !server {
+        if self.queued.holding_clients() && !server {
             if let Some(c) = self.slots.get_mut(slot)
                 && !c.paused
             {

@@ -67,24 +67,23 @@ impl<S: Wire> Core<S> {
         }
         // Backpressure: clients are not read while servers are slow to take what was read from
         // them, and the clients left unread are read again once they catch up.
-        match self.queued.end_batch() {
-            Some(true) => {
-                self.m.backpressure_pauses += 1;
-                tracing::info!(
-                    worker = self.id,
-                    queued = self.queued.to_servers(),
-                    "servers are slow: not reading clients"
-                );
-            }
-            Some(false) => {
-                for slot in std::mem::take(&mut self.paused_clients) {
-                    if let Some(c) = self.slots.get_mut(slot) {
-                        c.paused = false;
-                        self.backlog.push(slot);
-                    }
+        if self.queued.end_batch() == Some(true) {
+            self.m.backpressure_pauses += 1;
+            tracing::info!(
+                worker = self.id,
+                queued = self.queued.to_servers(),
+                "servers are slow: not reading clients"
+            );
+        }
+        // Clients held back (by the pause, or in this batch before it) are read again once the
+        // servers caught up.
+        if !self.queued.paused() {
+            for slot in std::mem::take(&mut self.paused_clients) {
+                if let Some(c) = self.slots.get_mut(slot) {
+                    c.paused = false;
+                    self.backlog.push(slot);
                 }
             }
-            None => {}
         }
     }
 

@@ -145,6 +145,14 @@ impl Queued {
         self.paused
     }
 
+    /// Whether a client may not be read now: paused, or servers already `PAUSE_ABOVE` behind in
+    /// this batch. A worker that fell behind (a starved core) can have a thousand events in one
+    /// turn; waiting for the batch's end to pause would let them push megabytes at servers that
+    /// take nothing, past what a server's connection may hold.
+    pub(super) fn holding_clients(&self) -> bool {
+        self.paused || self.to_servers > PAUSE_ABOVE
+    }
+
     pub(super) fn to_servers(&self) -> usize {
         self.to_servers
     }

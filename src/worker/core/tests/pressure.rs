@@ -61,6 +61,49 @@ fn a_slow_server_pauses_reading_clients_until_it_catches_up_and_nothing_is_lost(
 }
 
 #[test]
+fn a_turn_with_many_clients_ready_holds_them_back_once_servers_fall_behind() {
+    // A worker that fell behind finds many clients' requests at once, its server reading
+    // nothing: past the backpressure threshold in the middle of that turn the rest wait, and the
+    // server's connection (which may hold 2 MB here) is never overrun and closed.
+    let mut sim = Sim::new(1, &["--max-output-bytes", "2000000"]);
+    sim.all_up();
+    let s = sim.conn_of(0).unwrap();
+    sim.wire(s).window = 0;
+    let clients: Vec<usize> = (0..60).map(|_| sim.client()).collect();
+    assert_eq!(clients.len(), 60);
+    for (i, &c) in clients.iter().enumerate() {
+        sim.wire(c)
+            .inbound
+            .extend_from_slice(&big_invite(&format!("many-{i}"), 50_000));
+    }
+    // One turn: every client readable.
+    for &c in &clients {
+        readable(&mut sim, c);
+    }
+    sim.core.handle_timeout(sim.now);
+    assert!(sim.is_open(s), "the server's connection was overrun and closed");
+    assert_eq!(sim.core.m.backpressure_pauses, 1);
+    let waiting = clients
+        .iter()
+        .filter(|&&c| !sim.wire(c).inbound.is_empty())
+        .count();
+    assert!(waiting > 30, "only {waiting} clients held back");
+    // The server reads again: every request arrives, none lost.
+    sim.wire(s).window = usize::MAX;
+    sim.writable(s);
+    for _ in 0..10 {
+        sim.tick(Duration::from_millis(1));
+    }
+    let mut got: Vec<String> = sim.received(s).iter().map(|m| call_id(m)).collect();
+    got.retain(|c| c.starts_with("many-"));
+    got.sort();
+    let mut want: Vec<String> = (0..60).map(|i| format!("many-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(clients.iter().all(|&c| sim.is_open(c)));
+}
+
+#[test]
 fn the_client_holding_the_most_output_loses_its_connection_and_no_one_else() {
     let mut sim = Sim::new(1, &["--max-output-bytes", "200000"]);
     sim.all_up();
